@@ -1,0 +1,36 @@
+# The two commands a user needs: `make demo` and `make test`. Both create .venv if missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := demo-output
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	rm -rf $(DEMO)
+	$(BIN)/lwr prepare-data synthetic --out $(DEMO)/data --imbalance-factor 100 --seed 0
+	$(BIN)/lwr train --preset synthetic-lt-bs --data $(DEMO)/data --out $(DEMO)/run-bs
+	$(BIN)/lwr train --preset synthetic-lt-bs-lwr --data $(DEMO)/data --out $(DEMO)/run-bs-lwr
+	$(BIN)/lwr eval $(DEMO)/run-bs/checkpoints/last.safetensors --data $(DEMO)/data --out $(DEMO)/eval-bs
+	$(BIN)/lwr eval $(DEMO)/run-bs-lwr/checkpoints/last.safetensors --data $(DEMO)/data --out $(DEMO)/eval-bs-lwr
+	$(BIN)/lwr analyze-weights $(DEMO)/run-bs/checkpoints/last.safetensors $(DEMO)/run-bs-lwr/checkpoints/last.safetensors --data $(DEMO)/data --out $(DEMO)/analysis
+	@echo
+	@echo "Demo outputs are in $(DEMO)/: data/ (prepared dataset), run-bs/ and run-bs-lwr/ (runs),"
+	@echo "eval-bs/ and eval-bs-lwr/ (accuracy tables), analysis/ (weight plots + summary.json)."
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check lwrcli tests benchmarks
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,3 @@
+from lwrcli.cli import main
+
+main()
