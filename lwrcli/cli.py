@@ -1,0 +1,286 @@
+"""The `lwr` command line: thin commands that parse, call one library function, print a summary.
+
+User errors (lwrcli.errors.UserError and click usage errors) end as one paragraph on stderr
+and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+
+from lwrcli import __version__
+from lwrcli.errors import UserError
+
+app = typer.Typer(
+    name="lwr",
+    help="Long-tailed image classification with the Logit Weight Repulsion regularizer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+presets_app = typer.Typer(help="The shipped training recipes.", no_args_is_help=True)
+app.add_typer(presets_app, name="presets")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+class Source(str, Enum):
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    synthetic = "synthetic"
+    imagenet_lt = "imagenet-lt"
+    places_lt = "places-lt"
+    inat2018 = "inat2018"
+    folder = "folder"
+
+
+SOURCES = [s.value for s in Source]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"lwr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """Long-tailed image classification with the Logit Weight Repulsion regularizer."""
+
+
+@app.command("prepare-data")
+def prepare_data(
+    source: Annotated[str, typer.Argument(help=f"One of: {', '.join(SOURCES)}.")],
+    out: Annotated[Path, typer.Option("--out", help="Prepared dataset folder to create.")],
+    root: Annotated[
+        Optional[Path], typer.Option("--root", help="Raw dataset folder (images or archives).")
+    ] = None,
+    imbalance_factor: Annotated[
+        Optional[float], typer.Option("--imbalance-factor", help="n_max / n_min, e.g. 100.")
+    ] = None,
+    profile: Annotated[str, typer.Option(help="Long-tail profile: exp, step or pareto.")] = "exp",
+    seed: Annotated[int, typer.Option(help="Seed of the long-tailed selection.")] = 0,
+    download: Annotated[
+        bool, typer.Option("--download", help="cifar: fetch the archive if missing.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out folder.")
+    ] = False,
+    split_dir: Annotated[
+        Optional[Path], typer.Option("--split-dir", help="Folder with the standard list files.")
+    ] = None,
+    train_list: Annotated[Optional[Path], typer.Option("--train-list")] = None,
+    val_list: Annotated[Optional[Path], typer.Option("--val-list")] = None,
+    test_list: Annotated[Optional[Path], typer.Option("--test-list")] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Check that every listed file exists.")
+    ] = True,
+    val_per_class: Annotated[
+        int, typer.Option("--val-per-class", help="folder: images per class held out for val.")
+    ] = 0,
+    test_per_class: Annotated[
+        int, typer.Option("--test-per-class", help="folder: images per class held out for test.")
+    ] = 0,
+    num_classes: Annotated[
+        Optional[int], typer.Option("--num-classes", help="synthetic: number of classes.")
+    ] = None,
+    benchmark: Annotated[
+        bool, typer.Option("--benchmark", help="lists/folder: report loader images/s after.")
+    ] = False,
+) -> None:
+    """Build a long-tailed dataset once: CIFAR archives, split lists, folders, or synthetic."""
+    from lwrcli.prepare import prepare
+
+    manifest = prepare(
+        source,
+        out=out,
+        root=root,
+        imbalance_factor=imbalance_factor,
+        profile=profile,
+        seed=seed,
+        download=download,
+        overwrite=overwrite,
+        split_dir=split_dir,
+        train_list=train_list,
+        val_list=val_list,
+        test_list=test_list,
+        verify=verify,
+        val_per_class=val_per_class,
+        test_per_class=test_per_class,
+        num_classes=num_classes,
+    )
+    groups = {k: len(v) for k, v in manifest.shot_groups.items()}
+    sizes = ", ".join(f"{k} {v:,}" for k, v in manifest.splits.items())
+    err_console.print(
+        f"Prepared {manifest.name} in {out}: {manifest.num_classes} classes; {sizes} images; "
+        f"train counts max {max(manifest.class_counts):,} min {min(manifest.class_counts):,}; "
+        f"many/medium/few classes {groups['many']}/{groups['medium']}/{groups['few']}."
+        + (" (synthetic data)" if manifest.synthetic else ""),
+        highlight=False,
+    )
+    if benchmark:
+        from lwrcli.prepare import benchmark_loader
+
+        result = benchmark_loader(out)
+        err_console.print(f"Loader benchmark: {json.dumps(result)}", highlight=False)
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Optional[Path], typer.Option("--data", help="Prepared dataset folder.")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder to create.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="A shipped recipe.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A YAML config.")] = None,
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override a config key, e.g. --set lwr.theta=0.6."),
+    ] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option("--resume", help="Continue this run folder.")
+    ] = None,
+) -> None:
+    """Train a model (CPU, one GPU, or many via torchrun) into a run folder."""
+    from lwrcli.config import load_config
+    from lwrcli.training import train_run
+
+    if resume is not None:
+        if preset or config or overrides or out:
+            raise UserError(
+                "--resume RUN_DIR continues a run with its saved config; do not combine it "
+                "with --preset, --config, --set or --out."
+            )
+        result = train_run(None, data, resume=resume)  # type: ignore[arg-type]
+    else:
+        if data is None or out is None:
+            raise UserError("lwr train needs --data DATA_DIR and --out RUN_DIR.")
+        cfg = load_config(preset, config, overrides or [])
+        result = train_run(cfg, data, out)
+    last = result.history[-1] if result.history else {}
+    tops = {k: v for k, v in last.items() if k.endswith("_top1") and v is not None}
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in tops.items())
+    err_console.print(
+        f"Done: {result.epochs} epochs; {shown or 'no evaluation'}. "
+        f"Checkpoints in {result.run_dir / 'checkpoints'}.",
+        highlight=False,
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint.")],
+    data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder.")],
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Folder for summary.json and per_class.csv.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    split: Annotated[Optional[str], typer.Option(help="Split (default: the test split).")] = None,
+    posthoc_tau: Annotated[
+        Optional[float], typer.Option("--posthoc-tau", help="Post-hoc logit adjustment tau.")
+    ] = None,
+    tau_norm: Annotated[
+        Optional[float], typer.Option("--tau-norm", help="tau-normalise classifier weights.")
+    ] = None,
+    confusion: Annotated[bool, typer.Option("--confusion", help="Write confusion.csv.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Top-1/top-5, many/medium/few and per-class accuracy of a checkpoint."""
+    from lwrcli.evaluate import default_eval_dir, evaluate_checkpoint
+    from lwrcli.metrics import format_table
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got '{device}'.")
+    target = out or default_eval_dir(checkpoint, split)
+    summary = evaluate_checkpoint(
+        checkpoint, data, target, split, posthoc_tau, tau_norm, confusion, device
+    )
+    title = f"{summary['dataset']} / {summary['split']} — {summary['adjustment']}"
+    if as_json:
+        out_console.file.write(json.dumps(summary) + "\n")
+        err_console.print(format_table(summary, title))
+    else:
+        out_console.print(format_table(summary, title))
+        out_console.print(f"Per-class accuracy and summary.json in {target}", highlight=False)
+
+
+@app.command("analyze-weights")
+def analyze_weights(
+    checkpoints: Annotated[list[Path], typer.Argument(help="One or more checkpoints.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for plots and summary.json.")],
+    data: Annotated[
+        Optional[Path], typer.Option("--data", help="Prepared dataset (class counts/names).")
+    ] = None,
+    svg: Annotated[bool, typer.Option("--svg", help="Also write SVG plots.")] = False,
+) -> None:
+    """Class-weight norms and cosines against class frequency: plots + JSON summary."""
+    from lwrcli.analysis import analyze_checkpoints, summary_table
+
+    formats = ("png", "svg") if svg else ("png",)
+    summary = analyze_checkpoints(list(checkpoints), out, data, formats)
+    out_console.print(summary_table(summary))
+    out_console.print(f"Plots and summary.json in {out}", highlight=False)
+
+
+@presets_app.command("list")
+def presets_list() -> None:
+    """All shipped presets with dataset, model, loss, LWR and epochs."""
+    from lwrcli.presets import presets_table
+
+    out_console.print(presets_table())
+
+
+@presets_app.command("show")
+def presets_show(name: Annotated[str, typer.Argument(help="Preset name.")]) -> None:
+    """The full, validated config of one preset (YAML)."""
+    from lwrcli.config import config_to_yaml, load_config
+
+    out_console.file.write(config_to_yaml(load_config(preset=name)))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"error: {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; maps user errors to exit status 2 without a traceback."""
+    from lwrcli.engine import Interrupted
+
+    try:
+        code = app(args=argv, prog_name="lwr", standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
+    except UserError as exc:
+        _fail(str(exc))
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _fail("interrupted; nothing half-written was kept.", 130)
+    except Interrupted:
+        _fail(
+            "interrupted; the last complete epoch's checkpoint is kept. Continue with "
+            "'lwr train --resume RUN_DIR'.",
+            130,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""One validated config per run: pydantic models, preset loading and `--set key=value` overrides.
+
+Every model forbids unknown keys, so a typo fails loudly and names the closest valid key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lwrcli.errors import UserError, did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    name: Literal["small_cnn", "resnet32", "resnet50", "resnext50_32x4d", "resnet152"] = "resnet32"
+    # Cosine classifier: logits are s * cos(x, w_c); LDAM needs it (scale lives in the loss).
+    cosine_classifier: bool = False
+    # Local weights file (safetensors or torchvision .pth state dict) for fine-tuning;
+    # never downloaded.
+    pretrained: Path | None = None
+    # Recipes that fine-tune (Places-LT) refuse to start from scratch by accident.
+    pretrained_required: bool = False
+    width: int = Field(32, ge=4, le=512, description="base width of small_cnn")
+
+
+class LossConfig(Strict):
+    name: Literal["ce", "focal", "ldam", "bs", "la"] = "ce"
+    # Re-weighting schedule, orthogonal to the loss: none, class-balanced from the start (cb),
+    # or deferred class-balanced from `drw_epoch` (drw, the LDAM-DRW recipe).
+    reweight: Literal["none", "cb", "drw"] = "none"
+    drw_epoch: int = Field(160, ge=0, description="0-based epoch where DRW switches on")
+    beta: float = Field(0.9999, ge=0.0, lt=1.0, description="effective-number beta")
+    focal_gamma: float = Field(1.0, ge=0.0, le=10.0)
+    ldam_max_m: float = Field(0.5, ge=0.0, le=5.0)
+    ldam_s: float = Field(30.0, gt=0.0, le=100.0)
+    la_tau: float = Field(1.0, ge=0.0, le=10.0)
+
+
+class LWRScheduleConfig(Strict):
+    kind: Literal["constant", "linear", "cosine", "step"] = "linear"
+    start: float = Field(0.0, ge=0.0, description="epochs")
+    end: float | None = Field(None, ge=0.0, description="epochs; default: the last epoch")
+
+
+class LWRConfig(Strict):
+    enabled: bool = False
+    lambda_max: float = Field(0.1, ge=0.0, le=1e4)
+    theta: float = Field(0.4, ge=-1.0, le=1.0)
+    power: Literal[1, 2] = 1
+    proj: bool = True
+    # Rows per block of the C x C similarity computation: memory O(block_size x C).
+    block_size: int = Field(1024, ge=1, le=65536)
+    schedule: LWRScheduleConfig = LWRScheduleConfig()
+
+
+class OptimConfig(Strict):
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(0.1, gt=0.0, le=100.0, description="lr at base_batch_size")
+    # The lr above is for this batch size; another batch size rescales it by `lr_scaling`.
+    base_batch_size: int | None = Field(None, ge=1)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(2e-4, ge=0.0, le=1.0)
+    clip_grad_norm: float | None = Field(None, gt=0.0)
+
+
+class ScheduleConfig(Strict):
+    kind: Literal["multistep", "cosine", "constant"] = "multistep"
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up, epochs")
+    milestones: list[int] = Field(default_factory=list, description="0-based epochs")
+    factors: list[float] = Field(default_factory=list, description="lr multiplier from each")
+    min_lr: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _milestones_match_factors(self) -> ScheduleConfig:
+        if len(self.milestones) != len(self.factors):
+            raise ValueError(
+                f"schedule.milestones ({len(self.milestones)} values) and schedule.factors "
+                f"({len(self.factors)} values) must have the same length"
+            )
+        if self.milestones != sorted(self.milestones):
+            raise ValueError("schedule.milestones must be increasing")
+        return self
+
+
+class DataConfig(Strict):
+    # Small images (CIFAR, synthetic): per-batch tensor ops on the device.
+    crop_padding: int = Field(4, ge=0, le=64)
+    flip: bool = True
+    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+    std: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
+    # Large images (list files / folders): DataLoader with workers.
+    image_size: int = Field(224, ge=8, le=1024)
+    resize: int = Field(256, ge=8, le=2048)
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0)
+    num_workers: int = Field(4, ge=0, le=128)
+    gpu_decode: bool = False
+    # Model selection split: 'val' when the dataset has one; 'test' only when asked explicitly.
+    select_on: Literal["val", "test", "none"] = "val"
+
+
+class TrainConfig(Strict):
+    name: str = "custom"
+    description: str = ""
+    # Which prepared-dataset kind this recipe is for (checked against the manifest's source).
+    dataset: str = Field("any", description="e.g. cifar100, imagenet-lt, synthetic, any")
+    epochs: int = Field(200, ge=1, le=10000)
+    batch_size: int = Field(128, ge=1, le=65536)
+    eval_batch_size: int = Field(512, ge=1, le=65536)
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    eval_every: int = Field(1, ge=0, description="epochs; 0 = only at the end")
+    save_every: int = Field(0, ge=0, description="epochs; 0 = only last/best")
+    log_every: int = Field(50, ge=1, description="steps between plain log lines")
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    lwr: LWRConfig = LWRConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    data: DataConfig = DataConfig()
+    # The paper's numbers for this recipe (top-1 %), shown by `lwr presets`; informative only.
+    reference: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def effective_lr(self) -> float:
+        """Learning rate after the batch-size scaling rule."""
+        base = self.optim.base_batch_size or self.batch_size
+        ratio = self.batch_size / base
+        if self.optim.lr_scaling == "linear":
+            return self.optim.lr * ratio
+        if self.optim.lr_scaling == "sqrt":
+            return self.optim.lr * ratio**0.5
+        return self.optim.lr
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+
+def presets_dir() -> Path:
+    """The shipped presets: inside the package when installed, beside it in a checkout."""
+    env = os.environ.get("LWR_PRESETS_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "presets", here.parent / "presets"):
+        if candidate.is_dir():
+            return candidate
+    raise UserError("The presets folder is missing from this installation; reinstall lwrcli.")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        names = list_presets()
+        raise UserError(
+            f"Unknown preset '{name}'.{did_you_mean(name, names)} "
+            f"Run 'lwr presets list' to see the {len(names)} shipped presets."
+        )
+    return path
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"Cannot read config file {path}: {exc.strerror}.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"Config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"Config file {path} must hold a mapping of keys to values.")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'a.b=value' -> (['a', 'b'], value parsed as YAML, so 0.1, true, [1, 2] all work)."""
+    if "=" not in item:
+        raise UserError(f"--set expects key=value (for example lwr.theta=0.4), got '{item}'.")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set has an empty key in '{item}'; use dotted keys like optim.lr=0.1.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set data[path] = value, checking every key against the config schema on the way."""
+    model: type[BaseModel] | None = TrainConfig
+    node = data
+    for depth, key in enumerate(path):
+        dotted = ".".join(path[: depth + 1])
+        if model is not None:
+            fields = model.model_fields
+            if key not in fields:
+                prefix = ".".join(path[:depth])
+                valid = [f"{prefix}.{f}" if prefix else f for f in fields]
+                raise UserError(
+                    f"Unknown config key '{dotted}'.{did_you_mean(dotted, valid)} "
+                    f"Valid keys here: {', '.join(valid)}."
+                )
+            annotation = fields[key].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(
+                annotation, BaseModel
+            ) else None
+        last = depth == len(path) - 1
+        if last:
+            node[key] = value
+        else:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                if model is None:
+                    raise UserError(f"Config key '{dotted}' is not a section; cannot set below it.")
+                child = {}
+                node[key] = child
+            node = child
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation with readable errors
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parent_model: type[BaseModel] = TrainConfig
+            for p in err["loc"][:-1]:
+                ann = parent_model.model_fields[str(p)].annotation
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    parent_model = ann
+            prefix = ".".join(str(p) for p in err["loc"][:-1])
+            valid = [f"{prefix}.{f}" if prefix else f for f in parent_model.model_fields]
+            parts.append(f"unknown key '{loc}'.{did_you_mean(loc, valid)}")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            parts.append(f"'{loc or 'config'}': {err['msg']}{shown}")
+    return f"Invalid config from {source}: " + "; ".join(parts) + "."
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_errors(exc, source)) from None
+
+
+def load_config(
+    preset: str | None = None,
+    config_file: Path | None = None,
+    overrides: list[str] | None = None,
+) -> TrainConfig:
+    """Preset or YAML file, then `--set` overrides, validated once."""
+    if (preset is None) == (config_file is None):
+        raise UserError("Give exactly one of --preset NAME or --config FILE.")
+    if preset is not None:
+        path = preset_path(preset)
+        source = f"preset '{preset}'"
+    else:
+        assert config_file is not None
+        path = config_file
+        source = str(config_file)
+    data = read_yaml(path)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        apply_override(data, keys, value)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    return validate_config(data, source)
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

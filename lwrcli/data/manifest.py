@@ -1,0 +1,165 @@
+"""The prepared dataset's `manifest.json`: what was built, from what, and how to read it back.
+
+Two storage kinds:
+- `arrays`: small images as uint8 NCHW tensors in `train.safetensors` / `test.safetensors`
+  (and `val.safetensors` when present), keys `images` (N, 3, H, W) uint8, `labels` (N,) int64,
+  and for train `source_indices` (N,) int64, the indices into the source's own train set.
+- `lists`: large images as `{split}.txt` files of `relative/path label` lines, read against
+  `image_root` (an absolute path recorded in the manifest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lwrcli import __version__
+from lwrcli.errors import UserError
+
+MANIFEST = "manifest.json"
+
+# Shot groups by train images per class (the standard long-tailed convention).
+MANY_MIN = 101  # many: > 100
+FEW_MAX = 19  # few: < 20
+
+
+def shot_group(count: int) -> str:
+    if count >= MANY_MIN:
+        return "many"
+    if count <= FEW_MAX:
+        return "few"
+    return "medium"
+
+
+def shot_groups(class_counts: Sequence[int]) -> dict[str, list[int]]:
+    """Class ids of each shot group: many (> 100 train images), medium (20-100), few (< 20)."""
+    groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
+    for c, n in enumerate(class_counts):
+        groups[shot_group(int(n))].append(c)
+    return groups
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    source: str  # cifar10 | cifar100 | synthetic | imagenet-lt | places-lt | inat2018 | folder
+    synthetic: bool = False
+    storage: Literal["arrays", "lists"]
+    num_classes: int
+    class_names: list[str]
+    class_counts: list[int]  # train images per class id
+    splits: dict[str, int]  # split name -> number of images
+    # Which split plays the test role (iNaturalist has no test list: its val list is the test).
+    test_split: str = "test"
+    val_split: str | None = None
+    imbalance_factor: float | None = None
+    profile: str | None = None
+    seed: int | None = None
+    image_size: int | None = None  # arrays: H = W
+    image_root: str | None = None  # lists: absolute root of the relative paths
+    shot_groups: dict[str, list[int]]
+    fingerprint: str  # sha256 over the split contents
+    split_fingerprints: dict[str, str] = {}
+    notes: list[str] = []
+    tool_version: str = __version__
+
+    @property
+    def imbalance_ratio(self) -> float:
+        nonzero = [n for n in self.class_counts if n > 0]
+        return max(nonzero) / min(nonzero) if nonzero else 0.0
+
+
+def make_manifest(**fields: Any) -> Manifest:
+    """Fill in the derived fields (shot groups) and validate."""
+    counts = fields["class_counts"]
+    fields.setdefault("shot_groups", shot_groups(counts))
+    fields.setdefault("num_classes", len(counts))
+    return Manifest(**fields)
+
+
+def fingerprint(parts: dict[str, bytes]) -> str:
+    """sha256 over named byte blobs, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(parts):
+        h.update(key.encode())
+        h.update(len(parts[key]).to_bytes(8, "little"))
+        h.update(parts[key])
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n"
+    (folder / MANIFEST).write_text(text)
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read a prepared dataset's manifest, with a message that says how to make one."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.exists():
+        raise UserError(
+            f"Dataset folder {folder} does not exist. Prepare one first, for example: "
+            f"'lwr prepare-data synthetic --out {folder}' or "
+            f"'lwr prepare-data cifar100 --root RAW_DIR --out {folder}'."
+        )
+    if not path.is_file():
+        raise UserError(
+            f"{folder} is not a prepared dataset (no {MANIFEST}). Create it with "
+            f"'lwr prepare-data SOURCE --root RAW_DIR --out {folder}'."
+        )
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except (ValidationError, ValueError) as exc:
+        raise UserError(
+            f"{path} is damaged or from an incompatible version ({exc.__class__.__name__}); "
+            "prepare the dataset again with 'lwr prepare-data'."
+        ) from None
+
+
+@contextmanager
+def staged_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Write a dataset into a temporary sibling folder and move it into place only on success.
+
+    An existing prepared dataset is never touched unless `overwrite`, and even then it is
+    replaced only after the new one is complete, so a failed command loses nothing.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; choose another path.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"--out {out} already exists and is not empty; nothing was changed. Choose a new "
+            "folder or pass --overwrite to replace it."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(backup)
+            tmp.rename(out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

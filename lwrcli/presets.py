@@ -1,0 +1,49 @@
+"""`lwr presets`: the shipped recipes as a table."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from lwrcli.config import TrainConfig, list_presets, load_config
+
+LOSS_NAMES = {"ce": "CE", "focal": "Focal", "ldam": "LDAM", "bs": "BalancedSoftmax", "la": "LA"}
+
+
+def loss_label(cfg: TrainConfig) -> str:
+    label = LOSS_NAMES[cfg.loss.name]
+    if cfg.loss.name == "focal":
+        label += f" (γ={cfg.loss.focal_gamma:g})"
+    if cfg.loss.name == "la":
+        label += f" (τ={cfg.loss.la_tau:g})"
+    if cfg.loss.reweight == "drw":
+        label += f"-DRW@{cfg.loss.drw_epoch}"
+    elif cfg.loss.reweight == "cb":
+        label += "-CB"
+    return label
+
+
+def lwr_label(cfg: TrainConfig) -> str:
+    if not cfg.lwr.enabled:
+        return "-"
+    lw = cfg.lwr
+    proj = ", proj" if lw.proj else ""
+    return f"λ={lw.lambda_max:g} θ={lw.theta:g}{proj}, {lw.schedule.kind}"
+
+
+def presets_table() -> Table:
+    table = Table(title="lwr presets (lwr presets show NAME for the full config)")
+    for col in ("preset", "dataset", "model", "loss", "LWR", "epochs", "paper top-1"):
+        table.add_column(col)
+    for name in list_presets():
+        cfg = load_config(preset=name)
+        paper = cfg.reference.get("all")
+        table.add_row(
+            name,
+            cfg.dataset,
+            cfg.model.name + (" (cosine)" if cfg.model.cosine_classifier else ""),
+            loss_label(cfg),
+            lwr_label(cfg),
+            str(cfg.epochs),
+            f"{paper:.1f}" if paper is not None else "",
+        )
+    return table

@@ -1,0 +1,206 @@
+"""`lwr train`: set up a run folder, data, model and trainer; resume; tear down.
+
+Layering (litgpt's setup -> main -> fit): `train_run` resolves the device and the process
+group, prepares the run folder, builds the pieces, and hands them to `Trainer.fit`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lwrcli import __version__
+from lwrcli.checkpoint import load_checkpoint, load_train_state, state_path
+from lwrcli.config import TrainConfig, config_to_yaml, validate_config
+from lwrcli.data.loading import build_data, check_dataset_matches
+from lwrcli.distributed import DistInfo, barrier, setup, teardown
+from lwrcli.engine import Trainer
+from lwrcli.errors import UserError
+from lwrcli.models import build_model, count_parameters
+from lwrcli.progress import TrainProgress
+
+RUN_INFO = "run.json"
+
+
+def resolve_device(kind: str, dist: DistInfo | None = None) -> torch.device:
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda was asked for, but no CUDA GPU is available here.")
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", dist.local_rank if dist else 0)
+
+
+def environment_record(device: torch.device) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "lwr": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "argv": sys.argv,
+    }
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+        record["cuda"] = torch.version.cuda
+    try:
+        import torchvision
+
+        record["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        if commit.returncode == 0:
+            record["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return record
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    epochs: int
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+
+
+def _prepare_run_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(
+            f"Run folder {out} already exists and is not empty; nothing was changed. Continue "
+            f"it with 'lwr train --resume {out}' or choose a new --out."
+        )
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def train_run(
+    cfg: TrainConfig,
+    data_dir: Path | None,
+    out: Path | None = None,
+    resume: Path | None = None,
+    progress: TrainProgress | None = None,
+) -> RunResult:
+    """Train from scratch into `out`, or continue the run in `resume` from its last epoch."""
+    if resume is not None:
+        cfg, data_dir, resume_ckpt = _load_resume(resume, data_dir)
+        run_dir = resume
+    else:
+        if data_dir is None or out is None:
+            raise UserError("lwr train needs --data DATA_DIR and --out RUN_DIR (or --resume).")
+        run_dir = out
+        resume_ckpt = None
+    dist_kind = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
+    dist = setup(dist_kind)
+    try:
+        device = resolve_device(cfg.device, dist)
+        torch.manual_seed(cfg.seed)
+        data = build_data(data_dir, cfg, device, dist)
+        check_dataset_matches(cfg, data.manifest, data_dir)
+        if dist.is_main and resume is None:
+            _prepare_run_dir(run_dir)
+        barrier(dist)
+        torch.manual_seed(cfg.seed)  # model init independent of data loading
+        model = build_model(cfg.model, data.num_classes).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        progress = progress or TrainProgress(cfg.epochs, enabled=dist.is_main)
+        if resume_ckpt is not None:
+            model.load_state_dict(resume_ckpt.state)
+        wrapped: torch.nn.Module = model
+        if dist.enabled:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        if cfg.compile:
+            wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+        trainer = Trainer(cfg, wrapped, data, device, run_dir, dist, progress)
+        if resume_ckpt is not None:
+            tensors, meta = load_train_state(state_path(resume / "checkpoints" / "last.safetensors"))
+            trainer.load_resume_state(tensors, meta)
+            _truncate_metrics(run_dir / "metrics.jsonl", trainer.state.epoch)
+            progress.message(f"Resuming {run_dir} after epoch {trainer.state.epoch}.")
+        elif dist.is_main:
+            _write_run_files(run_dir, cfg, data_dir, data.manifest.fingerprint, device)
+            progress.message(
+                f"Training '{cfg.name}' on {data.manifest.name} ({data.num_classes} classes) "
+                f"with {cfg.model.name} ({count_parameters(model):,} parameters) on {device}; "
+                f"lr {trainer.base_lr:g} for batch {cfg.batch_size}"
+                + _scaling_note(cfg)
+                + f"; model selection on: {trainer.select_split or 'none (last epoch)'}."
+            )
+            if trainer.select_split == data.manifest.test_split:
+                progress.message(
+                    "Note: selecting the best checkpoint on the TEST split, as configured "
+                    "(data.select_on=test); its test accuracy is optimistic."
+                )
+        state = trainer.fit()
+        return RunResult(run_dir, state.epoch, state.history, state.best_epoch)
+    finally:
+        teardown()
+
+
+def _scaling_note(cfg: TrainConfig) -> str:
+    base = cfg.optim.base_batch_size
+    if base is None or base == cfg.batch_size or cfg.optim.lr_scaling == "none":
+        return ""
+    return f" ({cfg.optim.lr_scaling} scaling of lr {cfg.optim.lr:g} from batch {base})"
+
+
+def _write_run_files(
+    run_dir: Path, cfg: TrainConfig, data_dir: Path, fingerprint: str, device: torch.device
+) -> None:
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    info = {"data_dir": str(Path(data_dir).resolve()), "dataset_fingerprint": fingerprint}
+    (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    (run_dir / "environment.json").write_text(json.dumps(environment_record(device), indent=2))
+
+
+def _load_resume(run_dir: Path, data_dir: Path | None) -> tuple[TrainConfig, Path, Any]:
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    ckpt_path = run_dir / "checkpoints" / "last.safetensors"
+    if not cfg_path.is_file() or not ckpt_path.is_file():
+        raise UserError(
+            f"Cannot resume {run_dir}: it has no config.yaml or checkpoints/last.safetensors "
+            "(a run saves its first checkpoint at the end of epoch 1)."
+        )
+    cfg = validate_config(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
+    info = json.loads((run_dir / RUN_INFO).read_text()) if (run_dir / RUN_INFO).is_file() else {}
+    data_dir = Path(data_dir or info.get("data_dir", ""))
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt.epoch >= cfg.epochs:
+        raise UserError(
+            f"Run {run_dir} already finished all {cfg.epochs} epochs; nothing to resume."
+        )
+    fp = info.get("dataset_fingerprint")
+    from lwrcli.data.manifest import read_manifest
+
+    if fp and read_manifest(data_dir).fingerprint != fp:
+        raise UserError(
+            f"Dataset {data_dir} differs from the one run {run_dir} was trained on "
+            "(fingerprint mismatch); resume with the same prepared dataset."
+        )
+    return cfg, data_dir, ckpt
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    """Drop metric lines past the checkpoint (a crash may have left a partial epoch)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= epoch]
+    path.write_text("".join(line + "\n" for line in keep))
