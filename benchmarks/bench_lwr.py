@@ -15,7 +15,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from lwrcli.lwr import lwr_penalty, lwr_penalty_dense
 
 
@@ -87,15 +86,23 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true", help="skip the dense reference")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "block": args.block, "rows": []}
+    out: dict = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "block": args.block,
+        "rows": [],
+    }
     for size in args.sizes.split(","):
         c, d = map(int, size.split("x"))
         w = torch.randn(c, d, device=device, requires_grad=True)
         block = lambda t: lwr_penalty(t, 0.0, 1, True, args.block)  # noqa: E731
         dense = lambda t: lwr_penalty_dense(t, 0.0, 1, True)  # noqa: E731
-        row = {"C": c, "d": d, "block_s": timed(block, w, args.repeats),
-               "block_saved_MB": saved_bytes(block, w) / 2**20}
+        row = {
+            "C": c,
+            "d": d,
+            "block_s": timed(block, w, args.repeats),
+            "block_saved_MB": saved_bytes(block, w) / 2**20,
+        }
         if not args.no_dense:
             row["dense_s"] = timed(dense, w, args.repeats)
             row["dense_saved_MB"] = saved_bytes(dense, w) / 2**20

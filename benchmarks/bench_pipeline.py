@@ -100,8 +100,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10847, help="dataset size (CIFAR-100-LT IF 100)")
     args = ap.parse_args()
     device = torch.device(
-        "cuda" if args.device == "auto" and torch.cuda.is_available() else
-        ("cpu" if args.device == "auto" else args.device)
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
     )
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, (args.n, 32, 32, 3), dtype=np.uint8)
@@ -110,15 +111,27 @@ def main() -> None:
     ours = DeviceImageLoader(
         torch.from_numpy(data).permute(0, 3, 1, 2).contiguous().to(device),
         torch.from_numpy(labels).to(device),
-        args.batch, MEAN, STD, train=True, padding=4, flip=True,
+        args.batch,
+        MEAN,
+        STD,
+        train=True,
+        padding=4,
+        flip=True,
     )
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "batch": args.batch, "workers": args.workers}
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "workers": args.workers,
+    }
     for label, train_model in (("data_only", False), ("train_step", True)):
         r = run(ref, device, args.steps, train_model)
         o = run(ours, device, args.steps, train_model)
-        result[label] = {"reference_img_s": round(r, 1), "lwr_img_s": round(o, 1),
-                         "ratio": round(o / r, 2)}
+        result[label] = {
+            "reference_img_s": round(r, 1),
+            "lwr_img_s": round(o, 1),
+            "ratio": round(o / r, 2),
+        }
     print(json.dumps(result, indent=2))
 
 

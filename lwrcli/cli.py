@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import click
 import typer
@@ -34,17 +33,7 @@ out_console = Console()
 err_console = Console(stderr=True)
 
 
-class Source(str, Enum):
-    cifar10 = "cifar10"
-    cifar100 = "cifar100"
-    synthetic = "synthetic"
-    imagenet_lt = "imagenet-lt"
-    places_lt = "places-lt"
-    inat2018 = "inat2018"
-    folder = "folder"
-
-
-SOURCES = [s.value for s in Source]
+SOURCES = ("cifar10", "cifar100", "synthetic", "imagenet-lt", "places-lt", "inat2018", "folder")
 
 
 def _version(value: bool) -> None:
@@ -67,10 +56,10 @@ def prepare_data(
     source: Annotated[str, typer.Argument(help=f"One of: {', '.join(SOURCES)}.")],
     out: Annotated[Path, typer.Option("--out", help="Prepared dataset folder to create.")],
     root: Annotated[
-        Optional[Path], typer.Option("--root", help="Raw dataset folder (images or archives).")
+        Path | None, typer.Option("--root", help="Raw dataset folder (images or archives).")
     ] = None,
     imbalance_factor: Annotated[
-        Optional[float], typer.Option("--imbalance-factor", help="n_max / n_min, e.g. 100.")
+        float | None, typer.Option("--imbalance-factor", help="n_max / n_min, e.g. 100.")
     ] = None,
     profile: Annotated[str, typer.Option(help="Long-tail profile: exp, step or pareto.")] = "exp",
     seed: Annotated[int, typer.Option(help="Seed of the long-tailed selection.")] = 0,
@@ -81,11 +70,11 @@ def prepare_data(
         bool, typer.Option("--overwrite", help="Replace an existing --out folder.")
     ] = False,
     split_dir: Annotated[
-        Optional[Path], typer.Option("--split-dir", help="Folder with the standard list files.")
+        Path | None, typer.Option("--split-dir", help="Folder with the standard list files.")
     ] = None,
-    train_list: Annotated[Optional[Path], typer.Option("--train-list")] = None,
-    val_list: Annotated[Optional[Path], typer.Option("--val-list")] = None,
-    test_list: Annotated[Optional[Path], typer.Option("--test-list")] = None,
+    train_list: Annotated[Path | None, typer.Option("--train-list")] = None,
+    val_list: Annotated[Path | None, typer.Option("--val-list")] = None,
+    test_list: Annotated[Path | None, typer.Option("--test-list")] = None,
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Check that every listed file exists.")
     ] = True,
@@ -96,7 +85,7 @@ def prepare_data(
         int, typer.Option("--test-per-class", help="folder: images per class held out for test.")
     ] = 0,
     num_classes: Annotated[
-        Optional[int], typer.Option("--num-classes", help="synthetic: number of classes.")
+        int | None, typer.Option("--num-classes", help="synthetic: number of classes.")
     ] = None,
     benchmark: Annotated[
         bool, typer.Option("--benchmark", help="lists/folder: report loader images/s after.")
@@ -141,18 +130,16 @@ def prepare_data(
 
 @app.command()
 def train(
-    data: Annotated[
-        Optional[Path], typer.Option("--data", help="Prepared dataset folder.")
-    ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder to create.")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="A shipped recipe.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="A YAML config.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder to create.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="A shipped recipe.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A YAML config.")] = None,
     overrides: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", help="Override a config key, e.g. --set lwr.theta=0.6."),
     ] = None,
     resume: Annotated[
-        Optional[Path], typer.Option("--resume", help="Continue this run folder.")
+        Path | None, typer.Option("--resume", help="Continue this run folder.")
     ] = None,
 ) -> None:
     """Train a model (CPU, one GPU, or many via torchrun) into a run folder."""
@@ -186,15 +173,15 @@ def eval_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint.")],
     data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder.")],
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Folder for summary.json and per_class.csv.")
+        Path | None, typer.Option("--out", help="Folder for summary.json and per_class.csv.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    split: Annotated[Optional[str], typer.Option(help="Split (default: the test split).")] = None,
+    split: Annotated[str | None, typer.Option(help="Split (default: the test split).")] = None,
     posthoc_tau: Annotated[
-        Optional[float], typer.Option("--posthoc-tau", help="Post-hoc logit adjustment tau.")
+        float | None, typer.Option("--posthoc-tau", help="Post-hoc logit adjustment tau.")
     ] = None,
     tau_norm: Annotated[
-        Optional[float], typer.Option("--tau-norm", help="tau-normalise classifier weights.")
+        float | None, typer.Option("--tau-norm", help="tau-normalise classifier weights.")
     ] = None,
     confusion: Annotated[bool, typer.Option("--confusion", help="Write confusion.csv.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -223,7 +210,7 @@ def analyze_weights(
     checkpoints: Annotated[list[Path], typer.Argument(help="One or more checkpoints.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for plots and summary.json.")],
     data: Annotated[
-        Optional[Path], typer.Option("--data", help="Prepared dataset (class counts/names).")
+        Path | None, typer.Option("--data", help="Prepared dataset (class counts/names).")
     ] = None,
     svg: Annotated[bool, typer.Option("--svg", help="Also write SVG plots.")] = False,
 ) -> None:

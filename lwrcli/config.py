@@ -227,9 +227,11 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
                     f"Valid keys here: {', '.join(valid)}."
                 )
             annotation = fields[key].annotation
-            model = annotation if isinstance(annotation, type) and issubclass(
-                annotation, BaseModel
-            ) else None
+            model = (
+                annotation
+                if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+                else None
+            )
         last = depth == len(path) - 1
         if last:
             node[key] = value

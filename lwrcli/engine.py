@@ -202,9 +202,11 @@ class Trainer:
 
     def _check_finite(self, value: float, epoch: int) -> None:
         if not math.isfinite(value):
-            where = f" The last good checkpoint is kept in {self.run_dir}/checkpoints." if (
-                self.run_dir and self.state.epoch > 0
-            ) else ""
+            where = (
+                f" The last good checkpoint is kept in {self.run_dir}/checkpoints."
+                if (self.run_dir and self.state.epoch > 0)
+                else ""
+            )
             raise TrainingDiverged(
                 f"Training diverged: the loss became {value} in epoch {epoch + 1}.{where} "
                 "Lower optim.lr, enable optim.clip_grad_norm, or lower lwr.lambda_max."

@@ -97,7 +97,9 @@ def evaluate_checkpoint(
     if tau_norm is not None:
         adjustments.append(f"tau-normalised classifier (tau={tau_norm:g})")
     if posthoc_tau is not None:
-        logits = posthoc_logit_adjust(logits, torch.tensor(counts, dtype=torch.float64), posthoc_tau)
+        logits = posthoc_logit_adjust(
+            logits, torch.tensor(counts, dtype=torch.float64), posthoc_tau
+        )
         adjustments.append(f"post-hoc logit adjustment (tau={posthoc_tau:g})")
     summary = summarize(logits, targets, counts)
     per_class = summary.pop("per_class")

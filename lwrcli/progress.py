@@ -75,7 +75,8 @@ class TrainProgress:
             self._progress.stop()
             self._progress = None
         self.console.print(
-            f"epoch {epoch + 1}/{self.total_epochs}  {_fmt(summary)}", highlight=False,
+            f"epoch {epoch + 1}/{self.total_epochs}  {_fmt(summary)}",
+            highlight=False,
             soft_wrap=True,
         )
 

@@ -130,7 +130,9 @@ def train_run(
             wrapped = torch.compile(wrapped)  # type: ignore[assignment]
         trainer = Trainer(cfg, wrapped, data, device, run_dir, dist, progress)
         if resume_ckpt is not None:
-            tensors, meta = load_train_state(state_path(resume / "checkpoints" / "last.safetensors"))
+            tensors, meta = load_train_state(
+                state_path(resume / "checkpoints" / "last.safetensors")
+            )
             trainer.load_resume_state(tensors, meta)
             _truncate_metrics(run_dir / "metrics.jsonl", trainer.state.epoch)
             progress.message(f"Resuming {run_dir} after epoch {trainer.state.epoch}.")

@@ -27,7 +27,9 @@ class Tiny(torch.nn.Module):
 
 def _save(path: Path, model: torch.nn.Module | None = None) -> torch.nn.Module:
     model = model or Tiny()
-    save_checkpoint(path, model, TrainConfig(epochs=3), [10, 2], ["a", "b"], 2, {"x": 1.5}, "fc.weight")
+    save_checkpoint(
+        path, model, TrainConfig(epochs=3), [10, 2], ["a", "b"], 2, {"x": 1.5}, "fc.weight"
+    )
     return model
 
 

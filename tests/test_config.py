@@ -69,9 +69,13 @@ def test_schedule_lists_must_match() -> None:
 def test_lr_scaling_rule() -> None:
     cfg = TrainConfig(batch_size=256, optim={"lr": 0.1, "base_batch_size": 128})
     assert cfg.effective_lr == pytest.approx(0.2)
-    cfg = TrainConfig(batch_size=512, optim={"lr": 0.1, "base_batch_size": 128, "lr_scaling": "sqrt"})
+    cfg = TrainConfig(
+        batch_size=512, optim={"lr": 0.1, "base_batch_size": 128, "lr_scaling": "sqrt"}
+    )
     assert cfg.effective_lr == pytest.approx(0.2)
-    cfg = TrainConfig(batch_size=512, optim={"lr": 0.1, "base_batch_size": 128, "lr_scaling": "none"})
+    cfg = TrainConfig(
+        batch_size=512, optim={"lr": 0.1, "base_batch_size": 128, "lr_scaling": "none"}
+    )
     assert cfg.effective_lr == pytest.approx(0.1)
 
 

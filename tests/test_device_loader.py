@@ -34,7 +34,9 @@ def test_loader_covers_every_sample_once_and_normalises() -> None:
     n = 37
     images = torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8)
     labels = torch.arange(n)
-    loader = DeviceImageLoader(images, labels, 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), True, 0, False)
+    loader = DeviceImageLoader(
+        images, labels, 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), True, 0, False
+    )
     seen = torch.cat([y for _, y in loader])
     assert len(loader) == 5 and sorted(seen.tolist()) == list(range(n))
     ev = DeviceImageLoader(images, labels, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), False)

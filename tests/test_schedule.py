@@ -9,7 +9,9 @@ import pytest
 from lwrcli.config import ScheduleConfig
 from lwrcli.schedule import lr_at
 
-LDAM = ScheduleConfig(kind="multistep", warmup_epochs=5, milestones=[160, 180], factors=[0.01, 1e-4])
+LDAM = ScheduleConfig(
+    kind="multistep", warmup_epochs=5, milestones=[160, 180], factors=[0.01, 1e-4]
+)
 
 
 def test_ldam_recipe_epoch_values() -> None:

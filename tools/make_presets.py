@@ -81,8 +81,14 @@ def cifar(variant: str, ir: int, loss: str, lwr: bool) -> dict[str, Any]:
     """The LDAM-DRW recipe: ResNet-32, 200 epochs, batch 128, lr 0.1 with 5 warm-up epochs,
     x0.01 from 0-based epoch 160 and x0.0001 from 180, DRW at 160, crop(32, pad 4) + flip."""
     loss_cfg, cosine = loss_block(loss, drw_epoch=160, focal_gamma=1.0)
-    paper_loss = {"ce-drw": "CE-DRW", "ldam-drw": "LDAM-DRW", "bs": "Balanced Softmax",
-                  "la": "Logit Adjustment", "ce": "cross-entropy", "focal": "focal (gamma 1)"}
+    paper_loss = {
+        "ce-drw": "CE-DRW",
+        "ldam-drw": "LDAM-DRW",
+        "bs": "Balanced Softmax",
+        "la": "Logit Adjustment",
+        "ce": "cross-entropy",
+        "focal": "focal (gamma 1)",
+    }
     return {
         "description": f"{variant.upper()}-LT IF {ir}, ResNet-32, {paper_loss[loss]}"
         + (" + LWR (theta 0.4, proj, linear lambda(t))" if lwr else "")
@@ -94,8 +100,12 @@ def cifar(variant: str, ir: int, loss: str, lwr: bool) -> dict[str, Any]:
         "loss": loss_cfg,
         "lwr": lwr_block(lwr, "cifar"),
         "optim": {"lr": 0.1, "base_batch_size": 128, "momentum": 0.9, "weight_decay": 2e-4},
-        "schedule": {"kind": "multistep", "warmup_epochs": 5, "milestones": [160, 180],
-                     "factors": [0.01, 0.0001]},
+        "schedule": {
+            "kind": "multistep",
+            "warmup_epochs": 5,
+            "milestones": [160, 180],
+            "factors": [0.01, 0.0001],
+        },
         "data": {"crop_padding": 4, "flip": True, "mean": CIFAR_MEAN, "std": CIFAR_STD},
     }
 
@@ -107,18 +117,30 @@ def large(dataset: str, loss: str, lwr: bool) -> dict[str, Any]:
     epochs = 30 if dataset == "places-lt" else 90
     loss_cfg, cosine = loss_block(loss, drw_epoch=epochs * 2 // 3, focal_gamma=2.0)
     model: dict[str, Any] = {"name": "resnet50", "cosine_classifier": cosine}
-    optim = {"lr": 0.2, "base_batch_size": 512, "momentum": 0.9,
-             "weight_decay": 1e-4 if dataset == "inat2018" else 5e-4}
+    optim = {
+        "lr": 0.2,
+        "base_batch_size": 512,
+        "momentum": 0.9,
+        "weight_decay": 1e-4 if dataset == "inat2018" else 5e-4,
+    }
     batch = 512
     if dataset == "places-lt":
-        model = {"name": "resnet152", "cosine_classifier": cosine, "pretrained": None,
-                 "pretrained_required": True}
+        model = {
+            "name": "resnet152",
+            "cosine_classifier": cosine,
+            "pretrained": None,
+            "pretrained_required": True,
+        }
         optim = {"lr": 0.05, "base_batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4}
         batch = 256
     return {
-        "description": f"{dataset} {model['name']}, {loss}" + (" + LWR" if lwr else "")
-        + ("; set model.pretrained to a local ImageNet ResNet-152 file" if dataset ==
-           "places-lt" else ""),
+        "description": f"{dataset} {model['name']}, {loss}"
+        + (" + LWR" if lwr else "")
+        + (
+            "; set model.pretrained to a local ImageNet ResNet-152 file"
+            if dataset == "places-lt"
+            else ""
+        ),
         "dataset": dataset,
         "epochs": epochs,
         "batch_size": batch,
@@ -130,10 +152,22 @@ def large(dataset: str, loss: str, lwr: bool) -> dict[str, Any]:
         "loss": loss_cfg,
         "lwr": lwr_block(lwr, family),
         "optim": optim,
-        "schedule": {"kind": "cosine", "warmup_epochs": 0, "milestones": [], "factors": [],
-                     "min_lr": 0.0},
-        "data": {"image_size": 224, "resize": 256, "color_jitter": 0.4, "num_workers": 8,
-                 "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "select_on": "val"},
+        "schedule": {
+            "kind": "cosine",
+            "warmup_epochs": 0,
+            "milestones": [],
+            "factors": [],
+            "min_lr": 0.0,
+        },
+        "data": {
+            "image_size": 224,
+            "resize": 256,
+            "color_jitter": 0.4,
+            "num_workers": 8,
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "select_on": "val",
+        },
     }
 
 
@@ -153,8 +187,12 @@ def synthetic(lwr: bool) -> dict[str, Any]:
         "lwr": lwr_block(lwr, "synthetic"),
         "optim": {"lr": 0.05, "base_batch_size": 64, "momentum": 0.9, "weight_decay": 5e-4},
         "schedule": {"kind": "cosine", "warmup_epochs": 1, "milestones": [], "factors": []},
-        "data": {"crop_padding": 2, "flip": True, "mean": [0.5, 0.5, 0.5],
-                 "std": [0.25, 0.25, 0.25]},
+        "data": {
+            "crop_padding": 2,
+            "flip": True,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        },
     }
 
 
@@ -169,7 +207,9 @@ def all_presets() -> dict[str, dict[str, Any]]:
                     presets[name] = cifar(variant, ir, loss, lwr)
     for loss in ["ce-drw", "bs", "focal", "la", "ldam-drw"]:
         for lwr in (False, True):
-            presets[f"imagenet-lt-{loss}" + ("-lwr" if lwr else "")] = large("imagenet-lt", loss, lwr)
+            presets[f"imagenet-lt-{loss}" + ("-lwr" if lwr else "")] = large(
+                "imagenet-lt", loss, lwr
+            )
     for loss in ["ce", "bs", "la"]:
         for lwr in (False, True):
             presets[f"places-lt-{loss}" + ("-lwr" if lwr else "")] = large("places-lt", loss, lwr)
