@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -245,21 +244,15 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point; maps user errors to exit status 2 without a traceback."""
+    """Console entry point. Typer/click handle usage errors (exit 2 with a usage line); our
+    UserError and interruptions are mapped here, so no user error ends in a traceback."""
     from lwrcli.engine import Interrupted
 
     try:
-        code = app(args=argv, prog_name="lwr", standalone_mode=False)
-        if isinstance(code, int) and code != 0:
-            sys.exit(code)
+        app(args=argv, prog_name="lwr")
     except UserError as exc:
         _fail(str(exc))
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         _fail("interrupted; nothing half-written was kept.", 130)
     except Interrupted:
         _fail(

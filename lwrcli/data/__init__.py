@@ -1,0 +1,1 @@
+"""Dataset sources (prepare-data), prepared-dataset manifests and training loaders."""

@@ -1,0 +1,218 @@
+"""The whole flow through the command line, and how it treats bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_help_for_every_command(lwr) -> None:
+    for cmd in ([], ["prepare-data"], ["train"], ["eval"], ["analyze-weights"], ["presets"]):
+        r = lwr(*cmd, "--help")
+        assert r.code == 0 and "Usage" in r.out, cmd
+
+
+def test_synthetic_flow_end_to_end(lwr, tmp_path: Path, synthetic_data: Path) -> None:
+    run = tmp_path / "run"
+    r = lwr(
+        "train",
+        "--preset",
+        "synthetic-lt-bs-lwr",
+        "--data",
+        synthetic_data,
+        "--out",
+        run,
+        "--set",
+        "epochs=2",
+        "--set",
+        "eval_every=1",
+    )
+    assert r.code == 0, r.err
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    for key in (
+        "loss",
+        "task",
+        "lwr",
+        "lwr_lambda",
+        "lr",
+        "train_acc",
+        "test_top1",
+        "images_per_s",
+    ):
+        assert lines[-1][key] is not None, key
+    assert lines[0]["lwr_lambda"] < lines[1]["lwr_lambda"]  # linear ramp
+    assert (run / "config.yaml").is_file() and (run / "environment.json").is_file()
+    ckpt = run / "checkpoints" / "last.safetensors"
+    assert ckpt.is_file()
+
+    r = lwr("eval", ckpt, "--data", synthetic_data, "--json")
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    for key in ("top1", "top5", "many", "medium", "few", "group_sizes"):
+        assert key in summary
+    assert 0 <= summary["top1"] <= summary["top5"] <= 100
+    assert summary["synthetic"] is True
+    csv = (run / "eval" / "last" / "per_class.csv").read_text().splitlines()
+    assert csv[0].startswith("class_id") and len(csv) == 1 + 20
+
+    out = tmp_path / "analysis"
+    r = lwr("analyze-weights", ckpt, ckpt, "--data", synthetic_data, "--out", out)
+    assert r.code == 0, r.err
+    pngs = list(out.glob("*.png"))
+    assert len(pngs) >= 3 and all(p.read_bytes().startswith(PNG) for p in pngs)
+    assert json.loads((out / "summary.json").read_text())
+
+
+def test_cifar100_flow_on_fake_archives(lwr, tmp_path: Path) -> None:
+    from fakecifar import write_fake_cifar
+
+    write_fake_cifar(tmp_path / "raw", "cifar100")
+    data = tmp_path / "c100"
+    r = lwr(
+        "prepare-data",
+        "cifar100",
+        "--root",
+        tmp_path / "raw",
+        "--out",
+        data,
+        "--imbalance-factor",
+        "100",
+    )
+    assert r.code == 0, r.err
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert sum(manifest["class_counts"]) == 10847 and manifest["splits"]["test"] == 10000
+    run = tmp_path / "run"
+    r = lwr(
+        "train",
+        "--preset",
+        "cifar100-lt-ir100-bs-lwr",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=256",
+    )
+    assert r.code == 0, r.err
+    assert "linear scaling" in r.err  # the lr rule is stated, not silent
+    ckpt = run / "checkpoints" / "last.safetensors"
+    r = lwr("eval", ckpt, "--data", data, "--json", "--out", tmp_path / "ev")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["group_sizes"] == {"many": 35, "medium": 35, "few": 30}
+    r = lwr("analyze-weights", ckpt, "--data", data, "--out", tmp_path / "an")
+    assert r.code == 0, r.err
+    assert (tmp_path / "an" / "norms.png").read_bytes().startswith(PNG)
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["train", "--preset", "nope", "--data", "D", "--out", "R"], "Unknown preset"),
+        (
+            [
+                "train",
+                "--preset",
+                "synthetic-lt-bs",
+                "--data",
+                "D",
+                "--out",
+                "R",
+                "--set",
+                "lwr.thetta=1",
+            ],
+            "Did you mean 'lwr.theta'",
+        ),
+        (
+            [
+                "train",
+                "--preset",
+                "synthetic-lt-bs",
+                "--data",
+                "D",
+                "--out",
+                "R",
+                "--set",
+                "epochs=abc",
+            ],
+            "epochs",
+        ),
+        (
+            ["train", "--preset", "synthetic-lt-bs", "--data", "missing", "--out", "R"],
+            "does not exist",
+        ),
+        (
+            [
+                "prepare-data",
+                "cifar100",
+                "--root",
+                "raw",
+                "--out",
+                "X",
+                "--imbalance-factor",
+                "0.01",
+            ],
+            "100",
+        ),
+        (["prepare-data", "imagenet", "--root", "raw", "--out", "X"], "Unknown source"),
+        (["eval", "truncated.safetensors", "--data", "D"], "truncated"),
+    ],
+)
+def test_bad_input_is_one_paragraph_exit_2(lwr, tmp_path: Path, args, expect) -> None:
+    os.chdir(tmp_path)
+    (tmp_path / "truncated.safetensors").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a')
+    r = lwr(*args)
+    assert r.code == 2, (r.out, r.err)
+    assert expect in r.err
+    assert "Traceback" not in r.err
+    assert not (tmp_path / "R").exists() and not (tmp_path / "X").exists()
+
+
+def test_nothing_is_overwritten(lwr, tmp_path: Path, synthetic_data: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    r = lwr("train", "--preset", "synthetic-lt-bs", "--data", synthetic_data, "--out", run)
+    assert r.code == 2 and "--resume" in r.err
+    assert _files(run) == {"notes.txt": b"mine"}
+    before = _files(synthetic_data)
+    r = lwr("prepare-data", "synthetic", "--out", synthetic_data)
+    assert r.code == 2 and "--overwrite" in r.err
+    assert _files(synthetic_data) == before
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lwrcli",
+            "train",
+            "--preset",
+            "cifar100-lt-ir100-bs-lwrr",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "cifar100-lt-ir100-bs-lwr" in proc.stderr
