@@ -34,7 +34,8 @@ def save_split(
     if source_indices is not None:
         tensors["source_indices"] = np.ascontiguousarray(source_indices, dtype=np.int64)
     path = split_path(folder, split)
-    save_file(tensors, str(path), metadata={"format": "lwr-arrays-1", "split": split})
+    # One metadata key: safetensors writes a map in hash order, which would break determinism.
+    save_file(tensors, str(path), metadata={"format": "lwr-arrays-1"})
     return path.read_bytes()
 
 
