@@ -46,7 +46,9 @@ class _CountsLoss(nn.Module):
 
 
 class CrossEntropy(_CountsLoss):
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return F.cross_entropy(logits.float(), target, weight=weight)
 
 
@@ -57,7 +59,9 @@ class FocalLoss(_CountsLoss):
         super().__init__(class_counts)
         self.gamma = gamma
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
         ce = -logp
         if weight is not None:
@@ -83,7 +87,9 @@ class LDAMLoss(_CountsLoss):
         self.register_buffer("margins", (quarter * (max_m / quarter.max())).float())
         self.s = s
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         z = logits.float()
         margin = torch.zeros_like(z).scatter_(1, target[:, None], self.margins[target][:, None])
         return F.cross_entropy(self.s * (z - margin), target, weight=weight)
@@ -96,7 +102,9 @@ class BalancedSoftmax(_CountsLoss):
         super().__init__(class_counts)
         require_positive_counts(self.class_counts, "Balanced Softmax")
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         z = logits.float() + torch.log(self.class_counts)
         return F.cross_entropy(z, target, weight=weight)
 
@@ -109,7 +117,9 @@ class LogitAdjustment(_CountsLoss):
         require_positive_counts(self.class_counts, "Logit adjustment")
         self.tau = tau
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return F.cross_entropy(logits.float() + self.tau * self.log_prior(), target, weight=weight)
 
 

@@ -1,4 +1,8 @@
-"""Accuracy reports: top-k, per class, and many/medium/few shot groups."""
+"""Accuracy reports: top-k, per class, and many/medium/few shot groups.
+
+Shot-group accuracies are means of per-class accuracies (every class counts once, as in the
+long-tailed literature), not accuracies over the pooled samples of a group.
+"""
 
 from __future__ import annotations
 
@@ -12,58 +16,72 @@ from rich.table import Table
 
 from lwrcli.data.manifest import shot_group, shot_groups
 
+GROUPS = ("many", "medium", "few")
+
 
 def topk_correct(
     logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)
 ) -> dict[int, torch.Tensor]:
-    """For each k: (N,) bool, whether the target is among the k largest logits (k capped at C)."""
+    """logits (N, C), target (N,) -> {k: (N,) bool, target among the k largest logits}.
+
+    k is capped at C, so top-5 on a 3-class problem is always right (not an error).
+    """
     kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices
+    top = logits.topk(kmax, dim=1).indices  # (N, kmax), largest first
     hits = top == target[:, None]
     return {k: hits[:, : min(k, kmax)].any(1) for k in ks}
 
 
 def per_class_accuracy(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C,) float64 percent; NaN for a class without samples."""
+    """pred, target (N,) -> (C,) float64 percent; NaN for a class with no test samples."""
     total = torch.bincount(target, minlength=num_classes).double()
     right = torch.bincount(target[pred == target], minlength=num_classes).double()
-    acc = 100.0 * right / total
+    acc = 100.0 * right / total.clamp_min(1)
     acc[total == 0] = float("nan")
     return acc
 
 
 def group_accuracy(per_class: torch.Tensor, class_counts: Sequence[int]) -> dict[str, Any]:
-    """Mean of per-class accuracies in each shot group (None for an empty group)."""
+    """Mean per-class accuracy (percent) of each shot group by train count.
+
+    per_class (C,) may hold NaN for classes without test samples; they are left out of the
+    mean. A group with no (tested) class is None. `group_sizes` gives classes per group.
+    """
     out: dict[str, Any] = {}
-    for name, ids in shot_groups(class_counts).items():
-        vals = per_class[ids] if ids else per_class[:0]
+    groups = shot_groups(class_counts)
+    for name in GROUPS:
+        vals = per_class[groups[name]].double()
         vals = vals[~torch.isnan(vals)]
         out[name] = float(vals.mean()) if len(vals) else None
+    out["group_sizes"] = {name: len(groups[name]) for name in GROUPS}
     return out
 
 
 def summarize(
     logits: torch.Tensor, target: torch.Tensor, class_counts: Sequence[int]
 ) -> dict[str, Any]:
-    """top1/top5 over samples, many/medium/few over classes, per-class list, group sizes."""
+    """logits (N, C), target (N,), train counts (C,) -> JSON-ready accuracy report.
+
+    top1/top5 are percent over samples; many/medium/few are means over classes (or None);
+    per_class is a list of percents with None for untested classes.
+    """
     num_classes = logits.shape[1]
     hits = topk_correct(logits, target, (1, 5))
     per_class = per_class_accuracy(logits.argmax(1), target, num_classes)
-    groups = shot_groups(class_counts)
     return {
         "top1": 100.0 * float(hits[1].double().mean()),
         "top5": 100.0 * float(hits[5].double().mean()),
         **group_accuracy(per_class, class_counts),
-        "group_sizes": {k: len(v) for k, v in groups.items()},
         "num_samples": int(len(target)),
         "per_class": [None if v != v else float(v) for v in per_class.tolist()],
     }
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, C) int64, rows true class, columns predicted class."""
+    """pred, target (N,) -> (C, C) int64 counts, rows true class, columns predicted class."""
     flat = target.long() * num_classes + pred.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    cm = torch.bincount(flat, minlength=num_classes * num_classes)
+    return cm.view(num_classes, num_classes)
 
 
 def _pct(value: float | None) -> str:
@@ -71,14 +89,16 @@ def _pct(value: float | None) -> str:
 
 
 def format_table(summary: dict[str, Any], title: str) -> Table:
+    """One-row terminal table of a `summarize` report; group cells show their class count."""
     table = Table(title=title)
     sizes = summary.get("group_sizes", {})
-    for col in ("top-1", "top-5", "many", "medium", "few"):
+    for col in ("top-1 %", "top-5 %", "many %", "medium %", "few %", "samples"):
         table.add_column(col, justify="right")
     table.add_row(
         _pct(summary["top1"]),
         _pct(summary["top5"]),
-        *(f"{_pct(summary[g])} ({sizes.get(g, 0)} cl.)" for g in ("many", "medium", "few")),
+        *(f"{_pct(summary[g])} ({sizes.get(g, 0)} cl.)" for g in GROUPS),
+        str(summary.get("num_samples", "")),
     )
     return table
 
@@ -90,17 +110,21 @@ def write_per_class_csv(
     class_counts: Sequence[int],
     test_counts: Sequence[int],
 ) -> None:
+    """One row per class so a long tail can be inspected in a spreadsheet; empty top1 = untested."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["class_id", "class_name", "train_count", "shot_group", "test_count", "top1"])
+        writer.writerow(
+            ["class_id", "class_name", "train_count", "shot_group", "test_count", "top1"]
+        )
         for c, acc in enumerate(per_class):
+            missing = acc is None or acc != acc  # None or NaN
             writer.writerow(
                 [
                     c,
                     class_names[c],
-                    class_counts[c],
+                    int(class_counts[c]),
                     shot_group(int(class_counts[c])),
-                    test_counts[c],
-                    "" if acc is None else f"{acc:.4f}",
+                    int(test_counts[c]),
+                    "" if missing else f"{acc:.4f}",
                 ]
             )

@@ -47,26 +47,45 @@ def write_fake_cifar(
     names = [f"class_{i:03d}".encode() for i in range(classes)]
     if variant == "cifar10":
         for i, part in enumerate(np.array_split(np.arange(len(train_y)), 5), start=1):
-            _dump(folder / f"data_batch_{i}", {
-                b"batch_label": f"training batch {i} of 5".encode(),
-                b"labels": train_y[part].tolist(),
-                b"data": train_x[part],
-                b"filenames": [f"img_{j}.png".encode() for j in part],
-            })
-        _dump(folder / "test_batch", {b"batch_label": b"testing batch 1 of 1",
-                                      b"labels": test_y.tolist(), b"data": test_x,
-                                      b"filenames": [b"t.png"] * len(test_y)})
-        _dump(folder / "batches.meta", {b"label_names": names, b"num_cases_per_batch": 10000,
-                                        b"num_vis": 3072})
+            _dump(
+                folder / f"data_batch_{i}",
+                {
+                    b"batch_label": f"training batch {i} of 5".encode(),
+                    b"labels": train_y[part].tolist(),
+                    b"data": train_x[part],
+                    b"filenames": [f"img_{j}.png".encode() for j in part],
+                },
+            )
+        _dump(
+            folder / "test_batch",
+            {
+                b"batch_label": b"testing batch 1 of 1",
+                b"labels": test_y.tolist(),
+                b"data": test_x,
+                b"filenames": [b"t.png"] * len(test_y),
+            },
+        )
+        _dump(
+            folder / "batches.meta",
+            {b"label_names": names, b"num_cases_per_batch": 10000, b"num_vis": 3072},
+        )
     else:
         for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-            _dump(folder / split, {
-                b"filenames": [b"f.png"] * len(y),
-                b"batch_label": f"{split} batch".encode(),
-                b"fine_labels": y.tolist(),
-                b"coarse_labels": (y // 5).tolist(),
-                b"data": x,
-            })
-        _dump(folder / "meta", {b"fine_label_names": names,
-                                b"coarse_label_names": [f"super_{i}".encode() for i in range(20)]})
+            _dump(
+                folder / split,
+                {
+                    b"filenames": [b"f.png"] * len(y),
+                    b"batch_label": f"{split} batch".encode(),
+                    b"fine_labels": y.tolist(),
+                    b"coarse_labels": (y // 5).tolist(),
+                    b"data": x,
+                },
+            )
+        _dump(
+            folder / "meta",
+            {
+                b"fine_label_names": names,
+                b"coarse_label_names": [f"super_{i}".encode() for i in range(20)],
+            },
+        )
     return folder

@@ -72,9 +72,18 @@ def test_mismatched_dataset_is_refused(tmp_path: Path) -> None:
     a = _ckpt(tmp_path / "a.safetensors", 8, False)
     data = tmp_path / "data"
     data.mkdir()
-    write_manifest(data, make_manifest(name="x", source="synthetic", storage="arrays",
-                                       class_names=["a"] * 5, class_counts=[5] * 5,
-                                       splits={"train": 25}, fingerprint="f"))
+    write_manifest(
+        data,
+        make_manifest(
+            name="x",
+            source="synthetic",
+            storage="arrays",
+            class_names=["a"] * 5,
+            class_counts=[5] * 5,
+            splits={"train": 25},
+            fingerprint="f",
+        ),
+    )
     with pytest.raises(UserError, match="Class-count mismatch"):
         analyze_checkpoints([a], tmp_path / "out", data)
     with pytest.raises(UserError, match="different numbers of classes"):

@@ -73,7 +73,9 @@ def test_byte_identical_rerun(raw100: Path, tmp_path: Path) -> None:
     prepare_cifar("cifar100", raw100, tmp_path / "b", imbalance_factor=50, seed=3)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     prepare_cifar("cifar100", raw100, tmp_path / "c", imbalance_factor=50, seed=4)
-    assert _digest(tmp_path / "a")["train.safetensors"] != _digest(tmp_path / "c")["train.safetensors"]
+    assert (
+        _digest(tmp_path / "a")["train.safetensors"] != _digest(tmp_path / "c")["train.safetensors"]
+    )
 
 
 def test_restricted_unpickler_refuses_code(tmp_path: Path) -> None:
@@ -83,7 +85,9 @@ def test_restricted_unpickler_refuses_code(tmp_path: Path) -> None:
 
     path = tmp_path / "meta"
     path.write_bytes(pickle.dumps({b"fine_label_names": Evil()}, protocol=2))
-    with pytest.raises(UserError, match="Refusing to unpickle global '(__builtin__|builtins).print'"):
+    with pytest.raises(
+        UserError, match="Refusing to unpickle global '(__builtin__|builtins).print'"
+    ):
         read_pickle(path)
 
 

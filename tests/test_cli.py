@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,8 +171,10 @@ def test_cifar100_flow_on_fake_archives(lwr, tmp_path: Path) -> None:
         (["eval", "truncated.safetensors", "--data", "D"], "truncated"),
     ],
 )
-def test_bad_input_is_one_paragraph_exit_2(lwr, tmp_path: Path, args, expect) -> None:
-    os.chdir(tmp_path)
+def test_bad_input_is_one_paragraph_exit_2(
+    lwr, tmp_path: Path, args, expect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "truncated.safetensors").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a')
     r = lwr(*args)
     assert r.code == 2, (r.out, r.err)

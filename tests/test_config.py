@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from lwrcli.config import (
     TrainConfig,
@@ -95,7 +96,7 @@ def test_config_file_and_yaml_is_loaded_safely(tmp_path: Path) -> None:
 def test_every_preset_validates_and_is_complete(name: str) -> None:
     cfg = load_config(name)
     assert cfg.name == name
-    raw = yaml.safe_load(Path(f"presets/{name}.yaml").read_text())
+    raw = yaml.safe_load((REPO / "presets" / f"{name}.yaml").read_text())
     # Complete: every field is written out, so the file alone documents the recipe.
     assert set(raw) == set(TrainConfig.model_fields)
     if name.endswith("-lwr"):
@@ -108,14 +109,16 @@ def test_every_preset_validates_and_is_complete(name: str) -> None:
 def test_presets_match_their_generator() -> None:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_presets", "tools/make_presets.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_presets", REPO / "tools" / "make_presets.py"
+    )
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     presets = mod.all_presets()
     assert sorted(presets) == list_presets()
     for name, body in presets.items():
-        assert Path(f"presets/{name}.yaml").read_text() == mod.render(name, body), name
+        assert (REPO / "presets" / f"{name}.yaml").read_text() == mod.render(name, body), name
 
 
 def test_issue_preset_names_exist() -> None:

@@ -40,7 +40,9 @@ def np_ce(z: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:
 @pytest.fixture
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return torch.randn(16, 5, generator=g, dtype=torch.float64) * 3, torch.randint(0, 5, (16,), generator=g)
+    return torch.randn(16, 5, generator=g, dtype=torch.float64) * 3, torch.randint(
+        0, 5, (16,), generator=g
+    )
 
 
 def test_each_loss_against_numpy(batch) -> None:
@@ -50,7 +52,9 @@ def test_each_loss_against_numpy(batch) -> None:
     wt = torch.tensor(w, dtype=torch.float32)
     assert float(CrossEntropy(COUNTS)(z, y)) == pytest.approx(np_ce(zn, yn), rel=1e-6)
     assert float(CrossEntropy(COUNTS)(z, y, wt)) == pytest.approx(np_ce(zn, yn, w), rel=1e-6)
-    assert float(BalancedSoftmax(COUNTS)(z, y)) == pytest.approx(np_ce(zn + np.log(n), yn), rel=1e-6)
+    assert float(BalancedSoftmax(COUNTS)(z, y)) == pytest.approx(
+        np_ce(zn + np.log(n), yn), rel=1e-6
+    )
     prior = np.log(n / n.sum())
     assert float(LogitAdjustment(COUNTS, 0.7)(z, y, wt)) == pytest.approx(
         np_ce(zn + 0.7 * prior, yn, w), rel=1e-6
@@ -74,7 +78,9 @@ def test_identities(batch) -> None:
     ce = CrossEntropy(COUNTS)(z, y)
     assert torch.allclose(LogitAdjustment(COUNTS, 0.0)(z, y), ce)
     assert torch.allclose(BalancedSoftmax([7] * 5)(z, y), ce)
-    assert torch.allclose(LogitAdjustment(COUNTS, 1.0)(z, y), BalancedSoftmax(COUNTS)(z, y), atol=1e-6)
+    assert torch.allclose(
+        LogitAdjustment(COUNTS, 1.0)(z, y), BalancedSoftmax(COUNTS)(z, y), atol=1e-6
+    )
     cos = torch.tanh(z)
     assert torch.allclose(LDAMLoss(COUNTS, 0.0, 1.0)(cos, y), CrossEntropy(COUNTS)(cos, y))
     assert torch.allclose(FocalLoss(COUNTS, 0.0)(z, y), ce)
@@ -101,7 +107,9 @@ def test_class_balanced_weights_closed_form() -> None:
 def test_reweight_schedule() -> None:
     cfg = LossConfig(reweight="drw", drw_epoch=160)
     assert reweight_for_epoch(cfg, COUNTS, 159) is None
-    assert torch.allclose(reweight_for_epoch(cfg, COUNTS, 160), class_balanced_weights(COUNTS, 0.9999))
+    assert torch.allclose(
+        reweight_for_epoch(cfg, COUNTS, 160), class_balanced_weights(COUNTS, 0.9999)
+    )
     assert reweight_for_epoch(LossConfig(reweight="none"), COUNTS, 199) is None
     assert reweight_for_epoch(LossConfig(reweight="cb"), COUNTS, 0) is not None
 

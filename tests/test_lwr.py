@@ -28,7 +28,11 @@ def numpy_r(w: np.ndarray, theta: float, power: int, proj: bool) -> float:
     for i in range(c):
         for j in range(c):
             if i != j:
-                s = v[i] @ v[j] / (max(np.linalg.norm(v[i]), 1e-12) * max(np.linalg.norm(v[j]), 1e-12))
+                s = (
+                    v[i]
+                    @ v[j]
+                    / (max(np.linalg.norm(v[i]), 1e-12) * max(np.linalg.norm(v[j]), 1e-12))
+                )
                 total += max(0.0, s - theta) ** power
     return total / (c * (c - 1))
 
@@ -52,7 +56,9 @@ def away_from_kink(c: int, d: int, theta: float, proj: bool, seed: int) -> torch
 def test_value_matches_numpy_float64(proj: bool, power: int) -> None:
     w = torch.randn(9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     expected = numpy_r(w.numpy(), 0.1, power, proj)
-    assert float(lwr_penalty(w, 0.1, power, proj, block_size=4)) == pytest.approx(expected, rel=1e-12)
+    assert float(lwr_penalty(w, 0.1, power, proj, block_size=4)) == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("proj", [True, False])

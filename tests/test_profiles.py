@@ -13,7 +13,9 @@ from lwrcli.errors import UserError
     "n_max, classes, ir, total",
     [(500, 100, 100, 10847), (500, 100, 50, 12608), (500, 100, 10, 19573), (5000, 10, 100, 12406)],
 )
-def test_exp_totals_match_the_published_splits(n_max: int, classes: int, ir: int, total: int) -> None:
+def test_exp_totals_match_the_published_splits(
+    n_max: int, classes: int, ir: int, total: int
+) -> None:
     counts = long_tailed_counts(n_max, classes, ir, "exp")
     assert sum(counts) == total
     assert counts[0] == n_max and counts[-1] == n_max // ir

@@ -28,7 +28,9 @@ def test_deterministic_by_seed(tmp_path: Path) -> None:
     prepare_synthetic(tmp_path / "b", num_classes=8, seed=1)
     prepare_synthetic(tmp_path / "c", num_classes=8, seed=2)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
-    assert digest(tmp_path / "a")["train.safetensors"] != digest(tmp_path / "c")["train.safetensors"]
+    assert (
+        digest(tmp_path / "a")["train.safetensors"] != digest(tmp_path / "c")["train.safetensors"]
+    )
 
 
 def test_classes_of_a_group_share_parts() -> None:
@@ -36,7 +38,12 @@ def test_classes_of_a_group_share_parts() -> None:
     t = (strength @ parts.reshape(len(parts), -1)).astype(np.float64)
     t /= np.linalg.norm(t, axis=1, keepdims=True)
     cos = t @ t.T
-    same = [cos[i, j] for i in range(20) for j in range(20) if i != j and group_of(i, 20) == group_of(j, 20)]
+    same = [
+        cos[i, j]
+        for i in range(20)
+        for j in range(20)
+        if i != j and group_of(i, 20) == group_of(j, 20)
+    ]
     diff = [cos[i, j] for i in range(20) for j in range(20) if group_of(i, 20) != group_of(j, 20)]
     assert np.mean(same) > np.mean(diff) + 0.2
     assert len({group_of(c, 20) for c in range(20)}) == 20 // GROUP_SIZE

@@ -87,7 +87,9 @@ def find_folder(variant: Variant, root: Path, download: bool) -> Path:
     if download:
         import torchvision
 
-        cls = torchvision.datasets.CIFAR10 if variant == "cifar10" else torchvision.datasets.CIFAR100
+        cls = (
+            torchvision.datasets.CIFAR10 if variant == "cifar10" else torchvision.datasets.CIFAR100
+        )
         try:
             cls(str(root), download=True)
         except Exception as exc:  # network errors are the user's environment
@@ -112,7 +114,9 @@ def read_split(folder: Path, variant: Variant, split: str) -> tuple[np.ndarray, 
             data = np.asarray(batch["data"], dtype=np.uint8)
             lab = np.asarray(batch[layout["labels_key"]], dtype=np.int64)
         except KeyError as exc:
-            raise UserError(f"{path} lacks the key {exc}; not an official {variant} file.") from None
+            raise UserError(
+                f"{path} lacks the key {exc}; not an official {variant} file."
+            ) from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(lab) != len(data):
             raise UserError(f"{path} has data of shape {data.shape}; expected (N, 3072).")
         images.append(data.reshape(-1, 3, 32, 32))  # row-major R, G, B planes of 32 x 32
@@ -139,7 +143,9 @@ def prepare_cifar(
         folder = find_folder(variant, root, download)
         names = [str(n) for n in read_pickle(folder / layout["meta"])[layout["names_key"]]]
         if len(names) != layout["classes"]:
-            raise UserError(f"{folder / layout['meta']} lists {len(names)} classes, not {layout['classes']}.")
+            raise UserError(
+                f"{folder / layout['meta']} lists {len(names)} classes, not {layout['classes']}."
+            )
         train_x, train_y = read_split(folder, variant, "train")
         test_x, test_y = read_split(folder, variant, "test")
         keep = select_long_tailed(train_y, counts, seed)

@@ -118,7 +118,6 @@ def _arrays_bundle(
     splits: list[str],
 ) -> DataBundle:
     from lwrcli.data.arrays import load_arrays
-
     from lwrcli.data.device_loader import DeviceImageLoader
 
     def loader(split: str, is_train: bool) -> DeviceImageLoader:
