@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lwrcli.data.manifest import Manifest
+from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.errors import UserError, did_you_mean
 
 ARRAY_SOURCES = ("cifar10", "cifar100", "synthetic")
@@ -92,5 +92,18 @@ def prepare(
         profile=profile,
         seed=seed,
         val_per_class=val_per_class,
+        test_per_class=test_per_class or None,
         overwrite=overwrite,
     )
+
+
+def benchmark_loader(data_dir: Path, workers: int = 2, batch_size: int = 64) -> dict[str, Any]:
+    """Loader images/s of a `lists` dataset with the ImageNet-style training transforms."""
+    from lwrcli.config import DataConfig
+    from lwrcli.data.images import loader_benchmark
+
+    if read_manifest(data_dir).storage != "lists":
+        raise UserError("--benchmark measures the large-image loader; this dataset is arrays.")
+    cfg = DataConfig(color_jitter=0.4, num_workers=workers,
+                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    return loader_benchmark(data_dir, cfg, "train", batch_size, num_batches=10)

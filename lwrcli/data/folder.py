@@ -1,0 +1,187 @@
+"""Users' own data: an ImageFolder tree (one sub-folder per class) -> a long-tailed dataset.
+
+Layouts:
+- `ROOT/train/<class>/*` with `ROOT/test/<class>/*` and/or `ROOT/val/<class>/*`: those
+  folders are the test (and validation) splits; with only `val/`, it is the test split.
+  Their class folders must be the train ones.
+- `ROOT/<class>/*`: one pool; `test_per_class` random images of every class (default 10)
+  are held out as a balanced test split.
+Then `val_per_class` random images per class are held out of train as a balanced validation
+split (for model selection), and what is left of train is optionally subsampled to a
+long-tailed profile: class ids follow the sorted class-folder names, class 0 the head, and
+n_max is the largest class's remaining count; a class with fewer images than its target
+keeps them all (the manifest notes it). Every random choice uses one generator seeded with
+`seed`, so the same tree and seed give the same splits.
+
+Images: .jpg .jpeg .png .bmp .webp in any case, in class folders or below them; hidden
+files are skipped, and links that resolve outside the root are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lwrcli.data.manifest import Manifest, fingerprint, make_manifest, staged_output, write_manifest
+from lwrcli.data.profiles import long_tailed_counts
+from lwrcli.errors import UserError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+DEFAULT_TEST_PER_CLASS = 10
+
+
+def _inside(path: Path, real_root: Path, root: Path) -> None:
+    if not path.resolve().is_relative_to(real_root):
+        raise UserError(
+            f"{path} links outside the dataset root {root}; refusing it (copy the images "
+            "into the tree, or point --root at a folder that contains them)."
+        )
+
+
+def scan_tree(
+    root: Path, base: Path, classes: list[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """(class names, per-class sorted image paths relative to `base`) of an ImageFolder tree;
+    `classes` fixes the class list (a val/test tree must have exactly the train classes)."""
+    root, real_root = Path(root), Path(base).resolve()
+    found_names = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    if not found_names:
+        raise UserError(f"{root} has no class sub-folders; expected ROOT/<class>/<image>.")
+    if classes is not None and found_names != classes:
+        extra = sorted(set(found_names) - set(classes))
+        lacking = sorted(set(classes) - set(found_names))
+        raise UserError(
+            f"The class folders of {root} differ from the train ones: "
+            f"extra {extra[:5]}, missing {lacking[:5]}. Held-out splits need the same classes."
+        )
+    files: list[list[str]] = []
+    for name in found_names:
+        folder = root / name
+        _inside(folder, real_root, root)  # a class folder may itself be a link
+        found = []
+        for p in sorted(folder.rglob("*")):
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if any(part.startswith(".") for part in p.relative_to(folder).parts):
+                continue  # hidden files, and anything in hidden folders (.thumbnails, ...)
+            if p.is_symlink():
+                _inside(p, real_root, root)
+            if p.is_file():
+                found.append(p.relative_to(base).as_posix())
+        if not found:
+            raise UserError(
+                f"Class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                "remove it or add images."
+            )
+        files.append(found)
+    return found_names, files
+
+
+def _hold_out(
+    per_class: list[list[str]], k: int, names: list[str], rng: np.random.Generator, what: str
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Move k random images of every class into a held-out split (balanced)."""
+    short = [n for n, ps in zip(names, per_class) if len(ps) <= k]
+    if short:
+        raise UserError(
+            f"Holding out {k} {what} images per class leaves no training image for "
+            f"{len(short)} classes (e.g. '{short[0]}'); lower --{what}-per-class."
+        )
+    held, rest = [], []
+    for ps in per_class:
+        order = rng.permutation(len(ps))
+        held.append(sorted(ps[i] for i in order[:k]))
+        rest.append(sorted(ps[i] for i in order[k:]))
+    return held, rest
+
+
+def prepare_folder(
+    root: Path,
+    out: Path,
+    imbalance_factor: float | None = None,
+    profile: str = "exp",
+    seed: int = 0,
+    val_per_class: int = 0,
+    test_per_class: int | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Scan the tree, hold out test/val, subsample train long-tailed; write `out` atomically
+    (lists of paths relative to `root` plus manifest.json, storage `lists`)."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise UserError(f"--root {root} is not a folder.")
+    if val_per_class < 0 or (test_per_class is not None and test_per_class < 0):
+        raise UserError("--val-per-class and --test-per-class must be >= 0.")
+    if imbalance_factor is not None:  # fail on a bad profile before scanning a large tree
+        long_tailed_counts(100, 2, imbalance_factor, profile)
+    rng = np.random.default_rng(seed)
+    notes: list[str] = []
+    split_files: dict[str, list[list[str]]] = {}
+    with staged_output(out, overwrite) as tmp:
+        if (root / "train").is_dir():
+            names, train = scan_tree(root / "train", root)
+            held = [s for s in ("val", "test") if (root / s).is_dir()]
+            for s in held:
+                split_files[s] = scan_tree(root / s, root, names)[1]
+            if held == ["val"]:
+                split_files["test"] = split_files.pop("val")
+                notes.append("the tree's val/ folder is the test split")
+        else:
+            names, train = scan_tree(root, root)
+        if "test" not in split_files:
+            k = DEFAULT_TEST_PER_CLASS if test_per_class is None else test_per_class
+            if k <= 0:
+                raise UserError("The tree has no test folder: give --test-per-class N (N >= 1).")
+            split_files["test"], train = _hold_out(train, k, names, rng, "test")
+            notes.append(f"test: {k} random images per class held out of the tree (seed {seed})")
+        if val_per_class > 0:
+            if "val" in split_files:
+                raise UserError(
+                    f"{root} has both val/ and test/ folders; --val-per-class would replace "
+                    "the val/ folder. Drop --val-per-class."
+                )
+            split_files["val"], train = _hold_out(train, val_per_class, names, rng, "val")
+            notes.append(f"val: {val_per_class} random images per class held out of train")
+        if imbalance_factor is not None:
+            n_max = max(len(ps) for ps in train)
+            targets = long_tailed_counts(n_max, len(names), imbalance_factor, profile)
+            short = [c for c, (ps, n) in enumerate(zip(train, targets)) if len(ps) < n]
+            if short:
+                notes.append(
+                    f"{len(short)} classes have fewer images than the {profile} profile asks "
+                    f"and keep all they have (class ids {short[:10]})"
+                )
+            train = [
+                sorted(rng.permutation(ps)[:n].tolist()) if n < len(ps) else ps
+                for ps, n in zip(train, targets)
+            ]
+            notes.append("class ids follow sorted folder names; class 0 is the head")
+        split_files["train"] = train
+        blobs = {}
+        for split, per_class in split_files.items():
+            blobs[split] = "".join(f"{p} {c}\n" for c, ps in enumerate(per_class) for p in ps)
+            (tmp / f"{split}.txt").write_text(blobs[split], encoding="utf-8")
+        encoded = {k: v.encode() for k, v in blobs.items()}
+        name = f"folder-{root.name}" + (f"-ir{imbalance_factor:g}" if imbalance_factor else "")
+        manifest = make_manifest(
+            name=name,
+            source="folder",
+            storage="lists",
+            class_names=names,
+            class_counts=[len(ps) for ps in train],
+            splits={s: sum(len(ps) for ps in v) for s, v in split_files.items()},
+            test_split="test",
+            val_split="val" if "val" in split_files else None,
+            imbalance_factor=imbalance_factor,
+            profile=profile if imbalance_factor is not None else None,
+            seed=seed,
+            image_root=str(root),
+            fingerprint=fingerprint(encoded),
+            split_fingerprints={k: fingerprint({k: v}) for k, v in encoded.items()},
+            notes=notes,
+        )
+        write_manifest(tmp, manifest)
+    return manifest

@@ -1,0 +1,123 @@
+"""ImageFolder trees with long-tailed subsampling and held-out splits."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from jpegtree import write_image_folder, write_jpeg
+
+from lwrcli.config import DataConfig
+from lwrcli.data.folder import prepare_folder
+from lwrcli.data.images import build_image_loader, to_device
+from lwrcli.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tree")
+    write_image_folder(root, [60] * 5)
+    return root
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def _per_class(path: Path) -> list[int]:
+    counts = Counter(int(line.rsplit(maxsplit=1)[1]) for line in _lines(path))
+    return [counts[c] for c in range(max(counts) + 1)]
+
+
+def test_long_tailed_with_balanced_val_and_test(tree: Path, tmp_path: Path) -> None:
+    kw = dict(imbalance_factor=10, val_per_class=5, test_per_class=10)
+    m = prepare_folder(tree, tmp_path / "d", seed=1, **kw)  # type: ignore[arg-type]
+    # 60 - 10 test - 5 val = 45 left per class; exp profile: int(45 * 0.1 ** (c / 4)).
+    want = [int(45 * 0.1 ** (c / 4)) for c in range(5)]
+    assert want == [45, 25, 14, 8, 4]
+    assert m.class_counts == want and _per_class(tmp_path / "d" / "train.txt") == want
+    assert _per_class(tmp_path / "d" / "val.txt") == [5] * 5
+    assert _per_class(tmp_path / "d" / "test.txt") == [10] * 5
+    assert m.splits == {"test": 50, "val": 25, "train": sum(want)} and m.val_split == "val"
+    assert m.imbalance_factor == 10 and m.profile == "exp" and m.seed == 1
+    splits = {s: set(_lines(tmp_path / "d" / f"{s}.txt")) for s in ("train", "val", "test")}
+    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"])
+    assert not (splits["val"] & splits["test"])
+    # Every line names a file of its own class folder.
+    for lines in splits.values():
+        for line in lines:
+            rel, label = line.rsplit(maxsplit=1)
+            assert rel.startswith(f"class_{int(label):02d}/") and (tree / rel).is_file()
+    same = prepare_folder(tree, tmp_path / "e", seed=1, **kw)  # type: ignore[arg-type]
+    assert same.fingerprint == m.fingerprint
+    other = prepare_folder(tree, tmp_path / "f", seed=2, **kw)  # type: ignore[arg-type]
+    assert other.fingerprint != m.fingerprint
+
+
+def test_short_classes_keep_all_and_loader_reads_the_tree(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "raw", [30, 4, 12])
+    m = prepare_folder(tmp_path / "raw", tmp_path / "d", imbalance_factor=5, test_per_class=2)
+    # n_max 28; targets int(28 * 0.2 ** (c / 2)) = 28, 12, 5; class 1 has only 2 left.
+    assert m.class_counts == [28, 2, 5]
+    assert any("fewer images than the exp profile" in n and "[1]" in n for n in m.notes)
+    cfg = DataConfig(image_size=16, resize=18, num_workers=0)
+    loader = build_image_loader(tmp_path / "d", m, "test", cfg, 6, train=False, seed=0)
+    x, y = to_device(next(iter(loader)), torch.device("cpu"))
+    assert x.shape == (6, 3, 16, 16) and y.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_train_and_test_folders(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("cat", "dog"):
+            for i in range(n):
+                write_jpeg(tmp_path / "raw" / split / c / f"{i}.jpg", rng, (12, 12))
+    write_jpeg(tmp_path / "raw" / "train" / "dog" / "sub" / "UPPER.JPG", rng, (12, 12))
+    write_jpeg(tmp_path / "raw" / "train" / "dog" / ".thumbs" / "t.jpg", rng, (12, 12))
+    (tmp_path / "raw" / "train" / "cat" / ".hidden.jpg").write_bytes(b"x")
+    (tmp_path / "raw" / "train" / "cat" / "notes.txt").write_text("x")
+    m = prepare_folder(tmp_path / "raw", tmp_path / "d")
+    assert m.class_names == ["cat", "dog"] and m.class_counts == [6, 7]
+    assert m.splits["test"] == 4 and m.val_split is None  # a lone val/ folder is the test
+    assert _lines(tmp_path / "d" / "test.txt")[0] == "val/cat/0.jpg 0"
+    assert "train/dog/sub/UPPER.JPG 1" in _lines(tmp_path / "d" / "train.txt")
+    # With both val/ and test/, val/ stays the validation split.
+    write_jpeg(tmp_path / "raw" / "test" / "cat" / "0.jpg", rng, (12, 12))
+    write_jpeg(tmp_path / "raw" / "test" / "dog" / "0.jpg", rng, (12, 12))
+    m = prepare_folder(tmp_path / "raw", tmp_path / "e")
+    assert m.splits == {"val": 4, "test": 2, "train": 13} and m.val_split == "val"
+    with pytest.raises(UserError, match="Drop --val-per-class"):
+        prepare_folder(tmp_path / "raw", tmp_path / "f", val_per_class=1)
+    write_jpeg(tmp_path / "raw" / "test" / "cow" / "0.jpg", rng, (12, 12))
+    with pytest.raises(UserError, match=r"differ from the train ones: extra \['cow'\]"):
+        prepare_folder(tmp_path / "raw", tmp_path / "g")
+
+
+def test_errors(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="lower --test-per-class"):
+        prepare_folder(tree, tmp_path / "a", test_per_class=60)
+    with pytest.raises(UserError, match="no class sub-folders"):
+        (tmp_path / "empty").mkdir()
+        prepare_folder(tmp_path / "empty", tmp_path / "b")
+    with pytest.raises(UserError, match="must be >= 1"):
+        prepare_folder(tree, tmp_path / "b", imbalance_factor=0.1)
+    outside = tmp_path / "outside.jpg"
+    write_jpeg(outside, np.random.default_rng(0))
+    link_root = tmp_path / "linked"
+    write_image_folder(link_root, [3, 3])
+    (link_root / "class_00" / "evil.jpg").symlink_to(outside)
+    with pytest.raises(UserError, match="links outside"):
+        prepare_folder(link_root, tmp_path / "c")
+    (link_root / "class_00" / "evil.jpg").unlink()
+    (link_root / "class_02").mkdir()
+    with pytest.raises(UserError, match="class_02 has no images"):
+        prepare_folder(link_root, tmp_path / "c")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("keep")
+    with pytest.raises(UserError, match="not empty"):
+        prepare_folder(tree, tmp_path / "used")
+    assert (tmp_path / "used" / "x").read_text() == "keep"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
