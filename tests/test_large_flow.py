@@ -13,15 +13,47 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_resnet50_on_generated_jpegs(lwr, tmp_path: Path) -> None:
     lists = write_list_dataset(tmp_path / "raw")
     data = tmp_path / "data"
-    r = lwr("prepare-data", "imagenet-lt", "--root", tmp_path / "raw" / "images", "--out", data,
-            "--train-list", lists["train"], "--val-list", lists["val"],
-            "--test-list", lists["test"])
+    r = lwr(
+        "prepare-data",
+        "imagenet-lt",
+        "--root",
+        tmp_path / "raw" / "images",
+        "--out",
+        data,
+        "--train-list",
+        lists["train"],
+        "--val-list",
+        lists["val"],
+        "--test-list",
+        lists["test"],
+    )
     assert r.code == 0, r.err
     run = tmp_path / "run"
-    r = lwr("train", "--preset", "imagenet-lt-bs-lwr", "--data", data, "--out", run,
-            "--set", "epochs=1", "--set", "batch_size=8", "--set", "eval_batch_size=8",
-            "--set", "data.image_size=32", "--set", "data.resize=36",
-            "--set", "data.num_workers=0", "--set", "amp=none", "--set", "device=cpu")
+    r = lwr(
+        "train",
+        "--preset",
+        "imagenet-lt-bs-lwr",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "eval_batch_size=8",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "data.resize=36",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "amp=none",
+        "--set",
+        "device=cpu",
+    )
     assert r.code == 0, r.err
     assert "linear scaling of lr 0.2 from batch 512" in r.err
     assert "model selection on: val" in r.err
@@ -36,8 +68,14 @@ def test_resnet50_on_generated_jpegs(lwr, tmp_path: Path) -> None:
     summary = json.loads(r.out)
     assert summary["split"] == "test" and summary["num_samples"] == 18
     assert "post-hoc logit adjustment" in summary["adjustment"]
-    r = lwr("analyze-weights", run / "checkpoints" / "last.safetensors", "--data", data,
-            "--out", tmp_path / "an")
+    r = lwr(
+        "analyze-weights",
+        run / "checkpoints" / "last.safetensors",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "an",
+    )
     assert r.code == 0, r.err
     assert (tmp_path / "an" / "norms.png").read_bytes().startswith(PNG)
 
@@ -45,15 +83,43 @@ def test_resnet50_on_generated_jpegs(lwr, tmp_path: Path) -> None:
 def test_eval_refuses_another_dataset(lwr, tmp_path: Path, synthetic_data: Path) -> None:
     lists = write_list_dataset(tmp_path / "raw")
     data = tmp_path / "data"
-    lwr("prepare-data", "places-lt", "--root", tmp_path / "raw" / "images", "--out", data,
-        "--train-list", lists["train"], "--test-list", lists["test"])
+    lwr(
+        "prepare-data",
+        "places-lt",
+        "--root",
+        tmp_path / "raw" / "images",
+        "--out",
+        data,
+        "--train-list",
+        lists["train"],
+        "--test-list",
+        lists["test"],
+    )
     run = tmp_path / "run"
-    r = lwr("train", "--preset", "synthetic-lt-bs", "--data", synthetic_data, "--out", run,
-            "--set", "epochs=1", "--set", "model.width=8")
+    r = lwr(
+        "train",
+        "--preset",
+        "synthetic-lt-bs",
+        "--data",
+        synthetic_data,
+        "--out",
+        run,
+        "--set",
+        "epochs=1",
+        "--set",
+        "model.width=8",
+    )
     assert r.code == 0, r.err
     r = lwr("eval", run / "checkpoints" / "last.safetensors", "--data", data)
     assert r.code == 2 and "Class-count mismatch" in r.err
-    r = lwr("train", "--preset", "cifar100-lt-ir100-bs", "--data", synthetic_data, "--out",
-            tmp_path / "r2")
+    r = lwr(
+        "train",
+        "--preset",
+        "cifar100-lt-ir100-bs",
+        "--data",
+        synthetic_data,
+        "--out",
+        tmp_path / "r2",
+    )
     assert r.code == 2 and "dataset=any" in r.err
     assert not (tmp_path / "r2").exists()

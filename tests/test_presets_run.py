@@ -1,0 +1,62 @@
+"""Every shipped preset builds its model and loss on CPU and takes one real training step."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lwrcli.config import list_presets, load_config
+from lwrcli.data.loading import build_data
+from lwrcli.data.synthetic import prepare_synthetic
+from lwrcli.engine import Trainer
+from lwrcli.errors import UserError
+from lwrcli.models import build_model
+
+CPU_TINY = [
+    "dataset=any",
+    "batch_size=4",
+    "amp=none",
+    "device=cpu",
+    "channels_last=false",
+    "model.pretrained_required=false",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    prepare_synthetic(out, num_classes=5, n_max=12, test_per_class=2, imbalance_factor=4, seed=0)
+    return out
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_preset_takes_one_step(name: str, tiny: Path) -> None:
+    cfg = load_config(name, overrides=CPU_TINY)
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    data = build_data(tiny, cfg, device)
+    model = build_model(cfg.model, data.num_classes)
+    trainer = Trainer(cfg, model, data, device, run_dir=None)
+    x, y = next(iter(data.train))
+    before = model.fc.weight.detach().clone()
+    t = cfg.schedule.warmup_epochs + 0.5  # past warm-up so the lr is not zero
+    weight = None
+    if cfg.loss.reweight != "none":
+        from lwrcli.losses import reweight_for_epoch
+
+        weight = reweight_for_epoch(cfg.loss, data.class_counts, 10**6)
+    terms = trainer.train_step(x, y, t, weight)
+    assert math.isfinite(float(terms["loss"]))
+    assert ("lwr" in terms) == cfg.lwr.enabled
+    assert not torch.equal(before, model.fc.weight)
+    if cfg.loss.name == "ldam":
+        assert cfg.model.cosine_classifier
+
+
+def test_places_presets_need_a_local_pretrained_file(tiny: Path) -> None:
+    cfg = load_config("places-lt-bs-lwr")
+    with pytest.raises(UserError, match="model.pretrained="):
+        build_model(cfg.model, 5)
