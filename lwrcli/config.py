@@ -133,6 +133,15 @@ class TrainConfig(Strict):
     # The paper's numbers for this recipe (top-1 %), shown by `lwr presets`; informative only.
     reference: dict[str, float] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _ldam_needs_cosine_classifier(self) -> TrainConfig:
+        # LDAM's margins and scale are defined on cosine logits in [-1, 1].
+        if self.loss.name == "ldam" and not self.model.cosine_classifier:
+            raise ValueError(
+                "loss.name=ldam needs model.cosine_classifier=true (LDAM works on cosine logits)"
+            )
+        return self
+
     @property
     def effective_lr(self) -> float:
         """Learning rate after the batch-size scaling rule."""

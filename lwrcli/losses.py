@@ -1,129 +1,197 @@
-"""Long-tailed task losses. Each is a small module holding `class_counts` as a buffer.
+"""Long-tailed task losses: CE, Focal, LDAM, Balanced Softmax, Logit Adjustment; CB/DRW weights.
 
-All take logits (N, C), targets (N,) and an optional per-class weight (C,) that re-weights
-samples exactly like `F.cross_entropy(weight=...)` (a weighted mean). Re-weighting itself
-(class-balanced, deferred) is a schedule outside the loss: `reweight_for_epoch`. Losses are
-computed in float32 even when the logits come from a bf16 autocast region.
+Every loss is a small module holding the training `class_counts` (C,) as a buffer, built from
+`LossConfig` by `build_loss` over the plain `LOSSES` mapping. All share one interface:
+`loss(logits (N, C), target (N,) int64, weight (C,) | None) -> scalar`, where `weight` is an
+optional per-class weight applied like `F.cross_entropy(weight=...)`: a weighted mean,
+Σ_i w_{y_i} ℓ_i / Σ_i w_{y_i} (Focal keeps LDAM-DRW's plain mean, see there). Re-weighting is a
+schedule outside the loss (`reweight_for_epoch`), so DRW combines with any loss. Losses run in
+float32 at least (bf16/fp16 logits are upcast, autocast is off inside): log-sum-exp in bf16
+loses the small margins (log n, LDAM's m_c) that these losses are about.
 """
 
 from __future__ import annotations
 
+import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from lwrcli.config import LossConfig
-from lwrcli.errors import UserError
+from lwrcli.errors import UserError, did_you_mean
+
+Counts = Sequence[int] | Tensor
 
 
-def _counts_tensor(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(class_counts, dtype=torch.float64).detach().clone()
+def as_counts(class_counts: Counts) -> Tensor:
+    """Training images per class as a float64 vector (C,), checked."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64).detach().cpu().clone()
+    if counts.dim() != 1 or counts.numel() == 0:
+        raise UserError(
+            f"Class counts must be a non-empty list with one number per class, "
+            f"got shape {tuple(counts.shape)}."
+        )
+    if not torch.isfinite(counts).all() or (counts < 0).any():
+        raise UserError("Class counts must be finite and non-negative.")
+    return counts
 
 
-def require_positive_counts(counts: torch.Tensor, what: str) -> None:
-    """log n and 1/n are undefined for an empty class: say which classes, not a NaN later."""
+def require_positive_counts(counts: Tensor, what: str) -> None:
+    """log n and 1/n are undefined for an empty class: name the classes instead of a NaN later."""
     empty = (counts <= 0).nonzero().flatten().tolist()
     if empty:
         shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
         raise UserError(
-            f"{what} needs at least one training image per class, but {len(empty)} classes "
-            f"have none (class ids {shown}). Use a split where every class has images, or a "
-            "loss that does not depend on class frequencies (ce, focal)."
+            f"{what} needs at least one training image per class, but {len(empty)} of "
+            f"{counts.numel()} classes have none (class ids {shown}). Use a split where every "
+            "class has training images, or a loss and re-weighting that do not depend on class "
+            "frequencies (loss.name=ce or focal with loss.reweight=none)."
         )
 
 
-class _CountsLoss(nn.Module):
-    def __init__(self, class_counts: Sequence[int] | torch.Tensor) -> None:
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class CountsLoss(nn.Module, ABC):
+    """Base: stores counts, upcasts logits to float32, checks shapes; subclasses define `loss`."""
+
+    # Name used in the error when a class has no images; None: the loss does not need n > 0.
+    needs_positive_counts: str | None = None
+
+    def __init__(self, class_counts: Counts) -> None:
         super().__init__()
-        self.register_buffer("class_counts", _counts_tensor(class_counts).float())
+        counts = as_counts(class_counts)
+        if self.needs_positive_counts is not None:
+            require_positive_counts(counts, self.needs_positive_counts)
+        self.register_buffer("class_counts", counts.float())
+        self.num_classes = counts.numel()
 
-    def log_prior(self) -> torch.Tensor:
-        """log π_c = log(n_c / Σ n), (C,)."""
-        counts = self.class_counts
-        return torch.log(counts / counts.sum())
+    @classmethod
+    def from_config(cls, cfg: LossConfig, class_counts: Counts) -> CountsLoss:
+        return cls(class_counts)
 
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """logits (N, C), target (N,) int64, weight (C,) or None -> scalar (float32 at least)."""
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise UserError(
+                f"The model outputs logits of shape {tuple(logits.shape)}, but the loss was built "
+                f"for {self.num_classes} classes (the dataset's class counts). Use a model and "
+                "dataset with the same number of classes."
+            )
+        if weight is not None and weight.shape != (self.num_classes,):
+            raise ValueError(f"class weight must have shape ({self.num_classes},)")
+        with _no_autocast(logits.device):
+            z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+            w = None if weight is None else weight.to(device=z.device, dtype=z.dtype)
+            return self.loss(z, target, w)
 
-class CrossEntropy(_CountsLoss):
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target, weight=weight)
-
-
-class FocalLoss(_CountsLoss):
-    """(1 − p_t)^γ · CE_t, averaged over samples as in the LDAM-DRW code (γ = 0: CE)."""
-
-    def __init__(self, class_counts: Sequence[int] | torch.Tensor, gamma: float) -> None:
-        super().__init__(class_counts)
-        self.gamma = gamma
-
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
-        ce = -logp
-        if weight is not None:
-            ce = ce * weight[target]
-        if self.gamma == 0:
-            return ce.mean()
-        # 1 − p_t = −expm1(log p_t): exact when p_t → 1, where 1 − exp() would lose it all.
-        one_minus_p = (-torch.expm1(logp)).clamp_min(0)
-        return (one_minus_p**self.gamma * ce).mean()
+    @abstractmethod
+    def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        """float32 logits z (N, C), target (N,), weight (C,) or None -> scalar."""
 
 
-class LDAMLoss(_CountsLoss):
-    """Label-distribution-aware margins on cosine logits (values in [−1, 1]).
+class CrossEntropy(CountsLoss):
+    """Plain softmax cross-entropy (the counts are only kept for a uniform interface)."""
 
-    m_c = max_m · (n_min / n_c)^(1/4), subtracted from the target logit only, then
-    CE(s · logits). The model must use a cosine classifier; the scale s lives here.
-    """
-
-    def __init__(self, class_counts, max_m: float, s: float) -> None:
-        super().__init__(class_counts)
-        require_positive_counts(self.class_counts, "LDAM")
-        quarter = self.class_counts.double() ** -0.25
-        self.register_buffer("margins", (quarter * (max_m / quarter.max())).float())
-        self.s = s
-
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        z = logits.float()
-        margin = torch.zeros_like(z).scatter_(1, target[:, None], self.margins[target][:, None])
-        return F.cross_entropy(self.s * (z - margin), target, weight=weight)
-
-
-class BalancedSoftmax(_CountsLoss):
-    """CE(z + log n): the softmax of the training (long-tailed) label distribution."""
-
-    def __init__(self, class_counts) -> None:
-        super().__init__(class_counts)
-        require_positive_counts(self.class_counts, "Balanced Softmax")
-
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        z = logits.float() + torch.log(self.class_counts)
+    def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
         return F.cross_entropy(z, target, weight=weight)
 
 
-class LogitAdjustment(_CountsLoss):
-    """CE(z + τ log π) (Menon et al.); τ = 1 equals Balanced Softmax, τ = 0 plain CE."""
+class FocalLoss(CountsLoss):
+    """(1 - p_t)^γ · CE_t per sample (Lin et al.); γ = 0 is CE.
 
-    def __init__(self, class_counts, tau: float) -> None:
+    With a class weight the sample term is w_{y} (1 - p_t)^γ CE_t and the batch reduction is a
+    plain mean over N, as in the LDAM-DRW code (not F.cross_entropy's weighted mean). Unlike that
+    code, p_t is the model's probability, not exp(-weighted CE), which is no probability.
+    """
+
+    def __init__(self, class_counts: Counts, gamma: float) -> None:
         super().__init__(class_counts)
-        require_positive_counts(self.class_counts, "Logit adjustment")
-        self.tau = tau
+        self.gamma = float(gamma)
 
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return F.cross_entropy(logits.float() + self.tau * self.log_prior(), target, weight=weight)
+    @classmethod
+    def from_config(cls, cfg: LossConfig, class_counts: Counts) -> FocalLoss:
+        return cls(class_counts, cfg.focal_gamma)
+
+    def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        log_pt = F.log_softmax(z, dim=1).gather(1, target[:, None]).squeeze(1)
+        # 1 - p_t = -expm1(log p_t) keeps full precision as p_t -> 1. The floor at the smallest
+        # normal number keeps γ (1 - p_t)^(γ-1) in the gradient finite when p_t rounds to 1
+        # (there the clamp passes no gradient and the term is 0 anyway).
+        one_minus_pt = (-torch.expm1(log_pt)).clamp_min(torch.finfo(z.dtype).tiny)
+        per_sample = one_minus_pt.pow(self.gamma) * -log_pt
+        if weight is not None:
+            per_sample = per_sample * weight[target]
+        return per_sample.mean()
 
 
-LOSSES: dict[str, type[nn.Module]] = {
+class LDAMLoss(CountsLoss):
+    """Label-distribution-aware margins (Cao et al.): CE(s · (cos - m_y e_y)).
+
+    The logits must be cosines in [-1, 1] from a normalised classifier (the model's
+    `cosine_classifier`, which outputs cos, unscaled); the scale `s` lives here. Margins are
+    m_c = max_m · (n_min / n_c)^(1/4), so the rarest class gets max_m; only the target logit
+    is lowered.
+    """
+
+    needs_positive_counts = "The LDAM loss"
+
+    def __init__(self, class_counts: Counts, max_m: float, s: float) -> None:
+        super().__init__(class_counts)
+        counts = self.class_counts.double()
+        self.register_buffer("margins", (max_m * (counts.min() / counts) ** 0.25).float())
+        self.s = float(s)
+
+    @classmethod
+    def from_config(cls, cfg: LossConfig, class_counts: Counts) -> LDAMLoss:
+        return cls(class_counts, cfg.ldam_max_m, cfg.ldam_s)
+
+    def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        m_y = self.margins.to(z.dtype)[target]
+        margin = torch.zeros_like(z).scatter_(1, target[:, None], m_y[:, None])
+        return F.cross_entropy(self.s * (z - margin), target, weight=weight)
+
+
+class BalancedSoftmax(CountsLoss):
+    """CE(z + log n) (Ren et al.): train under the long-tailed prior, predict with plain z."""
+
+    needs_positive_counts = "Balanced Softmax"
+
+    def __init__(self, class_counts: Counts) -> None:
+        super().__init__(class_counts)
+        self.register_buffer("log_counts", self.class_counts.double().log().float())
+
+    def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        return F.cross_entropy(z + self.log_counts, target, weight=weight)
+
+
+class LogitAdjustment(CountsLoss):
+    """CE(z + τ log π), π = n / Σ n (Menon et al.); τ = 1 equals Balanced Softmax, τ = 0 CE."""
+
+    needs_positive_counts = "Logit adjustment"
+
+    def __init__(self, class_counts: Counts, tau: float) -> None:
+        super().__init__(class_counts)
+        self.tau = float(tau)
+        counts = self.class_counts.double()
+        self.register_buffer("log_prior", (counts / counts.sum()).log().float())
+
+    @classmethod
+    def from_config(cls, cfg: LossConfig, class_counts: Counts) -> LogitAdjustment:
+        return cls(class_counts, cfg.la_tau)
+
+    def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        return F.cross_entropy(z + self.tau * self.log_prior, target, weight=weight)
+
+
+LOSSES: dict[str, type[CountsLoss]] = {
     "ce": CrossEntropy,
     "focal": FocalLoss,
     "ldam": LDAMLoss,
@@ -132,47 +200,50 @@ LOSSES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_loss(cfg: LossConfig, class_counts: Sequence[int] | torch.Tensor) -> nn.Module:
-    counts = _counts_tensor(class_counts)
+def build_loss(cfg: LossConfig, class_counts: Counts) -> CountsLoss:
+    """The task loss named by `cfg.name`, with its hyperparameters from `cfg`.
+
+    Re-weighting needs every class to have images; that is checked here, at build time, rather
+    than at the DRW epoch deep into training.
+    """
+    if cfg.name not in LOSSES:
+        raise UserError(
+            f"Unknown loss '{cfg.name}'.{did_you_mean(cfg.name, LOSSES)} "
+            f"Valid losses: {', '.join(LOSSES)}."
+        )
+    counts = as_counts(class_counts)
     if cfg.reweight != "none":
-        require_positive_counts(counts, f"Class-balanced re-weighting ({cfg.reweight})")
-    if cfg.name == "focal":
-        return FocalLoss(counts, cfg.focal_gamma)
-    if cfg.name == "ldam":
-        return LDAMLoss(counts, cfg.ldam_max_m, cfg.ldam_s)
-    if cfg.name == "la":
-        return LogitAdjustment(counts, cfg.la_tau)
-    return LOSSES[cfg.name](counts)
+        require_positive_counts(
+            counts, f"Class-balanced re-weighting (loss.reweight={cfg.reweight})"
+        )
+    return LOSSES[cfg.name].from_config(cfg, counts)
 
 
-def class_balanced_weights(class_counts: Sequence[int] | torch.Tensor, beta: float) -> torch.Tensor:
-    """Effective-number weights w_c = (1 − β) / (1 − β^n_c), normalised to sum to C (float64)."""
-    counts = _counts_tensor(class_counts)
+def class_balanced_weights(class_counts: Counts, beta: float) -> Tensor:
+    """Effective-number weights w_c = (1 - β) / (1 - β^n_c) (Cui et al.), summing to C. (C,) f64."""
+    counts = as_counts(class_counts)
     require_positive_counts(counts, "Class-balanced re-weighting")
-    w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
-    return w / w.sum() * len(counts)
+    effective = -torch.expm1(counts * torch.log(torch.tensor(beta, dtype=torch.float64)))
+    w = (1.0 - beta) / effective
+    return w * (counts.numel() / w.sum())
 
 
-def reweight_for_epoch(
-    cfg: LossConfig, class_counts: Sequence[int] | torch.Tensor, epoch: int
-) -> torch.Tensor | None:
-    """Per-class weights for 0-based `epoch`: none, always (cb), or from drw_epoch on (drw)."""
+def reweight_for_epoch(cfg: LossConfig, class_counts: Counts, epoch: int) -> Tensor | None:
+    """Per-class weights (C,) at 0-based `epoch`: none: never; cb: always; drw: from drw_epoch."""
     if cfg.reweight == "none" or (cfg.reweight == "drw" and epoch < cfg.drw_epoch):
         return None
     return class_balanced_weights(class_counts, cfg.beta)
 
 
-def posthoc_logit_adjust(
-    logits: torch.Tensor, class_counts: Sequence[int] | torch.Tensor, tau: float
-) -> torch.Tensor:
-    """z − τ log π at test time: removes the training prior from a CE-trained model."""
-    counts = _counts_tensor(class_counts)
+def posthoc_logit_adjust(logits: Tensor, class_counts: Counts, tau: float) -> Tensor:
+    """z - τ log π at test time (N, C): removes the training prior from a model trained with CE."""
+    counts = as_counts(class_counts)
     require_positive_counts(counts, "Post-hoc logit adjustment")
-    log_prior = torch.log(counts / counts.sum()).to(logits.device, logits.dtype)
-    return logits - tau * log_prior
+    log_prior = (counts / counts.sum()).log()
+    return logits - (tau * log_prior).to(device=logits.device, dtype=logits.dtype)
 
 
-def tau_normalize(weight: torch.Tensor, tau: float) -> torch.Tensor:
-    """w_c / |w_c|^τ (Kang et al.): τ = 1 gives unit-norm class vectors, τ = 0 leaves them."""
+def tau_normalize(weight: Tensor, tau: float) -> Tensor:
+    """w_c / |w_c|^τ (Kang et al.), weight (C, d): τ = 1 gives unit rows, τ = 0 leaves them."""
     norms = weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return weight / norms**tau
+    return weight / norms.pow(tau)

@@ -1,127 +1,176 @@
-"""The Logit Weight Repulsion regularizer (LWR.md) and its weight schedule λ(t).
+"""The Logit Weight Repulsion regularizer R(W) and its weight schedule λ(t) (see LWR.md).
 
-R(W) = 1/(C(C-1)) Σ_{i≠j} max(0, s_ij − θ)^p, with s_ij the cosine of rows i, j of W after
-optionally removing the shared direction u = normalize(mean_c w_c) (a constant: no gradient).
-
-The hinge sum runs in row blocks inside a custom autograd Function: forward and backward each
-rebuild one (block × C) slab of similarities at a time and autograd saves only the (C × d)
-normalised rows, so memory is O(block × C) rather than a C × C matrix kept alive.
+R pushes apart classifier rows that are more similar than a margin θ, after optionally removing
+the direction all classes share. The C x C similarity matrix is built in row blocks inside a
+custom autograd Function that saves only the normalised rows, so memory kept for autograd is
+O(C d) and the working set is O(block_size x C), which matters at C = 8142 (iNaturalist).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from lwrcli.config import LWRConfig
+from lwrcli.errors import UserError, did_you_mean
+
+SCHEDULE_KINDS = ("constant", "linear", "cosine", "step")
 
 
-def shared_direction(weight: torch.Tensor) -> torch.Tensor:
-    """u = normalize(mean_c w_c), detached: the direction every class shares, (d,)."""
-    return F.normalize(weight.detach().mean(0), dim=0, eps=1e-12)
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Similarities must stay in float32: bf16 cosines are off by ~1e-2, as large as θ steps."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
-def _project(weight: torch.Tensor, proj: bool, u: torch.Tensor | None = None) -> torch.Tensor:
-    """v_c = w_c − (w_c·u)u, with u held constant (no gradient through it)."""
-    if not proj:
-        return weight
-    u = shared_direction(weight) if u is None else u.detach().to(weight.dtype)
-    return weight - (weight @ u)[:, None] * u[None, :]
+def _block_hinge(v_hat: Tensor, r0: int, r1: int, theta: float) -> Tensor:
+    """max(0, s_ij - θ) for rows r0:r1 against all rows, diagonal zeroed. Shape (r1-r0, C).
+
+    Cosines are clamped to [-1, 1]: rounding can push s_ii-like entries of duplicate rows just
+    above 1, and θ = 1 must give exactly zero value and gradient.
+    """
+    s = (v_hat[r0:r1] @ v_hat.t()).clamp_(-1.0, 1.0)
+    h = s.sub_(theta).clamp_min_(0.0)
+    h.diagonal(offset=r0).zero_()  # entries (i, r0 + i): a row against itself
+    return h
 
 
-def _normalize(v: torch.Tensor, eps: float) -> torch.Tensor:
-    """Rows divided by max(|v_c|, eps), differentiably."""
-    return v / v.norm(dim=1, keepdim=True).clamp_min(eps)
+class _BlockHingeSum(torch.autograd.Function):
+    """Σ_{i≠j} max(0, s_ij - θ)^p / (C (C-1)) for unit rows V̂ (C, d), computed in row blocks.
 
-
-class _HingeSum(torch.autograd.Function):
-    """Σ_{i≠j} max(0, v̂_i·v̂_j − θ)^p over unit rows V̂ (C, d), computed in row blocks."""
-
-    @staticmethod
-    def forward(ctx, vhat: torch.Tensor, theta: float, power: int, block: int) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(vhat)
-        ctx.theta, ctx.power, ctx.block = theta, power, block
-        c = vhat.shape[0]
-        total = vhat.new_zeros((), dtype=torch.float64)
-        for start in range(0, c, block):
-            # (b, C); clamped to [-1, 1] so rounding never lets θ = 1 pairs through.
-            sim = (vhat[start : start + block] @ vhat.t()).clamp_(-1.0, 1.0)
-            rows = torch.arange(sim.shape[0], device=sim.device)
-            sim[rows, rows + start] = theta  # the diagonal (i = j) contributes nothing
-            excess = (sim - theta).clamp_min(0)
-            total += (excess if power == 1 else excess * excess).sum(dtype=torch.float64)
-        return total.to(vhat.dtype)
+    Only V̂ is saved; backward rebuilds each block. Since S and hence G are symmetric,
+    dR/dV̂ = (G + Gᵀ) V̂ / (C (C-1)) = 2 G V̂ / (C (C-1)), one block of rows of G at a time.
+    """
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        (vhat,) = ctx.saved_tensors
-        theta, power, block = ctx.theta, ctx.power, ctx.block
-        c = vhat.shape[0]
-        grad = torch.empty_like(vhat)
-        for start in range(0, c, block):
-            sim = (vhat[start : start + block] @ vhat.t()).clamp_(-1.0, 1.0)
-            rows = torch.arange(sim.shape[0], device=sim.device)
-            sim[rows, rows + start] = theta
-            excess = (sim - theta).clamp_min(0)
-            # G_ij = d/ds max(0, s − θ)^p; S is symmetric, so dΣ/dV̂ = (G + Gᵀ) V̂ = 2 G V̂.
-            g = (excess > 0).to(vhat.dtype) if power == 1 else 2.0 * excess
-            grad[start : start + block] = 2.0 * (g @ vhat)
-        return grad * grad_out, None, None, None
+    def forward(ctx: Any, v_hat: Tensor, theta: float, power: int, block_size: int) -> Tensor:
+        c = v_hat.shape[0]
+        # Block sums accumulate in float64: at C = 8142 there are 66M terms.
+        total = torch.zeros((), dtype=torch.float64, device=v_hat.device)
+        for r0 in range(0, c, block_size):
+            h = _block_hinge(v_hat, r0, min(r0 + block_size, c), theta)
+            total += (h if power == 1 else h.pow_(power)).sum(dtype=torch.float64)
+        ctx.save_for_backward(v_hat)
+        ctx.theta, ctx.power, ctx.block_size = theta, power, block_size
+        return (total / (c * (c - 1))).to(v_hat.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None, None]:
+        (v_hat,) = ctx.saved_tensors
+        c = v_hat.shape[0]
+        grad = torch.empty_like(v_hat)
+        with _no_autocast(v_hat.device):
+            for r0 in range(0, c, ctx.block_size):
+                r1 = min(r0 + ctx.block_size, c)
+                h = _block_hinge(v_hat, r0, r1, ctx.theta)
+                # Hinge derivative p * h^(p-1) where s > θ, 0 elsewhere and on the diagonal.
+                g = (h > 0).to(h.dtype) if ctx.power == 1 else h.pow_(ctx.power - 1).mul_(ctx.power)
+                grad[r0:r1] = g @ v_hat
+        grad.mul_(grad_out * (2.0 / (c * (c - 1))))
+        return grad, None, None, None
+
+
+def _rows(weight: Tensor) -> Tensor:
+    """Check shape (C, d) and upcast half precision to float32 (differentiably)."""
+    if weight.dim() != 2:
+        raise ValueError(
+            f"LWR expects a classifier weight of shape (C, d), got {tuple(weight.shape)}"
+        )
+    return weight.float() if weight.dtype in (torch.float16, torch.bfloat16) else weight
+
+
+def shared_direction(weight: Tensor, eps: float = 1e-12) -> Tensor:
+    """u = normalize(mean_c w_c), detached: the direction all classes share. Shape (d,)."""
+    w = _rows(weight).detach()
+    return F.normalize(w.mean(dim=0), dim=0, eps=eps)
+
+
+def project_rows(weight: Tensor, direction: Tensor) -> Tensor:
+    """v_c = w_c - (w_c · u) u for a constant direction u (d,), normalised here. Shape (C, d).
+
+    A row parallel to u leaves only rounding noise, whose direction is arbitrary and would make
+    R depend on the last bits (identical rows would score s = 1, not the exact-arithmetic 0).
+    Rows whose remainder is within a few rounding units of |w_c| are therefore set to zero.
+    """
+    u = F.normalize(direction.detach().to(weight.dtype), dim=0, eps=1e-12)
+    v = weight - (weight @ u).unsqueeze(1) * u
+    d = weight.shape[1]
+    tol = 8.0 * math.sqrt(d) * torch.finfo(weight.dtype).eps
+    keep = v.detach().norm(dim=1, keepdim=True) > tol * weight.detach().norm(dim=1, keepdim=True)
+    return torch.where(keep, v, torch.zeros_like(v))
 
 
 def lwr_penalty(
-    weight: torch.Tensor,
+    weight: Tensor,
     theta: float,
     power: int = 1,
     proj: bool = True,
     block_size: int = 1024,
     eps: float = 1e-12,
-    direction: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """R(W) for classifier weights (C, d), a float32 (or float64) scalar.
+    direction: Tensor | None = None,
+) -> Tensor:
+    """R(W) as LWR.md defines it, for the classifier weight W (C, d) (bias excluded).
 
-    `direction` fixes u (d,) instead of deriving it from W; the gradient is the same, since u
-    is a constant either way (it lets gradcheck see the function the gradient belongs to).
-    θ = 1 gives exactly 0 and an exactly zero gradient (cosines never exceed 1), so a run with
-    LWR at θ = 1 is the baseline bit for bit.
+    Returns a float32 scalar (float64 for float64 input; bf16/fp16 are upcast). The C x C
+    similarities are built `block_size` rows at a time and never saved for autograd.
+    `direction` overrides the shared direction u (default `shared_direction(W)`); u is always a
+    constant for autograd. θ = 1 gives exactly 0 and an exactly zero gradient.
     """
-    if power not in (1, 2):
-        raise ValueError(f"power must be 1 or 2, got {power}")
-    c = weight.shape[0]
-    w = weight if weight.dtype == torch.float64 else weight.float()
-    if c < 2:
-        return w.sum() * 0.0
-    # Always full precision, even when called inside an autocast region.
-    with torch.autocast(device_type=w.device.type, enabled=False):
-        vhat = _normalize(_project(w, proj, direction), eps)
-        hinge = _HingeSum.apply(vhat, float(theta), int(power), int(block_size))
-    return hinge / (c * (c - 1))
+    if power < 1:
+        raise ValueError(f"LWR power must be a positive integer, got {power}")
+    if block_size < 1:
+        raise ValueError(f"LWR block_size must be >= 1, got {block_size}")
+    w = _rows(weight)
+    c = w.shape[0]
+    with _no_autocast(w.device):
+        if c < 2:
+            return w.sum() * 0.0  # no pairs; keeps a (zero) gradient path for callers
+        if proj:
+            u = shared_direction(w, eps) if direction is None else direction
+            w = project_rows(w, u)
+        v_hat = F.normalize(w, dim=1, eps=eps)
+        return _BlockHingeSum.apply(v_hat, float(theta), int(power), int(block_size))
 
 
 def lwr_penalty_dense(
-    weight: torch.Tensor,
-    theta: float,
-    power: int = 1,
-    proj: bool = True,
-    eps: float = 1e-12,
-    direction: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The same R(W) with plain autograd over the full C × C matrix: the readable reference."""
-    c = weight.shape[0]
-    w = weight if weight.dtype == torch.float64 else weight.float()
+    weight: Tensor, theta: float, power: int = 1, proj: bool = True, eps: float = 1e-12
+) -> Tensor:
+    """The same R(W) with plain autograd over the full C x C matrix: the readable reference
+    for tests and benchmarks (it keeps C x C alive for backward; use `lwr_penalty` to train)."""
+    w = _rows(weight)
+    c = w.shape[0]
     if c < 2:
         return w.sum() * 0.0
-    vhat = _normalize(_project(w, proj, direction), eps)
-    sim = (vhat @ vhat.t()).clamp(-1.0, 1.0)
-    off = ~torch.eye(c, dtype=torch.bool, device=w.device)
-    excess = (sim[off] - theta).clamp_min(0)
-    return (excess**power).sum() / (c * (c - 1))
+    if proj:
+        w = project_rows(w, shared_direction(w, eps))
+    v_hat = F.normalize(w, dim=1, eps=eps)
+    hinge = ((v_hat @ v_hat.t()).clamp(-1.0, 1.0) - theta).clamp_min(0.0).pow(power)
+    off_diag = 1.0 - torch.eye(c, dtype=hinge.dtype, device=hinge.device)
+    return (hinge * off_diag).sum() / (c * (c - 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The weight schedule λ(t)
 
 
 def schedule_factor(t: float, kind: str, start: float, end: float) -> float:
-    """s(t) in [0, 1] at progress t (epochs): constant, linear, cosine or step (LWR.md)."""
+    """s(t) in [0, 1] at training progress t (epochs, fractional).
+
+    linear/cosine ramp from `start` to `end`; with end <= start they become a step at `start`.
+    """
+    if kind not in SCHEDULE_KINDS:
+        raise UserError(
+            f"Unknown LWR schedule kind '{kind}'.{did_you_mean(kind, SCHEDULE_KINDS)} "
+            f"Valid kinds: {', '.join(SCHEDULE_KINDS)}."
+        )
     if kind == "constant":
         return 1.0
     if kind == "step" or end <= start:
@@ -129,15 +178,27 @@ def schedule_factor(t: float, kind: str, start: float, end: float) -> float:
     x = min(max((t - start) / (end - start), 0.0), 1.0)
     if kind == "linear":
         return x
-    if kind == "cosine":
-        return (1.0 - math.cos(math.pi * x)) / 2.0
-    raise ValueError(f"unknown LWR schedule kind {kind!r}")
+    return (1.0 - math.cos(math.pi * x)) / 2.0
 
 
 def lwr_lambda(cfg: LWRConfig, t: float, total_epochs: int) -> float:
-    """λ(t) = lambda_max · s(t); `end` defaults to the last epoch; 0 when LWR is off."""
+    """λ(t) = lambda_max * s(t); the schedule's end defaults to the end of training."""
     if not cfg.enabled:
         return 0.0
     sched = cfg.schedule
     end = float(total_epochs) if sched.end is None else sched.end
     return cfg.lambda_max * schedule_factor(t, sched.kind, sched.start, end)
+
+
+def lwr_term(weight: Tensor, cfg: LWRConfig, lam: float) -> tuple[Tensor, Tensor]:
+    """(λ R(W), R(W)) as float32 scalars, for the train step's named terms.
+
+    When the term cannot contribute (disabled, λ = 0 or θ >= 1) both are constant zeros outside
+    the autograd graph, so the classifier's gradient is untouched and the step is bit-identical
+    to the baseline; R is not computed at all then.
+    """
+    if not cfg.enabled or lam == 0.0 or cfg.theta >= 1.0:
+        zero = torch.zeros((), dtype=torch.float32, device=weight.device)
+        return zero, zero
+    r = lwr_penalty(weight, cfg.theta, cfg.power, cfg.proj, cfg.block_size)
+    return lam * r, r.detach()

@@ -131,3 +131,9 @@ def test_issue_preset_names_exist() -> None:
         assert {f"imagenet-lt-{loss}", f"imagenet-lt-{loss}-lwr"} <= names
     assert {"inat2018-bs", "inat2018-bs-lwr", "synthetic-lt-bs-lwr"} <= names
     assert {f"cifar10-lt-ir100-{x}" for x in ("ce", "bs-lwr", "ldam-drw-lwr")} <= names
+
+
+def test_ldam_requires_a_cosine_classifier() -> None:
+    with pytest.raises(UserError, match="cosine_classifier"):
+        validate_config({"loss": {"name": "ldam"}})
+    assert validate_config({"loss": {"name": "ldam"}, "model": {"cosine_classifier": True}})

@@ -1,4 +1,4 @@
-"""Losses against float64 numpy formulas and the identities between them."""
+"""Task losses against independent float64 numpy formulas, identities, edge cases, factories."""
 
 from __future__ import annotations
 
@@ -25,129 +25,240 @@ from lwrcli.losses import (
 COUNTS = [500, 120, 40, 9, 2]
 
 
-def np_logsoftmax(z: np.ndarray) -> np.ndarray:
-    m = z.max(1, keepdims=True)
-    return z - m - np.log(np.exp(z - m).sum(1, keepdims=True))
+# --- independent float64 references -----------------------------------------------------------
+
+
+def np_log_softmax(z: np.ndarray) -> np.ndarray:
+    m = z.max(axis=1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
 
 
 def np_ce(z: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:
-    nll = -np_logsoftmax(z)[np.arange(len(y)), y]
-    if w is None:
-        return float(nll.mean())
-    return float((w[y] * nll).sum() / w[y].sum())
+    """Mean CE; with class weights, Σ w_y ℓ / Σ w_y (F.cross_entropy's weighted mean)."""
+    nll = -np_log_softmax(z)[np.arange(len(y)), y]
+    wy = np.ones(len(y)) if w is None else w[y]
+    return float((wy * nll).sum() / wy.sum())
 
 
-@pytest.fixture
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(16, 5, generator=g, dtype=torch.float64) * 3, torch.randint(
-        0, 5, (16,), generator=g
-    )
+def np_focal(z: np.ndarray, y: np.ndarray, gamma: float, w: np.ndarray | None) -> float:
+    p = np.exp(np_log_softmax(z))[np.arange(len(y)), y]
+    wy = np.ones(len(y)) if w is None else w[y]
+    return float(np.mean(wy * (1 - p) ** gamma * -np.log(p)))
 
 
-def test_each_loss_against_numpy(batch) -> None:
-    z, y = batch
-    zn, yn, n = z.numpy(), y.numpy(), np.array(COUNTS, dtype=np.float64)
-    w = np.array([0.2, 0.5, 1.0, 1.5, 1.8])
-    wt = torch.tensor(w, dtype=torch.float32)
-    assert float(CrossEntropy(COUNTS)(z, y)) == pytest.approx(np_ce(zn, yn), rel=1e-6)
-    assert float(CrossEntropy(COUNTS)(z, y, wt)) == pytest.approx(np_ce(zn, yn, w), rel=1e-6)
-    assert float(BalancedSoftmax(COUNTS)(z, y)) == pytest.approx(
-        np_ce(zn + np.log(n), yn), rel=1e-6
-    )
-    prior = np.log(n / n.sum())
-    assert float(LogitAdjustment(COUNTS, 0.7)(z, y, wt)) == pytest.approx(
-        np_ce(zn + 0.7 * prior, yn, w), rel=1e-6
-    )
-    # Focal: (1 - p_t)^gamma * CE_t, with the class weight on CE_t, mean over samples.
-    logp = np_logsoftmax(zn)[np.arange(16), yn]
-    focal = ((1 - np.exp(logp)) ** 2 * -logp * w[yn]).mean()
-    assert float(FocalLoss(COUNTS, 2.0)(z, y, wt)) == pytest.approx(focal, rel=1e-5)
-    # LDAM on cosine logits: margins max_m * (n_min / n)^(1/4), target only, scale s.
-    cos = np.tanh(zn)
-    margins = 0.5 * (n.min() / n) ** 0.25
-    adj = cos.copy()
-    adj[np.arange(16), yn] -= margins[yn]
-    assert float(LDAMLoss(COUNTS, 0.5, 30.0)(torch.tensor(cos), y)) == pytest.approx(
-        np_ce(30.0 * adj, yn), rel=1e-5
-    )
+def np_ldam(z, y, counts, max_m, s, w) -> float:
+    n = np.asarray(counts, dtype=np.float64)
+    m = n**-0.25
+    m = m * (max_m / m.max())
+    z2 = z.copy()
+    z2[np.arange(len(y)), y] -= m[y]
+    return np_ce(s * z2, y, w)
 
 
-def test_identities(batch) -> None:
-    z, y = batch
-    ce = CrossEntropy(COUNTS)(z, y)
-    assert torch.allclose(LogitAdjustment(COUNTS, 0.0)(z, y), ce)
-    assert torch.allclose(BalancedSoftmax([7] * 5)(z, y), ce)
-    assert torch.allclose(
-        LogitAdjustment(COUNTS, 1.0)(z, y), BalancedSoftmax(COUNTS)(z, y), atol=1e-6
-    )
-    cos = torch.tanh(z)
-    assert torch.allclose(LDAMLoss(COUNTS, 0.0, 1.0)(cos, y), CrossEntropy(COUNTS)(cos, y))
-    assert torch.allclose(FocalLoss(COUNTS, 0.0)(z, y), ce)
+def np_loss(name: str, z: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+    n = np.asarray(COUNTS, dtype=np.float64)
+    if name == "ce":
+        return np_ce(z, y, w)
+    if name == "focal":
+        return np_focal(z, y, 2.0, w)
+    if name == "ldam":
+        return np_ldam(z, y, COUNTS, 0.5, 30.0, w)
+    if name == "bs":
+        return np_ce(z + np.log(n), y, w)
+    return np_ce(z + 1.5 * np.log(n / n.sum()), y, w)  # la, tau 1.5
 
 
-@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0])
-def test_focal_finite_for_extreme_logits(gamma: float) -> None:
-    z = torch.tensor([[1e4, -1e4, 0.0], [-50.0, 60.0, 0.0]], requires_grad=True)
-    y = torch.tensor([0, 0])
-    loss = FocalLoss([3, 2, 1], gamma)(z, y)
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+CFG = LossConfig(focal_gamma=2.0, ldam_max_m=0.5, ldam_s=30.0, la_tau=1.5)
 
 
-def test_class_balanced_weights_closed_form() -> None:
-    beta = 0.999
-    w = class_balanced_weights(COUNTS, beta)
-    n = np.array(COUNTS, dtype=np.float64)
-    raw = (1 - beta) / (1 - beta**n)
-    assert np.allclose(w.numpy(), raw / raw.sum() * 5)
-    assert float(w.sum()) == pytest.approx(5.0)
+def batch(seed: int = 0, n: int = 12, c: int = 5, scale: float = 2.0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, dtype=torch.float64, generator=g) * scale
+    y = torch.randint(0, c, (n,), generator=g)
+    w = torch.rand(c, dtype=torch.float64, generator=g) * 2 + 0.1
+    return z, y, w
 
 
-def test_reweight_schedule() -> None:
-    cfg = LossConfig(reweight="drw", drw_epoch=160)
-    assert reweight_for_epoch(cfg, COUNTS, 159) is None
-    assert torch.allclose(
-        reweight_for_epoch(cfg, COUNTS, 160), class_balanced_weights(COUNTS, 0.9999)
-    )
-    assert reweight_for_epoch(LossConfig(reweight="none"), COUNTS, 199) is None
-    assert reweight_for_epoch(LossConfig(reweight="cb"), COUNTS, 0) is not None
-
-
-@pytest.mark.parametrize("name", ["bs", "la", "ldam"])
-def test_zero_count_class_is_a_clear_error(name: str) -> None:
-    with pytest.raises(UserError, match="class ids 2"):
-        build_loss(LossConfig(name=name), [5, 3, 0])
-    with pytest.raises(UserError, match="none"):
-        build_loss(LossConfig(name="ce", reweight="drw"), [5, 0])
-    build_loss(LossConfig(name="ce"), [5, 3, 0])  # CE does not need counts
+# --- each loss against its formula ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_build_every_loss_bf16_logits_give_float32(name: str) -> None:
-    loss = build_loss(LossConfig(name=name), COUNTS)
-    z = torch.randn(4, 5).bfloat16()
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_matches_numpy(name: str, weighted: bool) -> None:
+    z, y, w = batch(seed=len(name))
     if name == "ldam":
-        z = torch.tanh(z)
-    out = loss(z, torch.tensor([0, 1, 2, 3]))
-    assert out.dtype == torch.float32 and torch.isfinite(out)
+        z = torch.tanh(z)  # LDAM receives cosines in [-1, 1]
+    loss = build_loss(CFG.model_copy(update={"name": name}), COUNTS)
+    got = loss(z.float(), y, w.float() if weighted else None)
+    expected = np_loss(name, z.numpy(), y.numpy(), w.numpy() if weighted else None)
+    assert got.dtype == torch.float32 and got.dim() == 0
+    assert float(got) == pytest.approx(expected, rel=2e-6)
+    got64 = loss(z, y, w if weighted else None)  # float64 logits are not downcast
+    assert got64.dtype == torch.float64
+    assert float(got64) == pytest.approx(expected, rel=1e-6)
 
 
-def test_posthoc_adjustment_flips_predictions_as_the_formula_says() -> None:
-    counts = [1000, 10]
-    z = torch.tensor([[2.0, 0.0]])  # the head wins on raw logits
-    # log pi = log(1000/1010), log(10/1010): the tail gains tau * log(100) = 4.6 > 2.
-    adjusted = posthoc_logit_adjust(z, counts, 1.0)
-    assert torch.allclose(adjusted, z - torch.log(torch.tensor([1000 / 1010, 10 / 1010])))
-    assert z.argmax(1).item() == 0 and adjusted.argmax(1).item() == 1
-    assert posthoc_logit_adjust(z, counts, 0.4).argmax(1).item() == 0  # 0.4 * 4.6 < 2
+def test_ldam_margins_follow_the_quarter_power_law() -> None:
+    loss = LDAMLoss(COUNTS, max_m=0.5, s=30.0)
+    n = np.asarray(COUNTS, dtype=np.float64)
+    assert np.allclose(loss.margins.numpy(), 0.5 * (2.0 / n) ** 0.25, rtol=1e-6)
+    assert float(loss.margins.max()) == pytest.approx(0.5)  # the rarest class gets max_m
 
 
-def test_tau_normalisation() -> None:
-    w = torch.tensor([[3.0, 4.0], [0.0, 0.5]])
-    assert torch.allclose(tau_normalize(w, 1.0).norm(dim=1), torch.ones(2))
-    assert torch.allclose(tau_normalize(w, 0.0), w)
-    half = tau_normalize(w, 0.5)
-    assert torch.allclose(half.norm(dim=1), torch.tensor([5.0**0.5, 0.5**0.5]))
-    x = torch.tensor([[0.1, 1.0]])  # feature aligned with the small tail vector
-    assert (x @ w.t()).argmax().item() == 0 and (x @ tau_normalize(w, 1.0).t()).argmax().item() == 1
+# --- identities --------------------------------------------------------------------------------
+
+
+def test_identities_with_cross_entropy() -> None:
+    z, y, w = batch(seed=3)
+    z, w = z.float(), w.float()
+    for wt in (None, w):
+        ce = CrossEntropy(COUNTS)(z, y, wt)
+        assert torch.allclose(LogitAdjustment(COUNTS, tau=0.0)(z, y, wt), ce, rtol=1e-6)
+        assert torch.allclose(BalancedSoftmax([7] * 5)(z, y, wt), ce, rtol=1e-6)
+        bs = BalancedSoftmax(COUNTS)(z, y, wt)
+        assert torch.allclose(LogitAdjustment(COUNTS, tau=1.0)(z, y, wt), bs, rtol=1e-6)
+        cos = torch.tanh(z)
+        ldam = LDAMLoss(COUNTS, max_m=0.0, s=1.0)(cos, y, wt)
+        assert torch.allclose(ldam, CrossEntropy(COUNTS)(cos, y, wt), rtol=1e-6)
+    assert torch.allclose(FocalLoss(COUNTS, gamma=0.0)(z, y), CrossEntropy(COUNTS)(z, y), rtol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0])
+def test_focal_is_finite_with_extreme_logits(gamma: float) -> None:
+    z = torch.tensor(
+        [[1e4, -1e4, 0.0], [0.0, 3e4, -3e4], [-1e4, 1e4, 0.0], [50.0, 0.0, -50.0]],
+        requires_grad=True,
+    )
+    y = torch.tensor([0, 1, 0, 0])  # p_t rounds to 1, 1, 0, and 1 - 2e-22
+    loss = FocalLoss([1, 1, 1], gamma)(z, y)
+    loss.backward()
+    assert torch.isfinite(loss) and z.grad is not None and torch.isfinite(z.grad).all()
+    # Only the confidently wrong sample contributes: CE = 2e4 and (1 - p_t)^γ = 1.
+    assert float(loss.detach()) == pytest.approx(2e4 / 4, rel=1e-6)
+    confident = torch.tensor([[4.0, 0.0]])
+    expected = np_focal(confident.double().numpy(), np.array([0]), gamma, None)
+    got = FocalLoss([1, 1], gamma)(confident, torch.tensor([0]))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+# --- class-balanced weights and DRW ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.9, 0.999, 0.9999])
+def test_class_balanced_weights_closed_form(beta: float) -> None:
+    raw = [(1 - beta) / (1 - beta**n) for n in COUNTS]
+    expected = [r * len(COUNTS) / sum(raw) for r in raw]
+    got = class_balanced_weights(torch.tensor(COUNTS), beta)
+    assert got.tolist() == pytest.approx(expected, rel=1e-9)
+    assert float(got.sum()) == pytest.approx(len(COUNTS), rel=1e-12)
+
+
+def test_reweight_for_epoch() -> None:
+    counts = torch.tensor(COUNTS, dtype=torch.float64)
+    cb = class_balanced_weights(counts, 0.99)
+    assert reweight_for_epoch(LossConfig(reweight="none"), counts, 500) is None
+    always = LossConfig(reweight="cb", beta=0.99)
+    assert torch.equal(reweight_for_epoch(always, counts, 0), cb)
+    drw = LossConfig(reweight="drw", drw_epoch=3, beta=0.99)
+    assert reweight_for_epoch(drw, counts, 2) is None
+    assert torch.equal(reweight_for_epoch(drw, counts, 3), cb)
+    assert torch.equal(reweight_for_epoch(drw, COUNTS, 10), cb)
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bs", "la", "ldam"])
+def test_zero_count_class_is_a_user_error(name: str) -> None:
+    with pytest.raises(UserError, match=r"class ids 2"):
+        build_loss(LossConfig(name=name), [10, 3, 0, 4])
+
+
+def test_zero_count_class_is_fine_for_ce_and_focal_without_reweighting() -> None:
+    z, y, _ = batch(c=4)
+    for name in ("ce", "focal"):
+        assert torch.isfinite(build_loss(LossConfig(name=name), [10, 3, 0, 4])(z.float(), y))
+        with pytest.raises(UserError, match="re-weighting"):
+            build_loss(LossConfig(name=name, reweight="drw"), [10, 3, 0, 4])
+    with pytest.raises(UserError):
+        class_balanced_weights([10, 0, 3], 0.99)
+    with pytest.raises(UserError):
+        posthoc_logit_adjust(z, [10, 3, 0, 4], 1.0)
+
+
+def test_bad_counts_and_shapes_are_user_errors() -> None:
+    with pytest.raises(UserError, match="non-negative"):
+        CrossEntropy([3, -1, 2])
+    with pytest.raises(UserError, match="one number per class"):
+        CrossEntropy([])
+    with pytest.raises(UserError, match="3 classes"):
+        CrossEntropy([3, 1, 2])(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
+    bad = LossConfig.model_construct(**{**LossConfig().model_dump(), "name": "fcoal"})
+    with pytest.raises(UserError, match="focal"):
+        build_loss(bad, COUNTS)
+
+
+# --- precision ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_bf16_logits_give_a_float32_loss(name: str) -> None:
+    z, y, w = batch(seed=1)
+    z = torch.tanh(z).bfloat16().requires_grad_(True)
+    loss_fn = build_loss(LossConfig(name=name), COUNTS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(z, y, w.bfloat16())
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert z.grad is not None and z.grad.dtype == torch.bfloat16
+    expected = loss_fn(z.detach().float(), y, w.bfloat16().float())
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+
+
+# --- evaluation-time adjustments ---------------------------------------------------------------
+
+
+def test_posthoc_logit_adjustment_flips_exactly_at_the_predicted_margin() -> None:
+    counts = [90, 10]
+    # Adjusted z_0 - z_1 = (z_0 - z_1) - τ log(π_0/π_1): class 1 wins iff gap < τ log 9.
+    gap = 0.5
+    logits = torch.tensor([[gap, 0.0]])
+    threshold_tau = gap / np.log(9.0)  # 0.2276
+    for tau, winner in ((0.0, 0), (threshold_tau * 0.9, 0), (threshold_tau * 1.1, 1), (1.0, 1)):
+        adjusted = posthoc_logit_adjust(logits, counts, tau)
+        assert int(adjusted.argmax()) == winner
+        expected = [gap - tau * np.log(0.9), -tau * np.log(0.1)]
+        assert adjusted[0].tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_tau_normalization_flips_exactly_as_the_norms_say() -> None:
+    # Rows e_0 * 3 and e_1 * 1, feature x = (1, 2): logits (3, 2) -> |w_c|^(1-τ) x_c = (3^(1-τ), 2).
+    # Class 1 wins iff 3^(1-τ) < 2, i.e. τ > 1 - log 2 / log 3 = 0.369.
+    w = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    x = torch.tensor([1.0, 2.0])
+    cut = 1 - np.log(2) / np.log(3)
+    for tau, winner in ((0.0, 0), (cut - 0.01, 0), (cut + 0.01, 1), (1.0, 1)):
+        wt = tau_normalize(w, tau)
+        assert int((wt @ x).argmax()) == winner
+        assert wt.norm(dim=1).tolist() == pytest.approx([3.0 ** (1 - tau), 1.0], rel=1e-6)
+    assert torch.equal(tau_normalize(torch.zeros(2, 3), 1.0), torch.zeros(2, 3))
+
+
+# --- the factory --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_build_loss_for_every_name(name: str) -> None:
+    cfg = LossConfig(name=name, focal_gamma=0.5, ldam_max_m=0.3, ldam_s=10.0, la_tau=0.7)
+    loss_fn = build_loss(cfg, torch.tensor(COUNTS))
+    assert type(loss_fn) is LOSSES[name]
+    assert "class_counts" in dict(loss_fn.named_buffers())
+    assert loss_fn.class_counts.tolist() == COUNTS
+    hyper = {"focal": ("gamma", 0.5), "ldam": ("s", 10.0), "la": ("tau", 0.7)}.get(name)
+    if hyper is not None:
+        assert getattr(loss_fn, hyper[0]) == hyper[1]
+    z, y, w = batch(seed=2)
+    z = torch.tanh(z).float().requires_grad_(True)
+    loss = loss_fn(z, y, w.float())
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and z.grad is not None

@@ -103,69 +103,68 @@ def build_data(
             raise UserError(
                 f"Dataset {data_dir} has no '{split}' split (it has {', '.join(manifest.splits)})."
             )
-    if manifest.storage == "arrays":
-        return _arrays_bundle(Path(data_dir), manifest, cfg, device, dist, train, wanted)
-    return _lists_bundle(Path(data_dir), manifest, cfg, device, dist, train, wanted)
+    make = _arrays_loader if manifest.storage == "arrays" else _list_loader
+    data_dir = Path(data_dir)
+
+    def loader(split: str, is_train: bool) -> BatchLoader:
+        return make(data_dir, manifest, cfg, device, dist, split, is_train)
+
+    train_loader = loader("train", True) if train else None
+    return DataBundle(manifest, train_loader, {s: loader(s, False) for s in wanted})
 
 
-def _arrays_bundle(
+def _arrays_loader(
     data_dir: Path,
     manifest: Manifest,
     cfg: TrainConfig,
     device: torch.device,
     dist: DistInfo,
-    train: bool,
-    splits: list[str],
-) -> DataBundle:
+    split: str,
+    is_train: bool,
+) -> BatchLoader:
+    """Small images: the split's uint8 tensor moved to the device once."""
     from lwrcli.data.arrays import load_arrays
     from lwrcli.data.device_loader import DeviceImageLoader
 
-    def loader(split: str, is_train: bool) -> DeviceImageLoader:
-        images, labels = load_arrays(data_dir, split)
-        return DeviceImageLoader(
-            images.to(device),
-            labels.to(device),
-            batch_size=cfg.batch_size if is_train else cfg.eval_batch_size,
-            mean=cfg.data.mean,
-            std=cfg.data.std,
-            train=is_train,
-            padding=cfg.data.crop_padding,
-            flip=cfg.data.flip,
-            seed=cfg.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            channels_last=cfg.channels_last,
-        )
-
-    train_loader = loader("train", True) if train else None
-    return DataBundle(manifest, train_loader, {s: loader(s, False) for s in splits})
+    images, labels = load_arrays(data_dir, split)
+    return DeviceImageLoader(
+        images.to(device),
+        labels.to(device),
+        batch_size=cfg.batch_size if is_train else cfg.eval_batch_size,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        train=is_train,
+        padding=cfg.data.crop_padding,
+        flip=cfg.data.flip,
+        seed=cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        channels_last=cfg.channels_last,
+    )
 
 
-def _lists_bundle(
+def _list_loader(
     data_dir: Path,
     manifest: Manifest,
     cfg: TrainConfig,
     device: torch.device,
     dist: DistInfo,
-    train: bool,
-    splits: list[str],
-) -> DataBundle:
+    split: str,
+    is_train: bool,
+) -> BatchLoader:
+    """Large images: a worker DataLoader whose batches are moved to the device."""
     from lwrcli.data.images import build_image_loader
 
-    def loader(split: str, is_train: bool) -> _ListLoader:
-        dl = build_image_loader(
-            data_dir,
-            manifest,
-            split,
-            cfg.data,
-            batch_size=cfg.batch_size if is_train else cfg.eval_batch_size,
-            train=is_train,
-            seed=cfg.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            device=device,
-        )
-        return _ListLoader(dl, device, cfg.channels_last)
-
-    train_loader = loader("train", True) if train else None
-    return DataBundle(manifest, train_loader, {s: loader(s, False) for s in splits})
+    dl = build_image_loader(
+        data_dir,
+        manifest,
+        split,
+        cfg.data,
+        batch_size=cfg.batch_size if is_train else cfg.eval_batch_size,
+        train=is_train,
+        seed=cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        device=device,
+    )
+    return _ListLoader(dl, device, cfg.channels_last)
