@@ -23,7 +23,7 @@ from lwrcli import plots
 from lwrcli.checkpoint import load_checkpoint
 from lwrcli.data.manifest import read_manifest, shot_group, shot_groups
 from lwrcli.errors import UserError
-from lwrcli.lwr import lwr_penalty_dense
+from lwrcli.lwr import lwr_penalty
 
 GROUPS = ("many", "medium", "few")
 FORMATS = ("png", "svg")
@@ -122,7 +122,8 @@ def weight_stats(
     }
     stats["between"]["all"] = _between_all(cos, groups)
     with torch.no_grad():
-        r = lwr_penalty_dense(weight.detach().double().cpu(), theta, power, proj)
+        # Blockwise: never a (C, C) float64 matrix (530 MB at C = 8142).
+        r = lwr_penalty(weight.detach().double().cpu(), theta, power, proj, block_size=512)
     stats["r_lwr"] = {"value": float(r), "theta": theta, "power": power, "proj": proj}
     stats["norm_ratio_head_tail"] = _ratio(norms[groups["many"]], norms[groups["few"]])
     k = max(1, c // 10)
