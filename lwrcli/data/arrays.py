@@ -1,4 +1,8 @@
-"""Small-image prepared datasets: uint8 NCHW arrays in safetensors files, one per split."""
+"""Small-image prepared datasets: uint8 NCHW arrays in one safetensors file per split.
+
+Keys: `images` (N, 3, H, W) uint8, `labels` (N,) int64, and for train `source_indices` (N,)
+int64. Training reads these straight into tensors: no pickle, no per-image decoding.
+"""
 
 from __future__ import annotations
 
@@ -10,61 +14,97 @@ from safetensors import SafetensorError
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
-from lwrcli.data.manifest import Manifest, read_manifest
+from lwrcli.data.manifest import Manifest, fingerprint, read_manifest
 from lwrcli.errors import UserError
+
+# One fixed metadata entry: a multi-key map is written in hash order, which would make the
+# same arrays give different file bytes from run to run.
+FILE_METADATA = {"format": "lwr-arrays-1"}
 
 
 def split_path(data_dir: Path, split: str) -> Path:
     return Path(data_dir) / f"{split}.safetensors"
 
 
-def save_split(
-    folder: Path,
-    split: str,
-    images: np.ndarray,
-    labels: np.ndarray,
-    source_indices: np.ndarray | None = None,
-) -> bytes:
-    """Write images (N, 3, H, W) uint8 and labels (N,) int64; returns the file's bytes
-    (for the fingerprint). Fixed metadata so the same arrays give the same bytes."""
-    tensors = {
-        "images": np.ascontiguousarray(images, dtype=np.uint8),
-        "labels": np.ascontiguousarray(labels, dtype=np.int64),
+def _tensor_parts(split: str, tensors: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """Named byte blobs for the fingerprint; dtype and shape go into the name."""
+    return {
+        f"{split}/{key}:{arr.dtype.str}{list(arr.shape)}": arr.tobytes()
+        for key, arr in tensors.items()
     }
-    if source_indices is not None:
-        tensors["source_indices"] = np.ascontiguousarray(source_indices, dtype=np.int64)
-    path = split_path(folder, split)
-    # One metadata key: safetensors writes a map in hash order, which would break determinism.
-    save_file(tensors, str(path), metadata={"format": "lwr-arrays-1"})
-    return path.read_bytes()
+
+
+def write_arrays(
+    folder: Path, splits: dict[str, dict[str, np.ndarray]]
+) -> tuple[str, dict[str, str]]:
+    """Write `{split}.safetensors` for each split; returns (fingerprint, split fingerprints).
+
+    The fingerprints hash the tensor bytes (not the file bytes), so they do not depend on the
+    safetensors header layout.
+    """
+    everything: dict[str, bytes] = {}
+    per_split: dict[str, str] = {}
+    for split, tensors in splits.items():
+        fixed = {
+            key: np.ascontiguousarray(arr, dtype=np.uint8 if key == "images" else np.int64)
+            for key, arr in tensors.items()
+        }
+        save_file(fixed, str(split_path(folder, split)), metadata=FILE_METADATA)
+        parts = _tensor_parts(split, fixed)
+        per_split[split] = fingerprint(parts)
+        everything.update(parts)
+    return fingerprint(everything), per_split
+
+
+def _remake_hint(data_dir: Path, manifest: Manifest) -> str:
+    return (
+        f"prepare it again with 'lwr prepare-data {manifest.source} --out {data_dir} "
+        "--overwrite' (plus the options it was made with)"
+    )
 
 
 def load_arrays(
     data_dir: Path, split: str, manifest: Manifest | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, 3, H, W), labels int64 (N,)) of one split, checked against the manifest."""
+    data_dir = Path(data_dir)
     manifest = manifest or read_manifest(data_dir)
     path = split_path(data_dir, split)
+    if manifest.storage != "arrays":
+        raise UserError(f"{data_dir} stores image lists, not arrays; it has no {path.name}.")
     if not path.is_file():
         raise UserError(
-            f"{path} is missing: the prepared dataset {data_dir} is incomplete. Prepare it "
-            "again with 'lwr prepare-data ... --overwrite'."
+            f"{path} is missing, so the prepared dataset {data_dir} is incomplete; "
+            f"{_remake_hint(data_dir, manifest)}."
         )
     try:
         tensors = load_file(str(path))
         images, labels = tensors["images"], tensors["labels"]
-    except (SafetensorError, OSError, KeyError, RuntimeError) as exc:
+    except (SafetensorError, OSError, KeyError, RuntimeError, ValueError) as exc:
         raise UserError(
-            f"{path} is damaged ({exc.__class__.__name__}); prepare the dataset again with "
-            "'lwr prepare-data ... --overwrite'."
+            f"{path} is damaged ({exc.__class__.__name__}: {exc}); "
+            f"{_remake_hint(data_dir, manifest)}."
         ) from None
-    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
-        raise UserError(f"{path} does not hold uint8 (N, 3, H, W) images.")
-    if len(labels) != len(images) or len(labels) != manifest.splits.get(split, -1):
+    size = manifest.image_size
+    if (
+        images.dtype != torch.uint8
+        or images.ndim != 4
+        or images.shape[1] != 3
+        or (size is not None and tuple(images.shape[2:]) != (size, size))
+    ):
         raise UserError(
-            f"{path} holds {len(labels)} labels but the manifest says "
-            f"{manifest.splits.get(split)}; the dataset folder is inconsistent."
+            f"{path} holds {images.dtype} images of shape {tuple(images.shape)}, not uint8 "
+            f"(N, 3, {size}, {size}); {_remake_hint(data_dir, manifest)}."
+        )
+    expected = manifest.splits.get(split)
+    if labels.dtype != torch.int64 or labels.shape != (len(images),) or len(labels) != expected:
+        raise UserError(
+            f"{path} holds {len(labels)} labels for {len(images)} images but the manifest says "
+            f"{expected}; the dataset folder is inconsistent: {_remake_hint(data_dir, manifest)}."
         )
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= manifest.num_classes):
-        raise UserError(f"{path} has labels outside 0..{manifest.num_classes - 1}.")
+        raise UserError(
+            f"{path} has labels outside 0..{manifest.num_classes - 1} (the manifest's classes); "
+            f"{_remake_hint(data_dir, manifest)}."
+        )
     return images, labels

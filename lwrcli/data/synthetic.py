@@ -2,9 +2,13 @@
 
 Classes come in groups ("superclasses"). Every class image is a sum of coloured parts
 (Gaussian blobs and bars): the parts of its group, which all classes of the group share, plus
-one or two parts of its own drawn fainter. So classes of one group really compete for the same
-features, which is the situation LWR is about, while different groups are easy to tell apart.
-Each image gets random part strengths, part dropout, a small shift and pixel noise.
+two parts of its own at class-specific places and colours, drawn fainter. So classes of one
+group really compete for the same features, which is the situation LWR is about, while
+different groups are easy to tell apart.
+Each image gets random part strengths, part dropout, a random background tint, a small
+shift and pixel noise. Groups interleave over the class-frequency order, so a tail class has
+head classes in its group: a small CNN learns the head classes in a few epochs while the tail
+classes of a group stay hard, more so with plain cross-entropy (the long-tailed effect).
 Everything is drawn from one seeded numpy Generator: the same seed gives the same bytes.
 """
 
@@ -14,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lwrcli.data.arrays import save_split
-from lwrcli.data.manifest import Manifest, fingerprint, make_manifest, staged_output, write_manifest
+from lwrcli.data.arrays import write_arrays
+from lwrcli.data.manifest import Manifest, make_manifest, staged_output, write_manifest
 from lwrcli.data.profiles import long_tailed_counts
 from lwrcli.errors import UserError
 
@@ -28,7 +32,8 @@ NOISE = 22.0  # pixel noise std, on a 0..255 scale
 
 
 def _part(rng: np.random.Generator, size: int) -> np.ndarray:
-    """One coloured blob or bar, (3, size, size) float in [0, 1] before colour."""
+    """One coloured blob or bar: (3, size, size) float, a colour in [0.2, 1] times a shape in
+    [0, 1], at a random place."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     cy, cx = rng.uniform(0.2, 0.8, 2) * size
     color = rng.uniform(0.2, 1.0, 3)
@@ -52,7 +57,11 @@ def group_of(c: int, num_classes: int) -> int:
 def class_templates(
     num_classes: int, size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Part strengths per class (C, P) and the parts (P, 3, size, size)."""
+    """Part strengths per class (C, P) and the parts (P, 3, size, size).
+
+    Parts 0 .. G*SHARED_PARTS-1 belong to the G groups (strength 1 for each class of the
+    group); the rest are OWN_PARTS per class (strength OWN_STRENGTH).
+    """
     groups = (num_classes + GROUP_SIZE - 1) // GROUP_SIZE
     n_parts = groups * SHARED_PARTS + num_classes * OWN_PARTS
     parts = np.stack([_part(rng, size) for _ in range(n_parts)])
@@ -68,9 +77,10 @@ def class_templates(
 def render(
     labels: np.ndarray, strength: np.ndarray, parts: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """Images (N, 3, H, W) uint8 for the given labels."""
+    """Images (N, 3, H, W) uint8 for labels (N,), each a jittered instance of its template."""
     n = len(labels)
     p, _, h, w = parts.shape
+    # Per-part intensity jitter, and each part dropped with probability 0.15.
     coef = strength[labels] * rng.uniform(0.6, 1.4, (n, p)) * (rng.random((n, p)) > 0.15)
     flat = coef @ parts.reshape(p, -1)  # (N, 3·H·W)
     background = rng.uniform(0.05, 0.3, (n, 3, 1, 1))
@@ -96,25 +106,43 @@ def prepare_synthetic(
     seed: int = 0,
     overwrite: bool = False,
 ) -> Manifest:
+    """Generate a long-tailed train split and a balanced test split -> `out`.
+
+    Train class c gets the profile's n_c images, test `test_per_class` each; images are
+    (3, image_size, image_size) uint8. The same arguments give byte-identical files.
+    """
     if not 2 <= num_classes <= 1000:
         raise UserError(f"--num-classes for synthetic data must be 2..1000, got {num_classes}.")
+    if not 8 <= image_size <= 128:
+        raise UserError(f"Synthetic image size must be 8..128 pixels, got {image_size}.")
+    if test_per_class < 1:
+        raise UserError(
+            f"Synthetic data needs at least 1 test image per class, got {test_per_class}."
+        )
     counts = long_tailed_counts(n_max, num_classes, imbalance_factor, profile)
     if min(counts) < 1:
         raise UserError(
             f"With n_max {n_max} and imbalance factor {imbalance_factor:g} some classes get "
-            "no image; use a smaller imbalance factor."
+            "no training image; use a smaller imbalance factor or a larger n_max."
         )
-    rng = np.random.default_rng(seed)
-    strength, parts = class_templates(num_classes, image_size, rng)
-    train_y = np.repeat(np.arange(num_classes), counts)
-    test_y = np.repeat(np.arange(num_classes), test_per_class)
-    train_x = render(train_y, strength, parts, rng)
-    test_x = render(test_y, strength, parts, rng)
-    with staged_output(out, overwrite) as tmp:
-        blobs = {
-            "train": save_split(tmp, "train", train_x, train_y, np.arange(len(train_y))),
-            "test": save_split(tmp, "test", test_x, test_y),
-        }
+    with staged_output(out, overwrite) as tmp:  # refuses a used --out before any work
+        rng = np.random.default_rng(seed)
+        strength, parts = class_templates(num_classes, image_size, rng)
+        train_y = np.repeat(np.arange(num_classes), counts)
+        test_y = np.repeat(np.arange(num_classes), test_per_class)
+        train_x = render(train_y, strength, parts, rng)
+        test_x = render(test_y, strength, parts, rng)
+        fp, split_fps = write_arrays(
+            tmp,
+            {
+                "train": {
+                    "images": train_x,
+                    "labels": train_y,
+                    "source_indices": np.arange(len(train_y)),
+                },
+                "test": {"images": test_x, "labels": test_y},
+            },
+        )
         manifest = make_manifest(
             name=f"synthetic-lt-ir{imbalance_factor:g}-{profile}-c{num_classes}-seed{seed}",
             source="synthetic",
@@ -122,16 +150,16 @@ def prepare_synthetic(
             storage="arrays",
             class_names=[f"group{group_of(c, num_classes)}-class{c}" for c in range(num_classes)],
             class_counts=[int(n) for n in counts],
-            splits={"train": int(len(train_y)), "test": int(len(test_y))},
+            splits={"train": len(train_y), "test": len(test_y)},
             imbalance_factor=float(imbalance_factor),
             profile=profile,
             seed=seed,
             image_size=image_size,
-            fingerprint=fingerprint(blobs),
-            split_fingerprints={k: fingerprint({k: v}) for k, v in blobs.items()},
+            fingerprint=fp,
+            split_fingerprints=split_fps,
             notes=[
-                "SYNTHETIC data generated by lwr (class groups share parts); not a benchmark",
-                f"class names groupG-classC: classes of one group share {SHARED_PARTS} parts",
+                "synthetic data generated by lwr; not a real benchmark",
+                f"class names groupG-classC: the classes of a group share {SHARED_PARTS} parts",
             ],
         )
         write_manifest(tmp, manifest)
