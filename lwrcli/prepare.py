@@ -104,6 +104,7 @@ def benchmark_loader(data_dir: Path, workers: int = 2, batch_size: int = 64) -> 
 
     if read_manifest(data_dir).storage != "lists":
         raise UserError("--benchmark measures the large-image loader; this dataset is arrays.")
-    cfg = DataConfig(color_jitter=0.4, num_workers=workers,
-                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    cfg = DataConfig(
+        color_jitter=0.4, num_workers=workers, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    )
     return loader_benchmark(data_dir, cfg, "train", batch_size, num_batches=10)

@@ -159,3 +159,56 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_data: Path) -> Non
     assert lines[0]["images_per_s"] > 0
     assert lines[0]["test_top1"] is not None
     assert n > 0
+
+
+def test_ctrl_c_keeps_last_epoch_and_resume_finishes(tmp_path: Path, synthetic_data: Path) -> None:
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "lwrcli",
+        "train",
+        "--preset",
+        "synthetic-lt-bs",
+        "--data",
+        str(synthetic_data),
+        "--out",
+        str(run),
+        "--set",
+        "epochs=40",
+        "--set",
+        "model.width=8",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "--resume" in err
+    done = len(metrics.read_text().splitlines())
+    assert 1 <= done < 40
+    from lwrcli.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "checkpoints" / "last.safetensors").epoch == done
+    # Resume continues from there; the saved config is shortened to one more epoch for speed.
+    cfg = (run / "config.yaml").read_text().replace("epochs: 40", f"epochs: {done + 1}")
+    (run / "config.yaml").write_text(cfg)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lwrcli", "train", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(metrics.read_text().splitlines()) == done + 1

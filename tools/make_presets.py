@@ -242,21 +242,28 @@ def main() -> None:
     print(f"wrote {len(presets)} presets to {out}")
 
 
-
-
 def readme_table() -> str:
     """The README's presets table: every preset with the paper's numbers where it gives them."""
-    rows = ["| preset | model | loss | LWR | epochs | paper top-1 all / many / med / few |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| preset | model | loss | LWR | epochs | paper top-1 all / many / med / few |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     from lwrcli.presets import loss_label, lwr_label
 
     for name, body in sorted(all_presets().items()):
         cfg = TrainConfig.model_validate(body)
         ref = cfg.reference
-        paper = " / ".join(f"{ref[k]:.1f}" if k in ref else "–" for k in
-                           ("all", "many", "medium", "few")) if ref else ""
-        rows.append(f"| `{name}` | {cfg.model.name} | {loss_label(cfg)} | {lwr_label(cfg)} | "
-                    f"{cfg.epochs} | {paper} |")
+        paper = (
+            " / ".join(
+                f"{ref[k]:.1f}" if k in ref else "–" for k in ("all", "many", "medium", "few")
+            )
+            if ref
+            else ""
+        )
+        rows.append(
+            f"| `{name}` | {cfg.model.name} | {loss_label(cfg)} | {lwr_label(cfg)} | "
+            f"{cfg.epochs} | {paper} |"
+        )
     return "\n".join(rows)
 
 
