@@ -227,7 +227,9 @@ def presets_list() -> None:
     """All shipped presets with dataset, model, loss, LWR and epochs."""
     from lwrcli.presets import presets_table
 
-    out_console.print(presets_table())
+    # Off a terminal (pipes, CI) rich assumes 80 columns; give the table room instead.
+    console = out_console if out_console.is_terminal else Console(width=160)
+    console.print(presets_table())
 
 
 @presets_app.command("show")

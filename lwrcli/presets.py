@@ -32,8 +32,9 @@ def lwr_label(cfg: TrainConfig) -> str:
 
 def presets_table() -> Table:
     table = Table(title="lwr presets (lwr presets show NAME for the full config)")
-    for col in ("preset", "dataset", "model", "loss", "LWR", "epochs", "paper top-1"):
-        table.add_column(col)
+    table.add_column("preset", no_wrap=True)  # names are what users copy: never truncate
+    for col in ("dataset", "model", "loss", "LWR", "epochs", "paper top-1"):
+        table.add_column(col, overflow="fold")
     for name in list_presets():
         cfg = load_config(preset=name)
         paper = cfg.reference.get("all")

@@ -217,3 +217,19 @@ def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "cifar100-lt-ir100-bs-lwr" in proc.stderr
+
+
+def test_presets_list_and_show(lwr) -> None:
+    from lwrcli.config import list_presets
+
+    r = lwr("presets", "list")
+    assert r.code == 0
+    for header in ("dataset", "model", "loss", "LWR", "epochs"):
+        assert header in r.out
+    for name in list_presets():
+        assert name in r.out  # full names, never truncated
+    assert "50.7" in r.out  # the paper's number beside cifar100-lt-ir100-bs-lwr
+    r = lwr("presets", "show", "cifar100-lt-ir100-bs-lwr")
+    assert r.code == 0 and "theta: 0.4" in r.out and "lambda_max: 10.0" in r.out
+    r = lwr("presets", "show", "nope")
+    assert r.code == 2 and "Unknown preset" in r.err
