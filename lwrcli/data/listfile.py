@@ -6,7 +6,7 @@ A list has one `relative/path.jpg <class_id>` line per image, relative to the im
 lists, never from folder names. Paths must stay inside the root: absolute paths and `..`
 are refused. iNaturalist 2018 has no test list; by convention its val list is the test set,
 and the manifest says so. Class names are the image folder names (ImageNet wnids, Places
-scene names) when each class's images share one distinct folder, `class_XXXX` otherwise.
+scene names) when each class's images share one distinct folder, `class_NNNN` otherwise.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def _lists_for(
 
 def class_names_from_paths(paths: Sequence[str], labels: np.ndarray, num_classes: int) -> list[str]:
     """The parent folder of each class's images when every image of a class sits in the same
-    folder and the names are distinct; `class_XXXX` otherwise."""
+    folder and the names are distinct; `class_NNNN` otherwise."""
     fallback = [f"class_{c:04d}" for c in range(num_classes)]
     names: dict[int, str] = {}
     for rel, label in zip(paths, labels.tolist()):
