@@ -183,5 +183,16 @@ def load_pretrained(model: nn.Module, path: Path) -> None:
         )
 
 
+def get_classifier(model: nn.Module) -> nn.Module:
+    """The classifier head (a module whose `weight` is (C, d)): what LWR repels, analysis reads
+    and stage-2 training re-learns. The one place that knows where a model keeps its head."""
+    return model.fc  # type: ignore[return-value]
+
+
+def classifier_key(model: nn.Module) -> str:
+    """The state-dict key of the classifier weight (C, d)."""
+    return CLASSIFIER_KEY
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
