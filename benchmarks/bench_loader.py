@@ -19,7 +19,7 @@ from PIL import Image
 
 from lwrcli.config import DataConfig
 from lwrcli.data.folder import prepare_folder
-from lwrcli.data.images import loader_benchmark
+from lwrcli.data.throughput import loader_benchmark
 
 
 def make_tree(root: Path, images: int, classes: int = 8) -> None:

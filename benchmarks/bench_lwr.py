@@ -15,6 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from lwrcli.lwr import lwr_penalty, lwr_penalty_dense
 
 

@@ -21,13 +21,11 @@ from rich.table import Table
 
 from lwrcli import plots
 from lwrcli.checkpoint import load_checkpoint
-from lwrcli.data.manifest import read_manifest, shot_group, shot_groups
+from lwrcli.data.manifest import GROUPS, read_manifest, shot_group, shot_groups
 from lwrcli.errors import UserError
 from lwrcli.lwr import lwr_penalty
 
-GROUPS = ("many", "medium", "few")
 FORMATS = ("png", "svg")
-MATRICES = ("cosine",)  # large per-checkpoint arrays kept out of summary.json
 
 
 def frequency_order(class_counts: Sequence[int]) -> np.ndarray:

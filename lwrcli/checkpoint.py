@@ -158,12 +158,58 @@ def state_path(checkpoint_path: Path) -> Path:
     return p.with_name(p.name.replace(".safetensors", ".state.safetensors"))
 
 
-def save_train_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+# ---------------------------------------------------------------------------------------------
+# Resume state: everything beyond the weights that an exact continuation needs, as one unit.
+
+
+@dataclass
+class RunState:
+    """Where a run stands: epochs completed and the model-selection record."""
+
+    epoch: int = 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for idx, buf in optimizer.state_dict()["state"].items():
+        for name, value in buf.items():
+            if isinstance(value, torch.Tensor):
+                out[f"optim.{idx}.{name}"] = value
+    return out
+
+
+def save_train_state(
+    path: Path, optimizer: torch.optim.Optimizer, loader: Any, run: RunState
+) -> None:
+    """Optimizer buffers, the global and the loader's RNG, and the run's progress."""
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    loader_state = getattr(loader, "state", None)
+    if callable(loader_state):
+        tensors["rng.loader"] = loader_state()
+    tensors.update(_optimizer_tensors(optimizer))
+    meta = {"epoch": run.epoch, "best_metric": run.best_metric, "best_epoch": run.best_epoch}
     atomic_save(tensors, path, {"format": FORMAT + "-state", "state": json.dumps(meta)})
 
 
-def load_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors, meta = _read(path)
-    if meta.get("format") != FORMAT + "-state":
+def load_train_state(
+    path: Path, optimizer: torch.optim.Optimizer, loader: Any, device: torch.device
+) -> RunState:
+    """Restore what `save_train_state` wrote into a freshly built optimizer and loader."""
+    tensors, meta_raw = _read(path)
+    if meta_raw.get("format") != FORMAT + "-state":
         raise UserError(f"{path} is not an lwr resume-state file.")
-    return tensors, json.loads(meta["state"])
+    meta = json.loads(meta_raw["state"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.loader" in tensors and hasattr(loader, "load_state"):
+        loader.load_state(tensors["rng.loader"])
+    sd = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value.to(device)
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+    return RunState(int(meta["epoch"]), meta.get("best_metric"), meta.get("best_epoch"))

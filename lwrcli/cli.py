@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from lwrcli import __version__
+from lwrcli.data.sources import SOURCES
 from lwrcli.errors import UserError
 
 app = typer.Typer(
@@ -30,9 +31,6 @@ app.add_typer(presets_app, name="presets")
 
 out_console = Console()
 err_console = Console(stderr=True)
-
-
-SOURCES = ("cifar10", "cifar100", "synthetic", "imagenet-lt", "places-lt", "inat2018", "folder")
 
 
 def _version(value: bool) -> None:
@@ -58,13 +56,18 @@ def prepare_data(
         Path | None, typer.Option("--root", help="Raw dataset folder (images or archives).")
     ] = None,
     imbalance_factor: Annotated[
-        float | None, typer.Option("--imbalance-factor", help="n_max / n_min, e.g. 100.")
+        float | None,
+        typer.Option("--imbalance-factor", help="n_max / n_min (cifar, synthetic: 100)."),
     ] = None,
-    profile: Annotated[str, typer.Option(help="Long-tail profile: exp, step or pareto.")] = "exp",
-    seed: Annotated[int, typer.Option(help="Seed of the long-tailed selection.")] = 0,
+    profile: Annotated[
+        str | None, typer.Option(help="Long-tail profile: exp (default), step or pareto.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the long-tailed selection (default 0).")
+    ] = None,
     download: Annotated[
-        bool, typer.Option("--download", help="cifar: fetch the archive if missing.")
-    ] = False,
+        bool | None, typer.Option("--download", help="cifar: fetch the archive if missing.")
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --out folder.")
     ] = False,
@@ -75,14 +78,17 @@ def prepare_data(
     val_list: Annotated[Path | None, typer.Option("--val-list")] = None,
     test_list: Annotated[Path | None, typer.Option("--test-list")] = None,
     verify: Annotated[
-        bool, typer.Option("--verify/--no-verify", help="Check that every listed file exists.")
-    ] = True,
+        bool | None,
+        typer.Option("--verify/--no-verify", help="Check that every listed file exists."),
+    ] = None,
     val_per_class: Annotated[
-        int, typer.Option("--val-per-class", help="folder: images per class held out for val.")
-    ] = 0,
+        int | None,
+        typer.Option("--val-per-class", help="folder: images per class held out for val."),
+    ] = None,
     test_per_class: Annotated[
-        int, typer.Option("--test-per-class", help="folder: images per class held out for test.")
-    ] = 0,
+        int | None,
+        typer.Option("--test-per-class", help="folder: images per class held out for test."),
+    ] = None,
     num_classes: Annotated[
         int | None, typer.Option("--num-classes", help="synthetic: number of classes.")
     ] = None,
@@ -91,17 +97,16 @@ def prepare_data(
     ] = False,
 ) -> None:
     """Build a long-tailed dataset once: CIFAR archives, split lists, folders, or synthetic."""
+    from lwrcli.data.sources import source_options
     from lwrcli.prepare import prepare
 
-    manifest = prepare(
+    options = source_options(
         source,
-        out=out,
         root=root,
         imbalance_factor=imbalance_factor,
         profile=profile,
         seed=seed,
         download=download,
-        overwrite=overwrite,
         split_dir=split_dir,
         train_list=train_list,
         val_list=val_list,
@@ -111,6 +116,7 @@ def prepare_data(
         test_per_class=test_per_class,
         num_classes=num_classes,
     )
+    manifest = prepare(options, out, overwrite=overwrite)
     groups = {k: len(v) for k, v in manifest.shot_groups.items()}
     sizes = ", ".join(f"{k} {v:,}" for k, v in manifest.splits.items())
     err_console.print(

@@ -6,27 +6,27 @@ synchronised only at log intervals, so the GPU never waits on a per-step `.item(
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lwrcli.checkpoint import save_checkpoint, save_train_state, state_path, unwrap
+from lwrcli.checkpoint import RunState, save_checkpoint, save_train_state, state_path
 from lwrcli.config import TrainConfig
-from lwrcli.data.loading import BatchLoader, DataBundle
-from lwrcli.distributed import DistInfo, all_gather_cat, all_reduce_sum
+from lwrcli.data.loading import DataBundle
+from lwrcli.device import autocast_context
+from lwrcli.distributed import DistInfo, all_reduce_sum
 from lwrcli.errors import UserError
-from lwrcli.losses import build_loss, reweight_for_epoch
-from lwrcli.lwr import lwr_lambda, lwr_penalty
-from lwrcli.metrics import summarize
-from lwrcli.models import CLASSIFIER_KEY
+from lwrcli.evaluate import score_splits
+from lwrcli.losses import CountsLoss, reweight_for_epoch
+from lwrcli.lwr import LWR
+from lwrcli.models import classifier_key, get_classifier
 from lwrcli.progress import TrainProgress
 from lwrcli.schedule import lr_at
 
@@ -39,42 +39,30 @@ class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; the last complete epoch's checkpoint is kept."""
 
 
-def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """One autocast context for the whole loop; bf16 needs no loss scaler."""
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, loader: BatchLoader, device: torch.device, amp: str, dist: DistInfo
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C) float32 and targets (N,) for a whole split, gathered over ranks."""
-    model.eval()
-    logits, targets = [], []
-    with autocast_context(device, amp):
-        for x, y in loader:
-            logits.append(model(x).float())
-            targets.append(y)
-    out = torch.cat(logits), torch.cat(targets)
-    return all_gather_cat(out[0], dist), all_gather_cat(out[1], dist)
-
-
 @dataclass
-class TrainState:
-    epoch: int = 0  # epochs completed
-    best_metric: float | None = None
-    best_epoch: int | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+class Components:
+    """What a run trains, built once by `lwrcli.build` and handed to the Trainer.
+
+    `model` is what the step calls (possibly DDP- or compile-wrapped); `raw_model` is the plain
+    module whose weights are saved and whose classifier LWR repels.
+    """
+
+    model: nn.Module
+    raw_model: nn.Module
+    loss: CountsLoss
+    optimizer: torch.optim.Optimizer
+    regularizer: LWR | None
+    data: DataBundle
+    base_lr: float
 
 
 class Trainer:
+    """Runs the loop over built components: steps, epochs, evaluation, checkpoints."""
+
     def __init__(
         self,
         cfg: TrainConfig,
-        model: nn.Module,
-        data: DataBundle,
+        parts: Components,
         device: torch.device,
         run_dir: Path | None,
         dist: DistInfo | None = None,
@@ -82,24 +70,18 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.device = device
-        self.data = data
+        self.parts = parts
+        self.data = parts.data
+        self.model = parts.model
+        self.optimizer = parts.optimizer
+        self.loss_fn = parts.loss
+        self.regularizer = parts.regularizer
+        self.classifier = get_classifier(parts.raw_model)
+        self.class_counts = torch.tensor(self.data.class_counts, dtype=torch.float64)
         self.dist = dist or DistInfo()
         self.run_dir = run_dir
-        self.raw_model = unwrap(model)
-        self.model = model
-        self.classifier = self.raw_model.fc
-        counts = torch.tensor(data.class_counts, dtype=torch.float64)
-        self.class_counts = counts.to(device)
-        self.loss_fn = build_loss(cfg.loss, counts).to(device)
-        self.base_lr = cfg.effective_lr
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
-            lr=self.base_lr,
-            momentum=cfg.optim.momentum,
-            nesterov=cfg.optim.nesterov,
-            weight_decay=cfg.optim.weight_decay,
-        )
-        self.state = TrainState()
+        self.state = RunState()
+        self.history: list[dict[str, Any]] = []
         self.progress = progress or TrainProgress(cfg.epochs, enabled=self.dist.is_main)
         self.select_split = self._selection_split()
         self._stop_signal: int | None = None
@@ -118,8 +100,9 @@ class Trainer:
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, t: float, class_weight: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
+        """One optimizer step at progress t (epochs); returns named terms, still on the device."""
         cfg = self.cfg
-        lr = lr_at(cfg.schedule, self.base_lr, t, cfg.epochs)
+        lr = lr_at(cfg.schedule, self.parts.base_lr, t, cfg.epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast_context(self.device, cfg.amp):
@@ -127,17 +110,10 @@ class Trainer:
         task = self.loss_fn(logits.float(), y, class_weight)
         terms = {"task": task.detach()}
         loss = task
-        if cfg.lwr.enabled:
-            lam = lwr_lambda(cfg.lwr, t, cfg.epochs)
-            reg = lwr_penalty(
-                self.classifier.weight,
-                theta=cfg.lwr.theta,
-                power=cfg.lwr.power,
-                proj=cfg.lwr.proj,
-                block_size=cfg.lwr.block_size,
-            )
-            loss = task + lam * reg
-            terms["lwr"] = reg.detach()
+        lwr = self.regularizer(self.classifier.weight, t) if self.regularizer else None
+        if lwr is not None:
+            loss = task + lwr[0]
+            terms["lwr"] = lwr[1]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.clip_grad_norm is not None:
@@ -153,7 +129,7 @@ class Trainer:
         assert loader is not None
         loader.set_epoch(epoch)
         self.model.train()
-        weight = reweight_for_epoch(self.cfg.loss, self.class_counts.cpu(), epoch)
+        weight = reweight_for_epoch(self.cfg.loss, self.class_counts, epoch)
         weight = weight.to(self.device, torch.float32) if weight is not None else None
         steps = len(loader)
         # Running sums on the device: loss, task, lwr (sample-weighted), correct, samples.
@@ -190,8 +166,8 @@ class Trainer:
         result = {
             "loss": total[0] / n,
             "task": total[1] / n,
-            "lwr": total[2] / n if self.cfg.lwr.enabled else None,
-            "lwr_lambda": lwr_lambda(self.cfg.lwr, epoch + 1, self.cfg.epochs),
+            "lwr": total[2] / n if self.regularizer else None,
+            "lwr_lambda": self.regularizer.lam(epoch + 1) if self.regularizer else 0.0,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_acc": 100.0 * total[3] / n,
             "images_per_s": total[4] / max(elapsed, 1e-9),
@@ -214,16 +190,17 @@ class Trainer:
 
     # --- evaluation ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for split, loader in self.data.evals.items():
-            logits, targets = predict(self.model, loader, self.device, self.cfg.amp, self.dist)
-            s = summarize(logits.cpu(), targets.cpu(), self.data.class_counts)
-            for key in ("top1", "top5", "many", "medium", "few"):
-                out[f"{split}_{key}"] = s[key]
-        return out
+        return score_splits(
+            self.model,
+            self.data.evals,
+            self.data.class_counts,
+            self.device,
+            self.cfg.amp,
+            self.dist,
+        )
 
     # --- the loop --------------------------------------------------------------------------
-    def fit(self) -> TrainState:
+    def fit(self) -> RunState:
         cfg = self.cfg
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -236,7 +213,7 @@ class Trainer:
                     record.update(self.evaluate())
                 self.state.epoch = epoch + 1
                 self._maybe_select(record)
-                self.state.history.append(record)
+                self.history.append(record)
                 self._save(record)
                 self.progress.end_epoch(epoch, _brief(record))
         finally:
@@ -269,56 +246,26 @@ class Trainer:
             names.append(f"epoch_{self.state.epoch}")
         if record.get("best"):
             names.append("best")
-        extra = {"selected_on": self.select_split or "none"}
+        extra = {
+            "selected_on": self.select_split or "none",
+            "dataset_fingerprint": self.data.manifest.fingerprint,
+        }
         for name in names:
             save_checkpoint(
                 ckpt_dir / f"{name}.safetensors",
-                self.raw_model,
+                self.parts.raw_model,
                 self.cfg,
                 self.data.class_counts,
                 self.data.manifest.class_names,
                 self.state.epoch,
                 record,
-                CLASSIFIER_KEY,
-                extra={**extra, "dataset_fingerprint": self.data.manifest.fingerprint},
+                classifier_key(self.parts.raw_model),
+                extra=extra,
             )
-        tensors, meta = self.resume_state()
-        save_train_state(state_path(ckpt_dir / "last.safetensors"), tensors, meta)
+        last = state_path(ckpt_dir / "last.safetensors")
+        save_train_state(last, self.optimizer, self.data.train, self.state)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-
-    def resume_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Everything beyond the weights that an exact resume needs, as tensors + JSON."""
-        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-        loader_state = getattr(self.data.train, "state", None)
-        if callable(loader_state):
-            tensors["rng.loader"] = loader_state()
-        for idx, buf in self.optimizer.state_dict()["state"].items():
-            for name, value in buf.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{idx}.{name}"] = value
-        meta = {
-            "epoch": self.state.epoch,
-            "best_metric": self.state.best_metric,
-            "best_epoch": self.state.best_epoch,
-        }
-        return tensors, meta
-
-    def load_resume_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.loader" in tensors and hasattr(self.data.train, "load_state"):
-            self.data.train.load_state(tensors["rng.loader"])  # type: ignore[union-attr]
-        sd = self.optimizer.state_dict()
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, idx, name = key.split(".", 2)
-                state.setdefault(int(idx), {})[name] = value.to(self.device)
-        sd["state"] = state
-        self.optimizer.load_state_dict(sd)
-        self.state.epoch = int(meta["epoch"])
-        self.state.best_metric = meta.get("best_metric")
-        self.state.best_epoch = meta.get("best_epoch")
 
 
 def _brief(record: dict[str, Any]) -> dict[str, Any]:

@@ -12,17 +12,51 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lwrcli.checkpoint import Checkpoint, load_checkpoint
-from lwrcli.data.loading import build_data
+from lwrcli.data.loading import BatchLoader, build_data
 from lwrcli.data.manifest import Manifest, read_manifest
-from lwrcli.distributed import DistInfo
-from lwrcli.engine import predict
+from lwrcli.device import autocast_context, resolve_device
+from lwrcli.distributed import DistInfo, all_gather_cat
 from lwrcli.errors import UserError
 from lwrcli.losses import posthoc_logit_adjust, tau_normalize
 from lwrcli.metrics import confusion_matrix, summarize, write_per_class_csv
 from lwrcli.models import build_model
-from lwrcli.training import resolve_device
+
+SCORES = ("top1", "top5", "many", "medium", "few")
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: BatchLoader, device: torch.device, amp: str, dist: DistInfo
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) float32 and targets (N,) for a whole split, gathered over ranks."""
+    model.eval()
+    logits, targets = [], []
+    with autocast_context(device, amp):
+        for x, y in loader:
+            logits.append(model(x).float())
+            targets.append(y)
+    out = torch.cat(logits), torch.cat(targets)
+    return all_gather_cat(out[0], dist), all_gather_cat(out[1], dist)
+
+
+def score_splits(
+    model: nn.Module,
+    loaders: dict[str, BatchLoader],
+    class_counts: list[int],
+    device: torch.device,
+    amp: str,
+    dist: DistInfo,
+) -> dict[str, float | None]:
+    """`{split}_{top1,top5,many,medium,few}` for every split: what a training epoch records."""
+    out: dict[str, float | None] = {}
+    for split, loader in loaders.items():
+        logits, targets = predict(model, loader, device, amp, dist)
+        s = summarize(logits.cpu(), targets.cpu(), class_counts)
+        out.update({f"{split}_{key}": s[key] for key in SCORES})
+    return out
 
 
 def default_eval_dir(checkpoint: Path, split: str | None) -> Path:

@@ -12,17 +12,16 @@ loses the small margins (log n, LDAM's m_c) that these losses are about.
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lwrcli.config import LossConfig
-from lwrcli.errors import UserError, did_you_mean
+from lwrcli.device import no_autocast
+from lwrcli.errors import UserError
 
 Counts = Sequence[int] | Tensor
 
@@ -53,12 +52,6 @@ def require_positive_counts(counts: Tensor, what: str) -> None:
         )
 
 
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if device.type in ("cpu", "cuda"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
 class CountsLoss(nn.Module, ABC):
     """Base: stores counts, upcasts logits to float32, checks shapes; subclasses define `loss`."""
 
@@ -87,7 +80,7 @@ class CountsLoss(nn.Module, ABC):
             )
         if weight is not None and weight.shape != (self.num_classes,):
             raise ValueError(f"class weight must have shape ({self.num_classes},)")
-        with _no_autocast(logits.device):
+        with no_autocast(logits.device):
             z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
             w = None if weight is None else weight.to(device=z.device, dtype=z.dtype)
             return self.loss(z, target, w)
@@ -206,11 +199,6 @@ def build_loss(cfg: LossConfig, class_counts: Counts) -> CountsLoss:
     Re-weighting needs every class to have images; that is checked here, at build time, rather
     than at the DRW epoch deep into training.
     """
-    if cfg.name not in LOSSES:
-        raise UserError(
-            f"Unknown loss '{cfg.name}'.{did_you_mean(cfg.name, LOSSES)} "
-            f"Valid losses: {', '.join(LOSSES)}."
-        )
     counts = as_counts(class_counts)
     if cfg.reweight != "none":
         require_positive_counts(

@@ -8,7 +8,6 @@ O(C d) and the working set is O(block_size x C), which matters at C = 8142 (iNat
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -18,16 +17,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from lwrcli.config import LWRConfig
-from lwrcli.errors import UserError, did_you_mean
-
-SCHEDULE_KINDS = ("constant", "linear", "cosine", "step")
-
-
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """Similarities must stay in float32: bf16 cosines are off by ~1e-2, as large as θ steps."""
-    if device.type in ("cpu", "cuda"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
+from lwrcli.device import no_autocast
 
 
 def _block_hinge(v_hat: Tensor, r0: int, r1: int, theta: float) -> Tensor:
@@ -67,7 +57,7 @@ class _BlockHingeSum(torch.autograd.Function):
         (v_hat,) = ctx.saved_tensors
         c = v_hat.shape[0]
         grad = torch.empty_like(v_hat)
-        with _no_autocast(v_hat.device):
+        with no_autocast(v_hat.device):
             for r0 in range(0, c, ctx.block_size):
                 r1 = min(r0 + ctx.block_size, c)
                 h = _block_hinge(v_hat, r0, r1, ctx.theta)
@@ -130,7 +120,7 @@ def lwr_penalty(
         raise ValueError(f"LWR block_size must be >= 1, got {block_size}")
     w = _rows(weight)
     c = w.shape[0]
-    with _no_autocast(w.device):
+    with no_autocast(w.device):
         if c < 2:
             return w.sum() * 0.0  # no pairs; keeps a (zero) gradient path for callers
         if proj:
@@ -166,11 +156,6 @@ def schedule_factor(t: float, kind: str, start: float, end: float) -> float:
 
     linear/cosine ramp from `start` to `end`; with end <= start they become a step at `start`.
     """
-    if kind not in SCHEDULE_KINDS:
-        raise UserError(
-            f"Unknown LWR schedule kind '{kind}'.{did_you_mean(kind, SCHEDULE_KINDS)} "
-            f"Valid kinds: {', '.join(SCHEDULE_KINDS)}."
-        )
     if kind == "constant":
         return 1.0
     if kind == "step" or end <= start:
@@ -190,15 +175,29 @@ def lwr_lambda(cfg: LWRConfig, t: float, total_epochs: int) -> float:
     return cfg.lambda_max * schedule_factor(t, sched.kind, sched.start, end)
 
 
-def lwr_term(weight: Tensor, cfg: LWRConfig, lam: float) -> tuple[Tensor, Tensor]:
-    """(λ R(W), R(W)) as float32 scalars, for the train step's named terms.
+class LWR:
+    """The built regularizer of a run: its config and the run length, so the train step asks
+    only `lwr(weight, t)`. Returns (λ(t) R(W), R(W)) as float32 scalars, or None when the term
+    cannot contribute (λ(t) = 0 or θ >= 1): R is then not computed at all and the step is
+    bit-identical to the baseline's."""
 
-    When the term cannot contribute (disabled, λ = 0 or θ >= 1) both are constant zeros outside
-    the autograd graph, so the classifier's gradient is untouched and the step is bit-identical
-    to the baseline; R is not computed at all then.
-    """
-    if not cfg.enabled or lam == 0.0 or cfg.theta >= 1.0:
-        zero = torch.zeros((), dtype=torch.float32, device=weight.device)
-        return zero, zero
-    r = lwr_penalty(weight, cfg.theta, cfg.power, cfg.proj, cfg.block_size)
-    return lam * r, r.detach()
+    def __init__(self, cfg: LWRConfig, total_epochs: int) -> None:
+        self.cfg = cfg
+        self.total_epochs = total_epochs
+
+    def lam(self, t: float) -> float:
+        """λ(t) at training progress t (epochs, fractional)."""
+        return lwr_lambda(self.cfg, t, self.total_epochs)
+
+    def __call__(self, weight: Tensor, t: float) -> tuple[Tensor, Tensor] | None:
+        lam = self.lam(t)
+        if lam == 0.0 or self.cfg.theta >= 1.0:
+            return None
+        cfg = self.cfg
+        r = lwr_penalty(weight, cfg.theta, cfg.power, cfg.proj, cfg.block_size)
+        return lam * r, r.detach()
+
+
+def build_regularizer(cfg: LWRConfig, total_epochs: int) -> LWR | None:
+    """The LWR term for a run, or None when the config leaves it off."""
+    return LWR(cfg, total_epochs) if cfg.enabled else None

@@ -14,9 +14,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from lwrcli.data.manifest import shot_group, shot_groups
-
-GROUPS = ("many", "medium", "few")
+from lwrcli.data.manifest import GROUPS, shot_group, shot_groups
 
 
 def topk_correct(

@@ -6,93 +6,65 @@ from pathlib import Path
 from typing import Any
 
 from lwrcli.data.manifest import Manifest, read_manifest
-from lwrcli.errors import UserError, did_you_mean
-
-ARRAY_SOURCES = ("cifar10", "cifar100", "synthetic")
-LIST_SOURCES = ("imagenet-lt", "places-lt", "inat2018")
-SOURCES = (*ARRAY_SOURCES, *LIST_SOURCES, "folder")
-
-
-def _need_root(source: str, root: Path | None) -> Path:
-    if root is None:
-        raise UserError(f"prepare-data {source} needs --root, the folder with the raw data.")
-    return Path(root)
+from lwrcli.data.sources import (
+    CifarOptions,
+    ListOptions,
+    SourceOptions,
+    SyntheticOptions,
+)
+from lwrcli.errors import UserError
 
 
-def prepare(
-    source: str,
-    out: Path,
-    root: Path | None = None,
-    imbalance_factor: float | None = None,
-    profile: str = "exp",
-    seed: int = 0,
-    download: bool = False,
-    overwrite: bool = False,
-    split_dir: Path | None = None,
-    train_list: Path | None = None,
-    val_list: Path | None = None,
-    test_list: Path | None = None,
-    verify: bool = True,
-    val_per_class: int = 0,
-    test_per_class: int = 0,
-    num_classes: int | None = None,
-) -> Manifest:
-    if source not in SOURCES:
-        raise UserError(
-            f"Unknown source '{source}'.{did_you_mean(source, SOURCES)} "
-            f"Sources: {', '.join(SOURCES)}."
-        )
-    if source in ("cifar10", "cifar100"):
+def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manifest:
+    """Build the prepared dataset `out` from one source's typed options."""
+    if isinstance(options, CifarOptions):
         from lwrcli.data.cifar import prepare_cifar
 
         return prepare_cifar(
-            source,  # type: ignore[arg-type]
-            _need_root(source, root),
+            options.source,
+            options.root,
             out,
-            imbalance_factor=100.0 if imbalance_factor is None else imbalance_factor,
-            profile=profile,
-            seed=seed,
-            download=download,
+            imbalance_factor=options.imbalance_factor,
+            profile=options.profile,
+            seed=options.seed,
+            download=options.download,
             overwrite=overwrite,
         )
-    if source == "synthetic":
+    if isinstance(options, SyntheticOptions):
         from lwrcli.data.synthetic import prepare_synthetic
 
-        kwargs: dict[str, Any] = {}
-        if num_classes is not None:
-            kwargs["num_classes"] = num_classes
         return prepare_synthetic(
             out,
-            imbalance_factor=100.0 if imbalance_factor is None else imbalance_factor,
-            profile=profile,
-            seed=seed,
+            num_classes=options.num_classes,
+            imbalance_factor=options.imbalance_factor,
+            profile=options.profile,
+            seed=options.seed,
             overwrite=overwrite,
-            **kwargs,
         )
-    if source in LIST_SOURCES:
+    if isinstance(options, ListOptions):
         from lwrcli.data.listfile import prepare_listfile
 
         return prepare_listfile(
-            source,  # type: ignore[arg-type]
-            _need_root(source, root),
+            options.source,
+            options.root,
             out,
-            split_dir=split_dir,
-            train_list=train_list,
-            val_list=val_list,
-            test_list=test_list,
-            verify=verify,
+            split_dir=options.split_dir,
+            train_list=options.train_list,
+            val_list=options.val_list,
+            test_list=options.test_list,
+            verify=options.verify,
             overwrite=overwrite,
         )
     from lwrcli.data.folder import prepare_folder
 
     return prepare_folder(
-        _need_root(source, root),
+        options.root,
         out,
-        imbalance_factor=imbalance_factor,
-        profile=profile,
-        seed=seed,
-        val_per_class=val_per_class,
-        test_per_class=test_per_class or None,
+        imbalance_factor=options.imbalance_factor,
+        profile=options.profile,
+        seed=options.seed,
+        val_per_class=options.val_per_class,
+        test_per_class=options.test_per_class,
         overwrite=overwrite,
     )
 
@@ -100,7 +72,7 @@ def prepare(
 def benchmark_loader(data_dir: Path, workers: int = 2, batch_size: int = 64) -> dict[str, Any]:
     """Loader images/s of a `lists` dataset with the ImageNet-style training transforms."""
     from lwrcli.config import DataConfig
-    from lwrcli.data.images import loader_benchmark
+    from lwrcli.data.throughput import loader_benchmark
 
     if read_manifest(data_dir).storage != "lists":
         raise UserError("--benchmark measures the large-image loader; this dataset is arrays.")

@@ -18,24 +18,19 @@ import torch
 import yaml
 
 from lwrcli import __version__
+from lwrcli.build import build_components
 from lwrcli.checkpoint import load_checkpoint, load_train_state, state_path
 from lwrcli.config import TrainConfig, config_to_yaml, validate_config
 from lwrcli.data.loading import build_data, check_dataset_matches
-from lwrcli.distributed import DistInfo, barrier, setup, teardown
+from lwrcli.data.manifest import read_manifest
+from lwrcli.device import resolve_device
+from lwrcli.distributed import barrier, setup, teardown
 from lwrcli.engine import Trainer
 from lwrcli.errors import UserError
-from lwrcli.models import build_model, count_parameters
+from lwrcli.models import count_parameters
 from lwrcli.progress import TrainProgress
 
 RUN_INFO = "run.json"
-
-
-def resolve_device(kind: str, dist: DistInfo | None = None) -> torch.device:
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda was asked for, but no CUDA GPU is available here.")
-    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", dist.local_rank if dist else 0)
 
 
 def environment_record(device: torch.device) -> dict[str, Any]:
@@ -107,41 +102,34 @@ def train_run(
     dist_kind = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
     dist = setup(dist_kind)
     try:
-        device = resolve_device(cfg.device, dist)
+        device = resolve_device(cfg.device, dist.local_rank)
         torch.manual_seed(cfg.seed)
         data = build_data(data_dir, cfg, device, dist)
         check_dataset_matches(cfg, data.manifest, data_dir)
         if dist.is_main and resume is None:
             _prepare_run_dir(run_dir)
         barrier(dist)
-        torch.manual_seed(cfg.seed)  # model init independent of data loading
-        model = build_model(cfg.model, data.num_classes).to(device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        weights = resume_ckpt.state if resume_ckpt is not None else None
+        parts = build_components(cfg, data, device, dist, weights)
         progress = progress or TrainProgress(cfg.epochs, enabled=dist.is_main)
+        trainer = Trainer(cfg, parts, device, run_dir, dist, progress)
         if resume_ckpt is not None:
-            model.load_state_dict(resume_ckpt.state)
-        wrapped: torch.nn.Module = model
-        if dist.enabled:
-            wrapped = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
+            trainer.state = load_train_state(
+                state_path(run_dir / "checkpoints" / "last.safetensors"),
+                parts.optimizer,
+                data.train,
+                device,
             )
-        if cfg.compile:
-            wrapped = torch.compile(wrapped)  # type: ignore[assignment]
-        trainer = Trainer(cfg, wrapped, data, device, run_dir, dist, progress)
-        if resume_ckpt is not None:
-            tensors, meta = load_train_state(
-                state_path(resume / "checkpoints" / "last.safetensors")
-            )
-            trainer.load_resume_state(tensors, meta)
             _truncate_metrics(run_dir / "metrics.jsonl", trainer.state.epoch)
             progress.message(f"Resuming {run_dir} after epoch {trainer.state.epoch}.")
         elif dist.is_main:
             _write_run_files(run_dir, cfg, data_dir, data.manifest.fingerprint, device)
             progress.message(
-                f"Training '{cfg.name}' on {data.manifest.name} ({data.num_classes} classes) "
-                f"with {cfg.model.name} ({count_parameters(model):,} parameters) on {device}; "
-                f"lr {trainer.base_lr:g} for batch {cfg.batch_size}"
+                f"Training '{cfg.name}'"
+                + (f" ({cfg.description})" if cfg.description else "")
+                + f" on {data.manifest.name} ({data.num_classes} classes) "
+                f"with {cfg.model.name} ({count_parameters(parts.raw_model):,} parameters) on "
+                f"{device}; lr {parts.base_lr:g} for batch {cfg.batch_size}"
                 + _scaling_note(cfg)
                 + f"; model selection on: {trainer.select_split or 'none (last epoch)'}."
             )
@@ -151,7 +139,7 @@ def train_run(
                     "(data.select_on=test); its test accuracy is optimistic."
                 )
         state = trainer.fit()
-        return RunResult(run_dir, state.epoch, state.history, state.best_epoch)
+        return RunResult(run_dir, state.epoch, trainer.history, state.best_epoch)
     finally:
         teardown()
 
@@ -190,8 +178,6 @@ def _load_resume(run_dir: Path, data_dir: Path | None) -> tuple[TrainConfig, Pat
             f"Run {run_dir} already finished all {cfg.epochs} epochs; nothing to resume."
         )
     fp = info.get("dataset_fingerprint")
-    from lwrcli.data.manifest import read_manifest
-
     if fp and read_manifest(data_dir).fingerprint != fp:
         raise UserError(
             f"Dataset {data_dir} differs from the one run {run_dir} was trained on "

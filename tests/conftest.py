@@ -17,6 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 SPLITS = REPO.parent / "shared" / "data" / "splits"
 
 
+def train_args(preset: str, data: object, out: object, *sets: str) -> list[str]:
+    """`train --preset P --data D --out R --set k=v ...` as an argument list (CLI or subprocess)."""
+    args = ["train", "--preset", preset, "--data", str(data), "--out", str(out)]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
 @dataclass
 class Result:
     code: int

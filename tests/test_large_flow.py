@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from conftest import train_args
 from jpegtree import write_list_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_resnet50_on_generated_jpegs(lwr, tmp_path: Path) -> None:
     lists = write_list_dataset(tmp_path / "raw")
     data = tmp_path / "data"
@@ -30,29 +33,19 @@ def test_resnet50_on_generated_jpegs(lwr, tmp_path: Path) -> None:
     assert r.code == 0, r.err
     run = tmp_path / "run"
     r = lwr(
-        "train",
-        "--preset",
-        "imagenet-lt-bs-lwr",
-        "--data",
-        data,
-        "--out",
-        run,
-        "--set",
-        "epochs=1",
-        "--set",
-        "batch_size=8",
-        "--set",
-        "eval_batch_size=8",
-        "--set",
-        "data.image_size=32",
-        "--set",
-        "data.resize=36",
-        "--set",
-        "data.num_workers=0",
-        "--set",
-        "amp=none",
-        "--set",
-        "device=cpu",
+        *train_args(
+            "imagenet-lt-bs-lwr",
+            data,
+            run,
+            "epochs=1",
+            "batch_size=8",
+            "eval_batch_size=8",
+            "data.image_size=32",
+            "data.resize=36",
+            "data.num_workers=0",
+            "amp=none",
+            "device=cpu",
+        ),
     )
     assert r.code == 0, r.err
     assert "linear scaling of lr 0.2 from batch 512" in r.err
@@ -97,17 +90,7 @@ def test_eval_refuses_another_dataset(lwr, tmp_path: Path, synthetic_data: Path)
     )
     run = tmp_path / "run"
     r = lwr(
-        "train",
-        "--preset",
-        "synthetic-lt-bs",
-        "--data",
-        synthetic_data,
-        "--out",
-        run,
-        "--set",
-        "epochs=1",
-        "--set",
-        "model.width=8",
+        *train_args("synthetic-lt-bs", synthetic_data, run, "epochs=1", "model.width=8"),
     )
     assert r.code == 0, r.err
     r = lwr("eval", run / "checkpoints" / "last.safetensors", "--data", data)

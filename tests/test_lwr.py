@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lwrcli.config import LWRConfig, LWRScheduleConfig
+from lwrcli.config import LWRConfig, LWRScheduleConfig, validate_config
 from lwrcli.errors import UserError
 from lwrcli.lwr import (
+    build_regularizer,
     lwr_lambda,
     lwr_penalty,
     lwr_penalty_dense,
-    lwr_term,
     schedule_factor,
     shared_direction,
 )
@@ -169,16 +169,21 @@ def test_theta_one_or_zero_lambda_training_is_bit_identical_to_baseline() -> Non
     assert not torch.equal(base[0], changed[0])
 
 
-def test_lwr_term_is_outside_the_graph_when_inert() -> None:
+def test_regularizer_is_inert_when_it_cannot_contribute() -> None:
     w = torch.randn(6, 4, requires_grad=True)
-    on = LWRConfig(enabled=True, theta=0.0)
-    for cfg, lam in ((on, 0.0), (on.model_copy(update={"theta": 1.0}), 1.0), (LWRConfig(), 1.0)):
-        term, r = lwr_term(w, cfg, lam)
-        assert term.item() == 0.0 and r.item() == 0.0 and not term.requires_grad
-    term, r = lwr_term(w, on, 0.5)
-    assert term.requires_grad and float(term.detach()) == pytest.approx(
-        0.5 * np_r(w.detach().numpy(), 0.0, 1, True), rel=1e-5
-    )
+    on = LWRConfig(enabled=True, theta=0.0, lambda_max=2.0)  # linear ramp over 10 epochs
+    assert build_regularizer(LWRConfig(), 10) is None  # disabled
+    assert build_regularizer(on, 10)(w, 0.0) is None  # λ(0) = 0
+    assert build_regularizer(on.model_copy(update={"theta": 1.0}), 10)(w, 5.0) is None
+    reg = build_regularizer(on, 10)
+    assert reg is not None and reg.lam(2.5) == pytest.approx(0.5)
+    out = reg(w, 2.5)
+    assert out is not None
+    term, r = out
+    expected = np_r(w.detach().numpy(), 0.0, 1, True)
+    assert term.requires_grad and not r.requires_grad
+    assert float(term.detach()) == pytest.approx(0.5 * expected, rel=1e-5)
+    assert float(r) == pytest.approx(expected, rel=1e-5)
 
 
 # --- closed-form properties -------------------------------------------------------------------
@@ -312,8 +317,8 @@ def test_ramp_with_end_not_after_start_is_a_step(kind: str) -> None:
 
 
 def test_unknown_schedule_kind_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="cosine"):
-        schedule_factor(1.0, "cosin", 0.0, 1.0)
+    with pytest.raises(UserError, match="lwr.schedule.kind.*'cosine'"):
+        validate_config({"lwr": {"schedule": {"kind": "cosin"}}})
 
 
 def test_lambda_schedule() -> None:

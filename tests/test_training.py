@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, train_args
 from safetensors.torch import load_file
 
 from lwrcli.config import load_config
@@ -27,6 +27,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_theta_one_is_the_baseline_bit_for_bit(tmp_path: Path, synthetic_data: Path) -> None:
     base = load_config("synthetic-lt-bs", overrides=FAST)
     lwr1 = load_config(
@@ -42,6 +43,7 @@ def test_theta_one_is_the_baseline_bit_for_bit(tmp_path: Path, synthetic_data: P
     assert not _same(_weights(tmp_path / "a"), _weights(tmp_path / "c"))
 
 
+@pytest.mark.slow
 def test_resume_ends_with_the_same_weights(
     tmp_path: Path, synthetic_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,6 +71,7 @@ def test_resume_ends_with_the_same_weights(
     assert [r["loss"] for r in cut] == [r["loss"] for r in full]
 
 
+@pytest.mark.slow
 def test_drw_switches_weights_at_the_configured_epoch(
     tmp_path: Path, synthetic_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -95,6 +98,7 @@ def test_drw_switches_weights_at_the_configured_epoch(
     assert torch.allclose(seen[2].double(), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     tmp_path: Path, synthetic_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -117,6 +121,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").epoch == 1
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_data: Path) -> None:
     run = tmp_path / "ddp"
     cmd = [
@@ -128,19 +133,9 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_data: Path) -> Non
         "2",
         "-m",
         "lwrcli",
-        "train",
-        "--preset",
-        "synthetic-lt-bs-lwr",
-        "--data",
-        str(synthetic_data),
-        "--out",
-        str(run),
-        "--set",
-        "epochs=1",
-        "--set",
-        "model.width=8",
-        "--set",
-        "device=cpu",
+        *train_args(
+            "synthetic-lt-bs-lwr", synthetic_data, run, "epochs=1", "model.width=8", "device=cpu"
+        ),
     ]
     proc = subprocess.run(
         cmd,
@@ -161,6 +156,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_data: Path) -> Non
     assert n > 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_last_epoch_and_resume_finishes(tmp_path: Path, synthetic_data: Path) -> None:
     import os
     import signal
@@ -171,17 +167,7 @@ def test_ctrl_c_keeps_last_epoch_and_resume_finishes(tmp_path: Path, synthetic_d
         sys.executable,
         "-m",
         "lwrcli",
-        "train",
-        "--preset",
-        "synthetic-lt-bs",
-        "--data",
-        str(synthetic_data),
-        "--out",
-        str(run),
-        "--set",
-        "epochs=40",
-        "--set",
-        "model.width=8",
+        *train_args("synthetic-lt-bs", synthetic_data, run, "epochs=40", "model.width=8"),
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO

@@ -18,6 +18,7 @@ import numpy as np
 from lwrcli.data.arrays import write_arrays
 from lwrcli.data.manifest import Manifest, make_manifest, staged_output, write_manifest
 from lwrcli.data.profiles import long_tailed_counts, select_long_tailed
+from lwrcli.data.sources import DEFAULT_IMBALANCE_FACTOR
 from lwrcli.errors import UserError
 
 Variant = Literal["cifar10", "cifar100"]
@@ -232,7 +233,7 @@ def prepare_cifar(
     variant: Variant,
     root: Path,
     out: Path,
-    imbalance_factor: float = 100.0,
+    imbalance_factor: float = DEFAULT_IMBALANCE_FACTOR,
     profile: str = "exp",
     seed: int = 0,
     download: bool = False,

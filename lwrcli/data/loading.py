@@ -42,7 +42,7 @@ class _ListLoader:
             sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from lwrcli.data.images import to_device
+        from lwrcli.data.image_loader import to_device
 
         for batch in self.loader:
             x, y = to_device(batch, self.device)
@@ -153,7 +153,7 @@ def _list_loader(
     is_train: bool,
 ) -> BatchLoader:
     """Large images: a worker DataLoader whose batches are moved to the device."""
-    from lwrcli.data.images import build_image_loader
+    from lwrcli.data.image_loader import build_image_loader
 
     dl = build_image_loader(
         data_dir,

@@ -32,6 +32,9 @@ MANY_MIN = 101  # many: > 100
 FEW_MAX = 19  # few: < 20
 
 
+GROUPS = ("many", "medium", "few")
+
+
 def shot_group(count: int) -> str:
     if count >= MANY_MIN:
         return "many"
@@ -42,7 +45,7 @@ def shot_group(count: int) -> str:
 
 def shot_groups(class_counts: Sequence[int]) -> dict[str, list[int]]:
     """Class ids of each shot group: many (> 100 train images), medium (20-100), few (< 20)."""
-    groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
+    groups: dict[str, list[int]] = {g: [] for g in GROUPS}
     for c, n in enumerate(class_counts):
         groups[shot_group(int(n))].append(c)
     return groups
@@ -73,11 +76,6 @@ class Manifest(BaseModel):
     notes: list[str] = []
     tool_version: str = __version__
 
-    @property
-    def imbalance_ratio(self) -> float:
-        nonzero = [n for n in self.class_counts if n > 0]
-        return max(nonzero) / min(nonzero) if nonzero else 0.0
-
 
 def make_manifest(**fields: Any) -> Manifest:
     """Fill in the derived fields (shot groups) and validate."""
@@ -94,14 +92,6 @@ def fingerprint(parts: dict[str, bytes]) -> str:
         h.update(key.encode())
         h.update(len(parts[key]).to_bytes(8, "little"))
         h.update(parts[key])
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 

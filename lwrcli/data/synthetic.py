@@ -21,6 +21,7 @@ import numpy as np
 from lwrcli.data.arrays import write_arrays
 from lwrcli.data.manifest import Manifest, make_manifest, staged_output, write_manifest
 from lwrcli.data.profiles import long_tailed_counts
+from lwrcli.data.sources import DEFAULT_IMBALANCE_FACTOR, DEFAULT_SYNTHETIC_CLASSES
 from lwrcli.errors import UserError
 
 GROUP_SIZE = 4  # classes per group
@@ -97,11 +98,11 @@ def render(
 
 def prepare_synthetic(
     out: Path,
-    num_classes: int = 20,
+    num_classes: int = DEFAULT_SYNTHETIC_CLASSES,
     n_max: int = 300,
     test_per_class: int = 50,
     image_size: int = 32,
-    imbalance_factor: float = 100.0,
+    imbalance_factor: float = DEFAULT_IMBALANCE_FACTOR,
     profile: str = "exp",
     seed: int = 0,
     overwrite: bool = False,

@@ -1,36 +1,34 @@
 """Large-image input pipeline: split lists -> DataLoader workers -> normalised device batches.
 
-Workers decode (torchvision.io: straight to a CHW tensor, about twice PIL + copy here; PIL
-is the fallback for what torchvision cannot decode) and run the uint8 transforms: training
-RandomResizedCrop + flip (+ ColorJitter), evaluation Resize + CenterCrop. Batches leave the
-workers as uint8, a quarter of the bytes of float32 through shared memory, pinning and the
-host-to-device copy; `to_device`, which the engine calls on every batch, converts to float
-and normalises on the device. With `data.gpu_decode` on CUDA the workers only read file bytes
-and nvjpeg decodes the batch on the GPU, where the transforms then run.
-
-Decoding follows the reference (PIL) pipelines: RGB always (grayscale and CMYK JPEGs are
-converted), EXIF orientation not applied.
+Workers read and decode files and run the uint8 training transforms (RandomResizedCrop +
+flip + ColorJitter) or the evaluation ones (Resize + CenterCrop); batches leave them as uint8
+and `to_device`, which the engine calls on every batch, normalises on the device. With
+`data.gpu_decode` on CUDA the workers only read file bytes and nvjpeg decodes the batch on the
+GPU, where the transforms then run.
 """
 
 from __future__ import annotations
 
-import io
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms import v2
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from lwrcli.config import DataConfig
-from lwrcli.data.manifest import Manifest, read_manifest
+from lwrcli.data.manifest import Manifest
+from lwrcli.data.transforms import (
+    decode_rgb,
+    eval_transform,
+    normalize,
+    read_bytes,
+    train_transform,
+)
 from lwrcli.errors import UserError
 
 PREFETCH_FACTOR = 2  # batches in flight per worker; more only costs shared memory
@@ -48,50 +46,6 @@ def read_split_list(data_dir: Path, split: str) -> tuple[list[str], torch.Tensor
             paths.append(rel)
             labels.append(int(label))
     return paths, torch.tensor(labels, dtype=torch.int64)
-
-
-def train_transform(cfg: DataConfig) -> v2.Compose:
-    """uint8 (3, H, W) -> uint8 (3, S, S), S = image_size: the ImageNet training recipe."""
-    steps: list[Any] = [
-        v2.RandomResizedCrop(cfg.image_size, antialias=True),
-        v2.RandomHorizontalFlip(),
-    ]
-    if cfg.color_jitter > 0:
-        cj = cfg.color_jitter
-        steps.append(v2.ColorJitter(cj, cj, cj))
-    return v2.Compose(steps)
-
-
-def eval_transform(cfg: DataConfig) -> v2.Compose:
-    """uint8 (3, H, W) -> uint8 (3, S, S): shorter side to `resize`, centre crop S."""
-    return v2.Compose([v2.Resize(cfg.resize, antialias=True), v2.CenterCrop(cfg.image_size)])
-
-
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 (x / 255 - mean) / std, on the images' device."""
-    scale = (1.0 / (255.0 * std)).to(images.device, torch.float32).view(1, 3, 1, 1)
-    shift = (mean / std).to(images.device, torch.float32).view(1, 3, 1, 1)
-    return images.float().mul_(scale).sub_(shift)
-
-
-def read_bytes(path: Path) -> torch.Tensor:
-    """A file's bytes as uint8 (N,)."""
-    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-
-
-def decode_rgb(data: torch.Tensor) -> torch.Tensor:
-    """File bytes uint8 (N,) -> uint8 (3, H, W) RGB. torchvision's decoder (about twice as
-    fast as PIL + a tensor copy here); PIL for what it cannot decode (WebP on old releases)."""
-    try:
-        with warnings.catch_warnings():
-            # torchvision >= 0.29 announces a move of its decoders to torchcodec; still fine.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
-            return v2.functional.pil_to_tensor(im.convert("RGB")).contiguous()
 
 
 class ListDataset(Dataset):
@@ -213,13 +167,6 @@ class ShardSampler(Sampler[int]):
         """Evaluation order does not depend on the epoch."""
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle for `epoch` (seed + epoch, identical on every rank, each taking its shard)."""
-    sampler = loader.sampler
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-
-
 def build_image_loader(
     data_dir: Path,
     manifest: Manifest,
@@ -267,46 +214,3 @@ def build_image_loader(
         # Worker augmentation streams derive from this: reproducible, and distinct per rank.
         generator=torch.Generator().manual_seed(seed * 1009 + rank),
     )
-
-
-def loader_benchmark(
-    data_dir: Path,
-    data_cfg: DataConfig,
-    split: str = "train",
-    batch_size: int = 64,
-    num_batches: int = 20,
-    workers: int | None = None,
-) -> dict[str, Any]:
-    """Images/s of reading + decoding + training transforms + normalisation on the CPU, to
-    tell a data bottleneck from compute. Worker start-up and the first batch are not timed;
-    small datasets are cycled through."""
-    if workers is not None:
-        data_cfg = data_cfg.model_copy(update={"num_workers": workers})
-    manifest = read_manifest(data_dir)
-    batch_size = min(batch_size, manifest.splits.get(split, batch_size))  # full batches only
-    loader = build_image_loader(data_dir, manifest, split, data_cfg, batch_size, True, 0)
-    cpu = torch.device("cpu")
-
-    def batches() -> Iterator[Any]:
-        epoch = 0
-        while True:
-            set_epoch(loader, epoch)
-            yield from loader
-            epoch += 1
-
-    stream = batches()
-    to_device(next(stream), cpu)
-    seen, t0 = 0, time.perf_counter()
-    for _ in range(num_batches):
-        x, _ = to_device(next(stream), cpu)
-        seen += x.shape[0]
-    elapsed = time.perf_counter() - t0
-    return {
-        "images_per_s": round(seen / max(elapsed, 1e-9), 1),
-        "images": seen,
-        "seconds": round(elapsed, 3),
-        "workers": data_cfg.num_workers,
-        "image_size": data_cfg.image_size,
-        "batch_size": batch_size,
-        "color_jitter": data_cfg.color_jitter,
-    }

@@ -11,18 +11,11 @@ from jpegtree import write_jpeg, write_list_dataset
 from PIL import Image
 
 from lwrcli.config import DataConfig
-from lwrcli.data.images import (
-    ListDataset,
-    build_image_loader,
-    decode_rgb,
-    eval_transform,
-    loader_benchmark,
-    read_bytes,
-    set_epoch,
-    to_device,
-)
+from lwrcli.data.image_loader import ListDataset, build_image_loader, to_device
 from lwrcli.data.listfile import prepare_listfile
 from lwrcli.data.manifest import read_manifest
+from lwrcli.data.throughput import loader_benchmark
+from lwrcli.data.transforms import decode_rgb, eval_transform, read_bytes
 from lwrcli.errors import UserError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -82,7 +75,7 @@ def test_train_batches(tiny: Path, workers: int) -> None:
     assert loader.persistent_workers == (workers > 0)
     epochs = []
     for epoch in (0, 0, 1):
-        set_epoch(loader, epoch)
+        loader.sampler.set_epoch(epoch)
         epochs.append([to_device(b, CPU) for b in loader])
     first = epochs[0]
     assert len(first) == 33 // 4  # the partial last batch is dropped

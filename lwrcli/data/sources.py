@@ -1,0 +1,117 @@
+"""The options of each `prepare-data` source as one typed value (a discriminated union on
+`source`), so each source documents its own options and every default lives here once.
+
+The CLI builds one from the flags the user gave; a flag that does not apply to the chosen
+source is an error naming the sources it applies to, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from lwrcli.errors import UserError, did_you_mean
+
+DEFAULT_IMBALANCE_FACTOR = 100.0  # n_max / n_min of the paper's main CIFAR tables
+DEFAULT_SYNTHETIC_CLASSES = 20
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CifarOptions(_Options):
+    """Official CIFAR python archives under `root`; LDAM-DRW's long-tailed selection."""
+
+    source: Literal["cifar10", "cifar100"]
+    root: Path
+    imbalance_factor: float = DEFAULT_IMBALANCE_FACTOR
+    profile: str = "exp"
+    seed: int = 0
+    download: bool = False
+
+
+class SyntheticOptions(_Options):
+    """Generated images of classes that share parts: no download, for demos and tests."""
+
+    source: Literal["synthetic"]
+    imbalance_factor: float = DEFAULT_IMBALANCE_FACTOR
+    profile: str = "exp"
+    seed: int = 0
+    num_classes: int = DEFAULT_SYNTHETIC_CLASSES
+
+
+class ListOptions(_Options):
+    """ImageNet-LT, Places-LT, iNaturalist 2018: standard split lists + the image root."""
+
+    source: Literal["imagenet-lt", "places-lt", "inat2018"]
+    root: Path
+    split_dir: Path | None = None
+    train_list: Path | None = None
+    val_list: Path | None = None
+    test_list: Path | None = None
+    verify: bool = True
+
+
+class FolderOptions(_Options):
+    """Any ImageFolder tree, optionally subsampled to a long-tailed profile."""
+
+    source: Literal["folder"]
+    root: Path
+    imbalance_factor: float | None = None  # None: keep every train image
+    profile: str = "exp"
+    seed: int = 0
+    val_per_class: int = 0
+    test_per_class: int | None = None  # None: the folder source's default
+
+
+SourceOptions = Annotated[
+    CifarOptions | SyntheticOptions | ListOptions | FolderOptions, Field(discriminator="source")
+]
+OPTION_TYPES: tuple[type[_Options], ...] = (
+    CifarOptions,
+    SyntheticOptions,
+    ListOptions,
+    FolderOptions,
+)
+SOURCES: tuple[str, ...] = tuple(
+    name for kind in OPTION_TYPES for name in get_args(kind.model_fields["source"].annotation)
+)
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceOptions)
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _kind_of(source: str) -> type[_Options]:
+    return next(k for k in OPTION_TYPES if source in get_args(k.model_fields["source"].annotation))
+
+
+def source_options(source: str, **given: Any) -> SourceOptions:
+    """Validate the options given for `source` (None means 'not given', so the default)."""
+    if source not in SOURCES:
+        raise UserError(
+            f"Unknown source '{source}'.{did_you_mean(source, SOURCES)} "
+            f"Sources: {', '.join(SOURCES)}."
+        )
+    kind = _kind_of(source)
+    values = {k: v for k, v in given.items() if v is not None}
+    for key in values:
+        if key not in kind.model_fields:
+            users = [s for s in SOURCES if key in _kind_of(s).model_fields]
+            raise UserError(
+                f"{_flag(key)} does not apply to source '{source}'; it is an option of "
+                f"{', '.join(users) or 'no source'}."
+            )
+    if "root" in kind.model_fields and "root" not in values:
+        raise UserError(f"prepare-data {source} needs --root, the folder with the raw data.")
+    try:
+        return _ADAPTER.validate_python({"source": source, **values})
+    except ValidationError as exc:
+        parts = [
+            f"{_flag(str(e['loc'][-1]))}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+        ]
+        raise UserError(f"Invalid options for prepare-data {source}: " + "; ".join(parts)) from None
