@@ -36,6 +36,7 @@ def prepare(
     val_per_class: int = 0,
     test_per_class: int = 0,
     num_classes: int | None = None,
+    skip_bad: bool = False,
 ) -> Manifest:
     if source not in SOURCES:
         raise UserError(
@@ -82,6 +83,7 @@ def prepare(
             test_list=test_list,
             verify=verify,
             overwrite=overwrite,
+            skip_bad=skip_bad,
         )
     from lwrcli.data.folder import prepare_folder
 
@@ -94,6 +96,8 @@ def prepare(
         val_per_class=val_per_class,
         test_per_class=test_per_class or None,
         overwrite=overwrite,
+        verify=verify,
+        skip_bad=skip_bad,
     )
 
 
