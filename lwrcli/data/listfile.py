@@ -123,9 +123,9 @@ def _lists_for(
         candidates += [c.with_name(c.name + ".gz") for c in candidates]
         in_dir = next((c for c in candidates if c.is_file()), None)
         shipped = shipped_list(source, split)
-        if given[split] is not None:
-            lists[split] = Path(given[split])  # type: ignore[arg-type]
-            origins[split] = str(Path(lists[split]).resolve())  # type: ignore[arg-type]
+        mine = given[split]
+        if mine is not None:
+            lists[split], origins[split] = Path(mine), str(Path(mine).resolve())
         elif in_dir is not None:
             lists[split], origins[split] = in_dir, str(in_dir.resolve())
         elif shipped is not None:
