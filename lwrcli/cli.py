@@ -72,14 +72,19 @@ def prepare_data(
         bool, typer.Option("--overwrite", help="Replace an existing --out folder.")
     ] = False,
     split_dir: Annotated[
-        Path | None, typer.Option("--split-dir", help="Folder with the standard list files.")
+        Path | None,
+        typer.Option("--split-dir", help="Folder with standard list files (else lwr's own)."),
     ] = None,
     train_list: Annotated[Path | None, typer.Option("--train-list")] = None,
     val_list: Annotated[Path | None, typer.Option("--val-list")] = None,
     test_list: Annotated[Path | None, typer.Option("--test-list")] = None,
     verify: Annotated[
         bool | None,
-        typer.Option("--verify/--no-verify", help="Check that every listed file exists."),
+        typer.Option("--verify/--no-verify", help="Check every image exists and decodes."),
+    ] = None,
+    skip_bad: Annotated[
+        bool | None,
+        typer.Option("--skip-bad", help="Leave corrupt images out (named in the manifest)."),
     ] = None,
     val_per_class: Annotated[
         int | None,
@@ -115,6 +120,7 @@ def prepare_data(
         val_per_class=val_per_class,
         test_per_class=test_per_class,
         num_classes=num_classes,
+        skip_bad=skip_bad,
     )
     manifest = prepare(options, out, overwrite=overwrite)
     groups = {k: len(v) for k, v in manifest.shot_groups.items()}

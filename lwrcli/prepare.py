@@ -54,6 +54,7 @@ def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manif
             test_list=options.test_list,
             verify=options.verify,
             overwrite=overwrite,
+            skip_bad=options.skip_bad,
         )
     from lwrcli.data.folder import prepare_folder
 
@@ -66,6 +67,8 @@ def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manif
         val_per_class=options.val_per_class,
         test_per_class=options.test_per_class,
         overwrite=overwrite,
+        verify=options.verify,
+        skip_bad=options.skip_bad,
     )
 
 

@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers (fakeci
 torch.set_num_threads(2)
 
 REPO = Path(__file__).resolve().parents[1]
-SPLITS = REPO.parent / "shared" / "data" / "splits"
 
 
 def train_args(preset: str, data: object, out: object, *sets: str) -> list[str]:

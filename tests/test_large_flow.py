@@ -76,7 +76,7 @@ def test_resnet50_on_generated_jpegs(lwr, tmp_path: Path) -> None:
 def test_eval_refuses_another_dataset(lwr, tmp_path: Path, synthetic_data: Path) -> None:
     lists = write_list_dataset(tmp_path / "raw")
     data = tmp_path / "data"
-    lwr(
+    r = lwr(
         "prepare-data",
         "places-lt",
         "--root",
@@ -85,9 +85,12 @@ def test_eval_refuses_another_dataset(lwr, tmp_path: Path, synthetic_data: Path)
         data,
         "--train-list",
         lists["train"],
+        "--val-list",  # else the Places-LT val list shipped with lwr (365 classes) is used
+        lists["val"],
         "--test-list",
         lists["test"],
     )
+    assert r.code == 0, r.err
     run = tmp_path / "run"
     r = lwr(
         *train_args("synthetic-lt-bs", synthetic_data, run, "epochs=1", "model.width=8"),

@@ -14,7 +14,9 @@ keeps them all (the manifest notes it). Every random choice uses one generator s
 `seed`, so the same tree and seed give the same splits.
 
 Images: .jpg .jpeg .png .bmp .webp in any case, in class folders or below them; hidden
-files are skipped, and links that resolve outside the root are refused.
+files are skipped, and links that resolve outside the root are refused. With `verify` every
+found image must decode (data/imagecheck.py) before any split is drawn, so `skip_bad`, which
+leaves broken ones out, gives the same held-out sizes and profile counts as a clean tree.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lwrcli.data.imagecheck import check_images, refuse_bad
 from lwrcli.data.manifest import Manifest, fingerprint, make_manifest, staged_output, write_manifest
 from lwrcli.data.profiles import long_tailed_counts
 from lwrcli.errors import UserError
@@ -107,9 +110,15 @@ def prepare_folder(
     val_per_class: int = 0,
     test_per_class: int | None = None,
     overwrite: bool = False,
+    verify: bool = True,
+    skip_bad: bool = False,
+    progress: bool = True,
 ) -> Manifest:
-    """Scan the tree, hold out test/val, subsample train long-tailed; write `out` atomically
-    (lists of paths relative to `root` plus manifest.json, storage `lists`)."""
+    """Scan the tree, check every image decodes (`verify`; `skip_bad` leaves broken ones out),
+    hold out test/val, subsample train long-tailed; write `out` atomically (lists of paths
+    relative to `root` plus manifest.json, storage `lists`)."""
+    if skip_bad and not verify:
+        raise UserError("--skip-bad needs the image check; drop --no-verify.")
     root = Path(root).resolve()
     if not root.is_dir():
         raise UserError(f"--root {root} is not a folder.")
@@ -131,6 +140,26 @@ def prepare_folder(
                 notes.append("the tree's val/ folder is the test split")
         else:
             names, train = scan_tree(root, root)
+        skipped: dict[str, str] = {}
+        if verify:
+            groups = (train, *split_files.values())
+            every = [p for per_class in groups for ps in per_class for p in ps]
+            skipped = check_images(root, every, progress=progress)
+            refuse_bad(skipped, len(every), root, skip_bad)
+        if skipped:
+            train = [[p for p in ps if p not in skipped] for ps in train]
+            for s, per_class in split_files.items():
+                split_files[s] = [[p for p in ps if p not in skipped] for ps in per_class]
+            empty = [n for n, ps in zip(names, train) if not ps]
+            if empty:
+                raise UserError(
+                    f"Class '{empty[0]}' ({len(empty)} classes in all) has no readable train "
+                    "image once --skip-bad leaves out the broken ones; add images or remove it."
+                )
+            notes.append(
+                f"{len(skipped)} corrupt or unreadable images left out (--skip-bad); "
+                "'skipped' names them"
+            )
         if "test" not in split_files:
             k = DEFAULT_TEST_PER_CLASS if test_per_class is None else test_per_class
             if k <= 0:
@@ -182,6 +211,7 @@ def prepare_folder(
             fingerprint=fingerprint(encoded),
             split_fingerprints={k: fingerprint({k: v}) for k, v in encoded.items()},
             notes=notes,
+            skipped=skipped,
         )
         write_manifest(tmp, manifest)
     return manifest

@@ -7,36 +7,32 @@ lists, never from folder names. Paths must stay inside the root: absolute paths 
 are refused. iNaturalist 2018 has no test list; by convention its val list is the test set,
 and the manifest says so. Class names are the image folder names (ImageNet wnids, Places
 scene names) when each class's images share one distinct folder, `class_NNNN` otherwise.
+The published lists lwr ships (data/shipped.py) are used for every split not given by path or
+--split-dir; lists may be gzip-compressed (`.gz`).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import gzip
+import io
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 
+from lwrcli.data.imagecheck import check_images, keep_good, name_some, refuse_bad
 from lwrcli.data.manifest import Manifest, fingerprint, make_manifest, staged_output, write_manifest
+from lwrcli.data.shipped import STANDARD_FILES, Traversable, shipped_list
 from lwrcli.errors import UserError
+
+# A list is a user's file (Path) or one shipped inside the package (a Traversable).
+ListPath = Path | Traversable
 
 Source = Literal["imagenet-lt", "places-lt", "inat2018"]
 
-STANDARD_FILES: dict[str, dict[str, str]] = {
-    "imagenet-lt": {
-        "train": "ImageNet_LT_train.txt",
-        "val": "ImageNet_LT_val.txt",
-        "test": "ImageNet_LT_test.txt",
-    },
-    "places-lt": {
-        "train": "Places_LT_train.txt",
-        "val": "Places_LT_val.txt",
-        "test": "Places_LT_test.txt",
-    },
-    "inat2018": {"train": "iNaturalist18_train.txt", "val": "iNaturalist18_val.txt"},
-}
 EXPECTED_CLASSES = {"imagenet-lt": 1000, "places-lt": 365, "inat2018": 8142}
 
 
@@ -55,84 +51,57 @@ def check_inside_root(rel: str, where: str) -> None:
         )
 
 
-def parse_list(path: Path, num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
-    """(relative paths, labels (N,) int64) of a `relative/path label` list.
+@contextmanager
+def open_list(path: ListPath) -> Iterator[IO[str]]:
+    """A list's text, line by line; gunzipped when the name ends in .gz (shipped lists are,
+    and users may keep theirs compressed too)."""
+    with path.open("rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
+        yield io.TextIOWrapper(stream, encoding="utf-8")  # type: ignore[arg-type]
+
+
+def parse_list(path: ListPath, num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
+    """(relative paths, labels (N,) int64) of a `relative/path label` list, plain or .gz.
 
     Blank lines are skipped; a path may contain spaces (the label is the last field). Every
     error names file:line: a malformed line, a non-integer or out-of-range label (range
     checked when `num_classes` is given), a path that leaves the root.
     """
-    path = Path(path)
     if not path.is_file():
         raise UserError(f"Split list {path} does not exist.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"Split list {path} is not UTF-8 text ({exc.reason}).") from None
     paths: list[str] = []
     labels: list[int] = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        parts = raw.rsplit(maxsplit=1)
-        if not parts:
-            continue
-        where = f"{path}:{lineno}"
-        if len(parts) != 2:
-            raise UserError(f"{where}: expected 'relative/path label', got '{raw.strip()[:120]}'.")
-        rel, label_text = parts
-        rel = rel.strip()
-        try:
-            label = int(label_text)
-        except ValueError:
-            raise UserError(
-                f"{where}: the label '{label_text}' is not an integer class id."
-            ) from None
-        if label < 0 or (num_classes is not None and label >= num_classes):
-            bound = f"0..{num_classes - 1}" if num_classes else ">= 0"
-            raise UserError(f"{where}: label {label} is outside {bound}.")
-        check_inside_root(rel, where)
-        paths.append(rel)
-        labels.append(label)
+    try:
+        with open_list(path) as lines:
+            for lineno, raw in enumerate(lines, start=1):
+                parts = raw.rsplit(maxsplit=1)
+                if not parts:
+                    continue
+                where = f"{path}:{lineno}"
+                if len(parts) != 2:
+                    got = raw.strip()[:120]
+                    raise UserError(f"{where}: expected 'relative/path label', got '{got}'.")
+                rel, label_text = parts
+                rel = rel.strip()
+                try:
+                    label = int(label_text)
+                except ValueError:
+                    raise UserError(
+                        f"{where}: the label '{label_text}' is not an integer class id."
+                    ) from None
+                if label < 0 or (num_classes is not None and label >= num_classes):
+                    bound = f"0..{num_classes - 1}" if num_classes else ">= 0"
+                    raise UserError(f"{where}: label {label} is outside {bound}.")
+                check_inside_root(rel, where)
+                paths.append(rel)
+                labels.append(label)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"Split list {path} is not UTF-8 text ({exc.reason}).") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise UserError(f"Split list {path} is not a complete gzip file ({exc}).") from None
     if not paths:
         raise UserError(f"Split list {path} has no entries.")
     return paths, np.asarray(labels, dtype=np.int64)
-
-
-def verify_files(
-    root: Path, paths: Sequence[str], workers: int = 16, progress: bool = True
-) -> None:
-    """Check every listed file exists (in parallel); name the first missing and the count."""
-    root = Path(root)
-
-    def exists(rel: str) -> bool:
-        return os.path.isfile(root / rel)
-
-    missing: list[str] = []
-    chunk = 2048
-    bar = None
-    if progress:
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task(f"checking {len(paths):,} files", total=len(paths))
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for start in range(0, len(paths), chunk):
-                part = paths[start : start + chunk]
-                for rel, ok in zip(part, pool.map(exists, part)):
-                    if not ok:
-                        missing.append(rel)
-                if bar is not None:
-                    bar.update(task, advance=len(part))
-    finally:
-        if bar is not None:
-            bar.stop()
-    if missing:
-        shown = ", ".join(missing[:5])
-        raise UserError(
-            f"{len(missing):,} of {len(paths):,} listed images are missing under {root} "
-            f"(first: {shown}). Check --root, or pass --no-verify to skip this check."
-        )
 
 
 def _lists_for(
@@ -141,23 +110,39 @@ def _lists_for(
     train_list: Path | None,
     val_list: Path | None,
     test_list: Path | None,
-) -> dict[str, Path]:
+) -> tuple[dict[str, ListPath], dict[str, str]]:
+    """({split: list}, {split: where it came from}). Priority: a list given by path, then the
+    standard name (plain or .gz) in `split_dir`, then the copy shipped with lwr."""
+    if split_dir is not None and not Path(split_dir).is_dir():
+        raise UserError(f"--split-dir {split_dir} is not a folder.")
     given = {"train": train_list, "val": val_list, "test": test_list}
-    lists: dict[str, Path] = {}
+    lists: dict[str, ListPath] = {}
+    origins: dict[str, str] = {}
     for split, std_name in STANDARD_FILES[source].items():
-        if given[split] is not None:
-            lists[split] = Path(given[split])  # type: ignore[arg-type]
-        elif split_dir is not None and (Path(split_dir) / std_name).is_file():
-            lists[split] = Path(split_dir) / std_name
+        candidates = [] if split_dir is None else [Path(split_dir) / std_name]
+        candidates += [c.with_name(c.name + ".gz") for c in candidates]
+        in_dir = next((c for c in candidates if c.is_file()), None)
+        shipped = shipped_list(source, split)
+        mine = given[split]
+        if mine is not None:
+            lists[split], origins[split] = Path(mine), str(Path(mine).resolve())
+        elif in_dir is not None:
+            lists[split], origins[split] = in_dir, str(in_dir.resolve())
+        elif shipped is not None:
+            lists[split], origins[split] = shipped, f"shipped with lwr ({std_name})"
     if test_list is not None and source == "inat2018":
         lists["test"] = Path(test_list)
+        origins["test"] = str(Path(test_list).resolve())
     if "train" not in lists:
         std = STANDARD_FILES[source]["train"]
+        shipped = [s for s in ("val", "test") if origins.get(s, "").startswith("shipped")]
+        also = {0: "", 1: " list ships", 2: " lists ship"}[len(shipped)]
         raise UserError(
-            f"prepare-data {source} needs the train list: pass --train-list PATH or a "
-            f"--split-dir that holds {std} (it ships with the dataset's split files)."
+            f"prepare-data {source} needs its train list {std}, which is too large to ship "
+            f"with lwr: pass it with --train-list PATH (or --split-dir DIR holding {std})."
+            + (f" The {' and '.join(shipped)}{also} with lwr." if shipped else "")
         )
-    return lists
+    return lists, origins
 
 
 def class_names_from_paths(paths: Sequence[str], labels: np.ndarray, num_classes: int) -> list[str]:
@@ -175,7 +160,7 @@ def class_names_from_paths(paths: Sequence[str], labels: np.ndarray, num_classes
     return fallback
 
 
-def describe_lists(lists: dict[str, Path]) -> dict[str, dict[str, int]]:
+def describe_lists(lists: dict[str, ListPath]) -> dict[str, dict[str, int]]:
     """Per split: images, classes present, and the smallest / largest class (label id range
     0..max), for checking a list against its published statistics without preparing it."""
     stats = {}
@@ -193,6 +178,28 @@ def describe_lists(lists: dict[str, Path]) -> dict[str, dict[str, int]]:
     return stats
 
 
+def _train_counts(
+    labels: np.ndarray, num_classes: int, where: str, origins: dict[str, str]
+) -> np.ndarray:
+    """Train images per class; every class id 0..C-1 needs one."""
+    counts = np.bincount(labels, minlength=num_classes)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        shipped = [s for s, o in origins.items() if o.startswith("shipped")]
+        hint = (
+            f" The {'/'.join(shipped)} list{'s' if len(shipped) > 1 else ''} shipped with lwr "
+            f"{'were' if len(shipped) > 1 else 'was'} used (labels 0..{num_classes - 1}); for "
+            f"lists of your own pass {' '.join(f'--{s}-list' for s in shipped)} too."
+            if shipped
+            else ""
+        )
+        raise UserError(
+            f"{len(empty)} classes have no image in {where} (e.g. class {int(empty[0])}); "
+            f"labels must be 0..C-1 with every class present in train.{hint}"
+        )
+    return counts
+
+
 def prepare_listfile(
     source: Source,
     root: Path,
@@ -202,21 +209,27 @@ def prepare_listfile(
     val_list: Path | None = None,
     test_list: Path | None = None,
     verify: bool = True,
-    workers: int = 16,
+    workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> Manifest:
     """Normalise the split lists into `out/{split}.txt` + manifest.json (storage `lists`).
 
-    Lists given by path win over the standard names in `split_dir`; the train list is
-    required. num_classes = largest label + 1 over all lists, and every class needs a train
-    image. With `verify`, every listed file must exist under `root` (checked in parallel).
+    Lists given by path win over the standard names in `split_dir`, which win over the lists
+    shipped with lwr; the train list is required. num_classes = largest label + 1 over all
+    lists, and every class needs a train image. With `verify`, every listed file must exist
+    under `root` and decode (checked in parallel, see imagecheck); with `skip_bad` as well,
+    files that exist but do not decode are left out and named in the manifest's `skipped`.
     `out` is written atomically and refused when non-empty unless `overwrite`.
     """
-    lists = _lists_for(source, split_dir, train_list, val_list, test_list)
+    if skip_bad and not verify:
+        raise UserError("--skip-bad needs the image check; drop --no-verify.")
+    lists, origins = _lists_for(source, split_dir, train_list, val_list, test_list)
     notes: list[str] = []
     if source == "inat2018" and "test" not in lists and "val" in lists:
         lists["test"] = lists.pop("val")  # the community convention: val is the test set
+        origins["test"] = origins.pop("val")
         notes.append("iNaturalist 2018 has no test list: its val list is used as the test split")
     root = Path(root).resolve()
     if verify and not root.is_dir():
@@ -225,19 +238,30 @@ def prepare_listfile(
     with staged_output(out, overwrite) as tmp:
         parsed = {split: parse_list(path) for split, path in lists.items()}
         num_classes = int(max(int(lab.max()) for _, lab in parsed.values()) + 1)
-        counts = np.bincount(parsed["train"][1], minlength=num_classes)
-        empty = np.flatnonzero(counts == 0)
-        if len(empty):
-            raise UserError(
-                f"{len(empty)} classes have no image in the train list {lists['train']} "
-                f"(e.g. class {int(empty[0])}); labels must be 0..C-1 with every class present."
-            )
+        train_where = f"the train list {lists['train']}"
+        counts = _train_counts(parsed["train"][1], num_classes, train_where, origins)
         expected = EXPECTED_CLASSES[source]
         if num_classes != expected:
             notes.append(f"{num_classes} classes, where standard {source} has {expected}")
+        skipped: dict[str, str] = {}
         if verify:
             every = [p for paths, _ in parsed.values() for p in paths]
-            verify_files(root, every, workers, progress)
+            skipped = check_images(root, every, workers, progress)
+            refuse_bad(skipped, len(every), root, skip_bad)
+        if skipped:
+            for split, (paths, labels) in parsed.items():
+                keep = keep_good(paths, skipped)
+                parsed[split] = ([paths[i] for i in keep], labels[keep])
+            counts = _train_counts(
+                parsed["train"][1],
+                num_classes,
+                f"the train split once --skip-bad left out {name_some(skipped, 5)}",
+                origins,
+            )
+            notes.append(
+                f"{len(skipped)} corrupt or unreadable images left out (--skip-bad); "
+                "'skipped' names them"
+            )
         blobs: dict[str, bytes] = {}
         for split, (paths, labels) in parsed.items():
             blobs[split] = "".join(f"{p} {y}\n" for p, y in zip(paths, labels.tolist())).encode()
@@ -258,7 +282,8 @@ def prepare_listfile(
             image_root=str(root),
             fingerprint=fingerprint(blobs),
             split_fingerprints={k: fingerprint({k: v}) for k, v in blobs.items()},
-            notes=notes + [f"{k} list: {Path(v).resolve()}" for k, v in lists.items()],
+            notes=notes + [f"{k} list: {origins[k]}" for k in lists],
+            skipped=skipped,
         )
         write_manifest(tmp, manifest)
     return manifest

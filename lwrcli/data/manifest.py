@@ -74,6 +74,9 @@ class Manifest(BaseModel):
     fingerprint: str  # sha256 over the split contents
     split_fingerprints: dict[str, str] = {}
     notes: list[str] = []
+    # Images left out by `prepare-data --skip-bad`: relative path -> why. Defaults to empty so
+    # manifests written before the field existed still load.
+    skipped: dict[str, str] = {}
     tool_version: str = __version__
 
 

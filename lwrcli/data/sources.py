@@ -52,7 +52,8 @@ class ListOptions(_Options):
     train_list: Path | None = None
     val_list: Path | None = None
     test_list: Path | None = None
-    verify: bool = True
+    verify: bool = True  # every listed file exists and decodes
+    skip_bad: bool = False  # leave corrupt images out, recorded in the manifest
 
 
 class FolderOptions(_Options):
@@ -65,6 +66,8 @@ class FolderOptions(_Options):
     seed: int = 0
     val_per_class: int = 0
     test_per_class: int | None = None  # None: the folder source's default
+    verify: bool = True
+    skip_bad: bool = False
 
 
 SourceOptions = Annotated[
