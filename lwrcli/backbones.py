@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
+import inspect
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -269,13 +271,19 @@ def model_data_defaults(name: str) -> dict[str, Any] | None:
             weights = torchvision.models.get_model_weights(arch).DEFAULT
         except (ValueError, AttributeError, KeyError):
             return None
-        kw = getattr(weights.transforms, "keywords", {})
+        preset = weights.transforms  # functools.partial(ImageClassification, crop_size=...)
+        if not isinstance(preset, functools.partial):
+            return None
+        # Arguments not given in the partial take ImageClassification's defaults.
+        params = inspect.signature(preset.func).parameters
+        kw = {k: p.default for k, p in params.items() if p.default is not p.empty}
+        kw.update(preset.keywords)
         if "crop_size" not in kw:
             return None
         return {
             "image_size": int(kw["crop_size"]),
             "resize": int(kw.get("resize_size", kw["crop_size"])),
-            "mean": tuple(kw.get("mean", (0.485, 0.456, 0.406))),
-            "std": tuple(kw.get("std", (0.229, 0.224, 0.225))),
+            "mean": tuple(float(v) for v in kw["mean"]),
+            "std": tuple(float(v) for v in kw["std"]),
         }
     return None

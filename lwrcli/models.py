@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from rich.table import Table
 from torch import nn
 
 from lwrcli import backbones
@@ -232,3 +233,17 @@ def list_models(pattern: str | None = None) -> list[backbones.ModelInfo]:
 
 
 model_data_defaults = backbones.model_data_defaults
+
+
+def models_table(infos: list[backbones.ModelInfo], pattern: str | None = None) -> Table:
+    """`lwr models list`: name, family, parameters, head path."""
+    table = Table(title=f"{len(infos)} models" + (f" matching '{pattern}'" if pattern else ""))
+    for col in ("model.name", "family", "params (1000 classes)", "head"):
+        table.add_column(col, justify="right" if col.startswith("params") else "left")
+    for info in infos:
+        params = f"{info.params:,}" if info.params is not None else "–"
+        head = info.head or ("–" if info.params is None else "not Linear: unsupported")
+        table.add_row(info.name, info.family, params, head)
+    if any(info.params is None for info in infos):
+        table.caption = "timm parameter counts appear when at most 60 timm names match."
+    return table
