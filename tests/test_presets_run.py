@@ -13,7 +13,7 @@ from lwrcli.data.loading import build_data
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.engine import Trainer
 from lwrcli.errors import UserError
-from lwrcli.models import build_model
+from lwrcli.models import build_model, get_classifier
 
 CPU_TINY = [
     "dataset=any",
@@ -41,7 +41,7 @@ def test_preset_takes_one_step(name: str, tiny: Path) -> None:
     model = build_model(cfg.model, data.num_classes)
     trainer = Trainer(cfg, model, data, device, run_dir=None)
     x, y = next(iter(data.train))
-    before = model.fc.weight.detach().clone()
+    before = get_classifier(model).weight.detach().clone()
     t = cfg.schedule.warmup_epochs + 0.5  # past warm-up so the lr is not zero
     weight = None
     if cfg.loss.reweight != "none":
@@ -51,7 +51,7 @@ def test_preset_takes_one_step(name: str, tiny: Path) -> None:
     terms = trainer.train_step(x, y, t, weight)
     assert math.isfinite(float(terms["loss"]))
     assert ("lwr" in terms) == cfg.lwr.enabled
-    assert not torch.equal(before, model.fc.weight)
+    assert not torch.equal(before, get_classifier(model).weight)
     if cfg.loss.name == "ldam":
         assert cfg.model.cosine_classifier
 
