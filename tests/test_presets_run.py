@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lwrcli import backbones
 from lwrcli.config import list_presets, load_config
 from lwrcli.data.loading import build_data
 from lwrcli.data.synthetic import prepare_synthetic
@@ -33,11 +34,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("name", list_presets())
-def test_preset_takes_one_step(name: str, tiny: Path) -> None:
+def test_preset_takes_one_step(name: str, tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(name, overrides=CPU_TINY)
     torch.manual_seed(0)
     device = torch.device("cpu")
     data = build_data(tiny, cfg, device)
+    arch = cfg.model.name.removeprefix("torchvision:")
+    if arch.startswith("vit_"):  # torchvision ViTs take one input size; use the tiny images'
+        size = next(iter(data.train))[0].shape[-1]
+        monkeypatch.setitem(backbones.TORCHVISION_KWARGS, arch, {"image_size": size})
     model = build_model(cfg.model, data.num_classes)
     trainer = Trainer(cfg, model, data, device, run_dir=None)
     x, y = next(iter(data.train))
