@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 presets_app = typer.Typer(help="The shipped training recipes.", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
+models_app = typer.Typer(help="Backbones: built-in, torchvision, timm.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -250,6 +252,19 @@ def presets_show(name: Annotated[str, typer.Argument(help="Preset name.")]) -> N
     from lwrcli.config import config_to_yaml, load_config
 
     out_console.file.write(config_to_yaml(load_config(preset=name)))
+
+
+@models_app.command("list")
+def models_list(
+    pattern: Annotated[
+        str | None, typer.Argument(help="Glob (convnext_*) or substring (vit) of the name.")
+    ] = None,
+) -> None:
+    """Model names for model.name, with parameter counts (for a 1000-class head)."""
+    from lwrcli.models import list_models, models_table
+
+    console = out_console if out_console.is_terminal else Console(width=160)
+    console.print(models_table(list_models(pattern), pattern))
 
 
 def _fail(message: str, code: int = 2) -> None:

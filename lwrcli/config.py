@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lwrcli.errors import UserError, did_you_mean
 
@@ -20,15 +27,27 @@ class Strict(BaseModel):
 
 
 class ModelConfig(Strict):
-    name: Literal["small_cnn", "resnet32", "resnet50", "resnext50_32x4d", "resnet152"] = "resnet32"
+    # Built-in (small_cnn, resnet32, resnet50, resnext50_32x4d, resnet152), any torchvision
+    # classifier as `torchvision:<name>`, or `timm:<name>` with the optional timm extra.
+    name: str = "resnet32"
     # Cosine classifier: logits are s * cos(x, w_c); LDAM needs it (scale lives in the loss).
     cosine_classifier: bool = False
-    # Local weights file (safetensors or torchvision .pth state dict) for fine-tuning;
-    # never downloaded.
+    # Local weights file (safetensors, or a torchvision/timm .pth state dict) for fine-tuning;
+    # never downloaded. Head keys of another shape are left out (and reported).
     pretrained: Path | None = None
     # Recipes that fine-tune (Places-LT) refuse to start from scratch by accident.
     pretrained_required: bool = False
+    # Module paths whose parameters are not trained, e.g. [conv1, bn1, layer1].
+    freeze: list[str] = Field(default_factory=list)
     width: int = Field(32, ge=4, le=512, description="base width of small_cnn")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        # Imported here: backbones imports torch(vision) lazily and must not import config.
+        from lwrcli.backbones import check_model_name
+
+        return check_model_name(name)
 
 
 class LossConfig(Strict):
@@ -62,15 +81,39 @@ class LWRConfig(Strict):
 
 
 class OptimConfig(Strict):
-    name: Literal["sgd"] = "sgd"
+    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0.0, le=100.0, description="lr at base_batch_size")
     # The lr above is for this batch size; another batch size rescales it by `lr_scaling`.
     base_batch_size: int | None = Field(None, ge=1)
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    nesterov: bool = Field(False, description="sgd only")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adamw only")
     weight_decay: float = Field(2e-4, ge=0.0, le=1.0)
+    # No weight decay on biases and normalisation-layer parameters. None: on for adamw, off
+    # for sgd (today's SGD recipes decay everything).
+    no_decay_norm_bias: bool | None = None
+    # lr multipliers: the classifier head, everything else (a new head often wants ~10x).
+    head_lr_mult: float = Field(1.0, ge=0.0, le=1000.0)
+    backbone_lr_mult: float = Field(1.0, ge=0.0, le=1000.0)
+    # Layer-wise lr decay for ViT-style models (a flat list of blocks): block i gets
+    # decay^(num_blocks - i), embeddings decay^(num_blocks + 1), head and final norm 1.
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0)
     clip_grad_norm: float | None = Field(None, gt=0.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError("optim.betas must both be in [0, 1)")
+        return betas
+
+    @property
+    def decay_norm_bias(self) -> bool:
+        """Whether biases and norm parameters get weight decay (see no_decay_norm_bias)."""
+        if self.no_decay_norm_bias is None:
+            return self.name == "sgd"
+        return not self.no_decay_norm_bias
 
 
 class ScheduleConfig(Strict):

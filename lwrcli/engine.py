@@ -27,6 +27,7 @@ from lwrcli.evaluate import score_splits
 from lwrcli.losses import CountsLoss, reweight_for_epoch
 from lwrcli.lwr import LWR
 from lwrcli.models import classifier_key, get_classifier
+from lwrcli.optim import set_lr
 from lwrcli.progress import TrainProgress
 from lwrcli.schedule import lr_at
 
@@ -85,6 +86,7 @@ class Trainer:
         self.progress = progress or TrainProgress(cfg.epochs, enabled=self.dist.is_main)
         self.select_split = self._selection_split()
         self._stop_signal: int | None = None
+        self.lr = parts.base_lr  # the scheduled lr (groups apply their own multipliers)
 
     # --- selection -------------------------------------------------------------------------
     def _selection_split(self) -> str | None:
@@ -103,8 +105,8 @@ class Trainer:
         """One optimizer step at progress t (epochs); returns named terms, still on the device."""
         cfg = self.cfg
         lr = lr_at(cfg.schedule, self.parts.base_lr, t, cfg.epochs)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
+        self.lr = lr
         with autocast_context(self.device, cfg.amp):
             logits = self.model(x)
         task = self.loss_fn(logits.float(), y, class_weight)
@@ -154,7 +156,7 @@ class Trainer:
             if (step + 1) % self.cfg.log_every == 0:
                 loss_now = float(terms["loss"])  # the one sync per log interval
                 self._check_finite(loss_now, epoch)
-                info = {"loss": loss_now, "lr": self.optimizer.param_groups[0]["lr"]}
+                info = {"loss": loss_now, "lr": self.lr}
             self.progress.step(epoch, step, steps, info)
             if self._stop_signal is not None:
                 raise Interrupted()
@@ -168,7 +170,7 @@ class Trainer:
             "task": total[1] / n,
             "lwr": total[2] / n if self.regularizer else None,
             "lwr_lambda": self.regularizer.lam(epoch + 1) if self.regularizer else 0.0,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.lr,
             "train_acc": 100.0 * total[3] / n,
             "images_per_s": total[4] / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,

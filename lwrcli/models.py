@@ -1,22 +1,29 @@
-"""Models: ResNet-32 (CIFAR, as defined by LDAM-DRW), a small CNN, torchvision ResNets.
+"""Models: ResNet-32 (CIFAR, as defined by LDAM-DRW), a small CNN, and any torchvision/timm
+classifier (lwrcli.backbones), each with its head re-sized to the dataset's classes.
 
-Every model names its classifier `fc`, so `fc.weight` (C, d) is what LWR repels and what
-analysis reads. A cosine classifier (`CosineLinear`) outputs cos(x, w_c) in [-1, 1]; the loss
-(LDAM) applies the scale.
+Where the head lives differs by family (`fc`, `classifier.2`, `heads.head`, ...): build_model
+records its attribute path as `model.lwr_head`, and `get_classifier` / `classifier_key` are
+the one accessor that LWR, analysis, tau-norm and stage-2 training use. A cosine classifier
+(`CosineLinear`) outputs cos(x, w_c) in [-1, 1]; the loss (LDAM) applies the scale.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.table import Table
 from torch import nn
 
+from lwrcli import backbones
+from lwrcli.checkpoint import unwrap
 from lwrcli.config import ModelConfig
-from lwrcli.errors import UserError
+from lwrcli.errors import UserError, did_you_mean
+from lwrcli.pretrained import load_pretrained
 
+# Deprecated: the head of the built-in models only. Use classifier_key(model).
 CLASSIFIER_KEY = "fc.weight"
 
 
@@ -119,80 +126,124 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x))
 
 
-def _torchvision(arch: str) -> Callable[[ModelConfig, int], nn.Module]:
-    def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
-        import torchvision
+def _external(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """A torchvision/timm model: build it with its default head, then swap that head for one
+    sized to the dataset (same random-number use as before `torchvision:` names existed, so
+    the ResNet-50 recipes initialise bit for bit as they did)."""
+    model = backbones.create_backbone(cfg.name)
+    path = backbones.find_head(model, cfg.name)
+    old = model.get_submodule(path)
+    assert isinstance(old, nn.Linear)  # find_head guarantees it
+    backbones.set_submodule(
+        model, path, _classifier(old.in_features, num_classes, cfg.cosine_classifier)
+    )
+    model.lwr_head = path
+    return model
 
-        model = getattr(torchvision.models, arch)(weights=None)
-        if cfg.pretrained is not None:
-            load_pretrained(model, cfg.pretrained)
-        model.fc = _classifier(model.fc.in_features, num_classes, cfg.cosine_classifier)
+
+def _own(build: Callable[[ModelConfig, int], nn.Module]) -> Callable[[ModelConfig, int], nn.Module]:
+    def wrapped(cfg: ModelConfig, num_classes: int) -> nn.Module:
+        model = build(cfg, num_classes)
+        model.lwr_head = "fc"
         return model
 
-    return build
+    return wrapped
 
 
+# The built-in names; any other valid name (torchvision:, timm:) goes through _external.
 MODELS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
-    "small_cnn": lambda cfg, c: SmallCNN(c, cfg.width, cfg.cosine_classifier),
-    "resnet32": lambda cfg, c: ResNetCifar(c, 5, cfg.cosine_classifier),
-    "resnet50": _torchvision("resnet50"),
-    "resnext50_32x4d": _torchvision("resnext50_32x4d"),
-    "resnet152": _torchvision("resnet152"),
+    "small_cnn": _own(lambda cfg, c: SmallCNN(c, cfg.width, cfg.cosine_classifier)),
+    "resnet32": _own(lambda cfg, c: ResNetCifar(c, 5, cfg.cosine_classifier)),
+    **{name: _external for name in backbones.ALIASES},
 }
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    if cfg.name not in MODELS:
-        raise UserError(f"Unknown model '{cfg.name}'. Available: {', '.join(MODELS)}.")
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def build_model(
+    cfg: ModelConfig, num_classes: int, log: Callable[[str], None] = _stderr
+) -> nn.Module:
+    """The model for `cfg` with a `num_classes` head, pretrained weights loaded from a local
+    file and `cfg.freeze` applied. `log` receives one line about left-out pretrained keys."""
     if cfg.pretrained_required and cfg.pretrained is None:
         raise UserError(
             f"This recipe fine-tunes a pretrained {cfg.name}: pass "
-            "--set model.pretrained=/path/to/weights (.safetensors or a torchvision .pth "
+            "--set model.pretrained=/path/to/weights (.safetensors or a torchvision/timm .pth "
             "state dict); nothing is downloaded."
         )
     if num_classes < 2:
         raise UserError(f"A classifier needs at least 2 classes, the dataset has {num_classes}.")
-    return MODELS[cfg.name](cfg, num_classes)
+    model = MODELS.get(cfg.name, _external)(cfg, num_classes)
+    if cfg.pretrained is not None:
+        result = load_pretrained(model, cfg.pretrained, head=model.lwr_head)
+        log(result.message())
+    if cfg.freeze:
+        freeze(model, cfg.freeze)
+    return model
 
 
-def load_pretrained(model: nn.Module, path: Path) -> None:
-    """Load a local backbone file (safetensors, or a torchvision state dict read with
-    `weights_only=True`, which refuses arbitrary pickled objects). The old classifier is
-    dropped: the new `fc` is sized for this dataset. Nothing is ever downloaded."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"Pretrained weights file {path} does not exist (model.pretrained).")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+def freeze(model: nn.Module, prefixes: list[str]) -> int:
+    """requires_grad=False for parameters under the module paths `prefixes` (whole path
+    components: 'blocks.1' freezes blocks.1.* but not blocks.10.*). Returns how many."""
+    named = list(model.named_parameters())
+    frozen = 0
+    for prefix in prefixes:
+        p = prefix.rstrip(".")
+        hits = [t for n, t in named if n == p or n.startswith(p + ".")]
+        if not hits:
+            top = [n for n, _ in model.named_children()]
+            raise UserError(
+                f"model.freeze: no parameter of {type(model).__name__} is under '{prefix}'."
+                f"{did_you_mean(p, top)} Top-level modules: {', '.join(top[:12])}"
+                + (", ..." if len(top) > 12 else "")
+                + "; deeper paths use dots (e.g. 'layer1.0')."
+            )
+        for t in hits:
+            frozen += t.numel() if t.requires_grad else 0
+            t.requires_grad_(False)
+    return frozen
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state:
-                state = state["state_dict"]
-    except Exception as exc:  # any reader failure is a bad file from the user
-        raise UserError(f"Cannot read pretrained weights {path}: {exc}") from None
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise UserError(
-            f"Pretrained weights {path} do not fit the model: {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})."
-        )
+
+def head_path(model: nn.Module) -> str:
+    """Attribute path of the classifier head; 'fc' for models built before lwr_head existed."""
+    path = getattr(unwrap(model), "lwr_head", None)
+    return path if isinstance(path, str) else "fc"
 
 
 def get_classifier(model: nn.Module) -> nn.Module:
     """The classifier head (a module whose `weight` is (C, d)): what LWR repels, analysis reads
     and stage-2 training re-learns. The one place that knows where a model keeps its head."""
-    return model.fc  # type: ignore[return-value]
+    return unwrap(model).get_submodule(head_path(model))
 
 
 def classifier_key(model: nn.Module) -> str:
-    """The state-dict key of the classifier weight (C, d)."""
-    return CLASSIFIER_KEY
+    """The state-dict key of the classifier weight (C, d) of the unwrapped model."""
+    return f"{head_path(model)}.weight"
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def list_models(pattern: str | None = None) -> list[backbones.ModelInfo]:
+    """Every buildable model name matching `pattern` (see backbones.list_backbones)."""
+    return backbones.list_backbones(pattern)
+
+
+model_data_defaults = backbones.model_data_defaults
+
+
+def models_table(infos: list[backbones.ModelInfo], pattern: str | None = None) -> Table:
+    """`lwr models list`: name, family, parameters, head path."""
+    table = Table(title=f"{len(infos)} models" + (f" matching '{pattern}'" if pattern else ""))
+    for col in ("model.name", "family", "params (1000 classes)", "head"):
+        table.add_column(col, justify="right" if col.startswith("params") else "left")
+    for info in infos:
+        params = f"{info.params:,}" if info.params is not None else "–"
+        head = info.head or ("–" if info.params is None else "not Linear: unsupported")
+        table.add_row(info.name, info.family, params, head)
+    if any(info.params is None for info in infos):
+        table.caption = "timm parameter counts appear when at most 60 timm names match."
+    return table

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lwrcli.config import ModelConfig
 from lwrcli.errors import UserError
-from lwrcli.models import MODELS, CosineLinear, build_model, count_parameters
+from lwrcli.models import MODELS, CosineLinear, build_model, count_parameters, get_classifier
 
 
 def test_resnet32_matches_ldam_definition() -> None:
@@ -46,7 +46,7 @@ def test_cosine_classifier_outputs_cosines() -> None:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_builds_and_exposes_classifier(name: str) -> None:
     model = build_model(ModelConfig(name=name), 7)
-    assert model.fc.weight.shape[0] == 7
+    assert get_classifier(model).weight.shape[0] == 7
     size = 32 if name in ("resnet32", "small_cnn") else 64
     with torch.no_grad():
         out = model.eval()(torch.randn(1, 3, size, size))
@@ -61,7 +61,7 @@ def test_pretrained_from_local_safetensors(tmp_path: Path) -> None:
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
     model = build_model(ModelConfig(name="resnet50", pretrained=path), 10)
     assert torch.equal(model.conv1.weight, src.conv1.weight)
-    assert model.fc.weight.shape == (10, 2048)
+    assert get_classifier(model).weight.shape == (10, 2048)
 
 
 def test_pretrained_errors(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lwrcli import backbones
 from lwrcli.build import build_components
 from lwrcli.config import list_presets, load_config
 from lwrcli.data.loading import build_data
@@ -35,7 +36,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("name", list_presets())
-def test_preset_builds_and_takes_one_step(name: str, tiny: Path) -> None:
+def test_preset_builds_and_takes_one_step(
+    name: str, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The preset's own model builds and runs forward; its loss, LWR, optimizer and schedule
     then take one real training step on a small CNN with the preset's head (the suite's cost
     stays flat as ResNet-50/152 presets are added)."""
@@ -43,11 +46,23 @@ def test_preset_builds_and_takes_one_step(name: str, tiny: Path) -> None:
     device = torch.device("cpu")
     data = build_data(tiny, cfg, device)
     x, y = next(iter(data.train))
+    arch = cfg.model.name.removeprefix("torchvision:")
+    if arch.startswith("vit_"):  # torchvision ViTs take one input size; use the tiny images'
+        monkeypatch.setitem(backbones.TORCHVISION_KWARGS, arch, {"image_size": x.shape[-1]})
     real = build_model(cfg.model, data.num_classes).eval()
     with torch.no_grad():
         assert real(x).shape == (x.shape[0], data.num_classes)
 
-    cfg = load_config(name, overrides=[*CPU_TINY, "model.name=small_cnn", "model.width=8"])
+    cfg = load_config(
+        name,
+        overrides=[
+            *CPU_TINY,
+            "model.name=small_cnn",
+            "model.width=8",
+            "model.freeze=[]",
+            "optim.layer_decay=null",
+        ],
+    )
     parts = build_components(cfg, data, device)
     trainer = Trainer(cfg, parts, device, run_dir=None)
     head = get_classifier(parts.raw_model)

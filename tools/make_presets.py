@@ -16,6 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lwrcli.backbones import model_data_defaults  # noqa: E402
 from lwrcli.config import TrainConfig  # noqa: E402
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
@@ -25,7 +26,14 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # LWR as the paper's best setting: theta 0.4, projection on, lambda(t) linear over the run.
 # lambda_max is not given in the paper's summary; this is our choice, recorded per preset.
-LWR_LAMBDA = {"cifar": 10.0, "imagenet": 10.0, "inat": 10.0, "places": 10.0, "synthetic": 10.0}
+LWR_LAMBDA = {
+    "cifar": 10.0,
+    "imagenet": 10.0,
+    "inat": 10.0,
+    "places": 10.0,
+    "synthetic": 10.0,
+    "folder": 10.0,
+}
 
 # The paper's top-1 (%) for the rows it reports: all / many / medium / few.
 PAPER: dict[str, dict[str, float]] = {
@@ -77,6 +85,23 @@ def lwr_block(enabled: bool, family: str) -> dict[str, Any]:
     }
 
 
+def pretrained_model(name: str, cosine: bool) -> dict[str, Any]:
+    """A backbone fine-tuned from a local weights file the user passes (never downloaded)."""
+    return {
+        "name": name,
+        "cosine_classifier": cosine,
+        "pretrained": None,
+        "pretrained_required": True,
+    }
+
+
+def model_data(name: str) -> dict[str, Any]:
+    """Input size and normalisation the backbone was trained with (lwrcli.backbones)."""
+    d = model_data_defaults(name)
+    assert d is not None, name
+    return {k: d[k] for k in ("image_size", "resize", "mean", "std")}
+
+
 def cifar(variant: str, ir: int, loss: str, lwr: bool) -> dict[str, Any]:
     """The LDAM-DRW recipe: ResNet-32, 200 epochs, batch 128, lr 0.1 with 5 warm-up epochs,
     x0.01 from 0-based epoch 160 and x0.0001 from 180, DRW at 160, crop(32, pad 4) + flip."""
@@ -125,12 +150,7 @@ def large(dataset: str, loss: str, lwr: bool) -> dict[str, Any]:
     }
     batch = 512
     if dataset == "places-lt":
-        model = {
-            "name": "resnet152",
-            "cosine_classifier": cosine,
-            "pretrained": None,
-            "pretrained_required": True,
-        }
+        model = pretrained_model("torchvision:resnet152", cosine)
         optim = {"lr": 0.05, "base_batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4}
         batch = 256
     return {
@@ -168,6 +188,74 @@ def large(dataset: str, loss: str, lwr: bool) -> dict[str, Any]:
             "std": IMAGENET_STD,
             "select_on": "val",
         },
+    }
+
+
+COSINE_SCHEDULE = {"kind": "cosine", "milestones": [], "factors": [], "min_lr": 0.0}
+
+
+def folder_finetune(loss: str, lwr: bool) -> dict[str, Any]:
+    """Your own ImageFolder data (prepare-data folder): ConvNeXt-Tiny from a local ImageNet
+    file, 30 epochs of AdamW (lr 1e-4 at batch 64, new head at 10x), cosine after 1 warm-up
+    epoch, no weight decay on norms and biases."""
+    name = "torchvision:convnext_tiny"
+    loss_cfg, cosine = loss_block(loss, drw_epoch=20, focal_gamma=2.0)
+    return {
+        "description": f"Fine-tune ConvNeXt-T on a prepared folder, {loss}"
+        + (" + LWR" if lwr else "")
+        + "; set model.pretrained to a local torchvision convnext_tiny file",
+        "dataset": "folder",
+        "epochs": 30,
+        "batch_size": 64,
+        "eval_batch_size": 128,
+        "amp": "bf16",
+        "channels_last": True,
+        "save_every": 10,
+        "model": pretrained_model(name, cosine),
+        "loss": loss_cfg,
+        "lwr": lwr_block(lwr, "folder"),
+        "optim": {
+            "name": "adamw",
+            "lr": 1e-4,
+            "base_batch_size": 64,
+            "weight_decay": 0.05,
+            "head_lr_mult": 10.0,
+        },
+        "schedule": {**COSINE_SCHEDULE, "warmup_epochs": 1},
+        "data": {**model_data(name), "color_jitter": 0.4, "num_workers": 8, "select_on": "val"},
+    }
+
+
+def imagenet_vit(lwr: bool) -> dict[str, Any]:
+    """ImageNet-LT, ViT-B/16 from local weights with the MAE fine-tuning recipe (He et al.
+    2022): AdamW lr 5e-4 at batch 256, layer decay 0.65, weight decay 0.05, 5 warm-up epochs,
+    100 epochs. The weights must not have seen ImageNet-1k labels (torchvision's have: they
+    were trained on the balanced full set); use e.g. self-supervised weights."""
+    name = "torchvision:vit_b_16"
+    loss_cfg, _ = loss_block("bs", drw_epoch=66, focal_gamma=2.0)
+    return {
+        "description": "imagenet-lt ViT-B/16 fine-tuned, bs"
+        + (" + LWR" if lwr else "")
+        + "; set model.pretrained to a local vit_b_16 file not trained on ImageNet-1k labels",
+        "dataset": "imagenet-lt",
+        "epochs": 100,
+        "batch_size": 256,
+        "eval_batch_size": 256,
+        "amp": "bf16",
+        "save_every": 10,
+        "model": pretrained_model(name, False),
+        "loss": loss_cfg,
+        "lwr": lwr_block(lwr, "imagenet"),
+        "optim": {
+            "name": "adamw",
+            "lr": 5e-4,
+            "base_batch_size": 256,
+            "weight_decay": 0.05,
+            "layer_decay": 0.65,
+            "clip_grad_norm": None,
+        },
+        "schedule": {**COSINE_SCHEDULE, "warmup_epochs": 5},
+        "data": {**model_data(name), "color_jitter": 0.4, "num_workers": 8, "select_on": "val"},
     }
 
 
@@ -213,6 +301,12 @@ def all_presets() -> dict[str, dict[str, Any]]:
     for loss in ["ce", "bs", "la"]:
         for lwr in (False, True):
             presets[f"places-lt-{loss}" + ("-lwr" if lwr else "")] = large("places-lt", loss, lwr)
+    for loss in ["bs", "la"]:
+        for lwr in (False, True):
+            name = f"folder-finetune-{loss}" + ("-lwr" if lwr else "")
+            presets[name] = folder_finetune(loss, lwr)
+    for lwr in (False, True):
+        presets["imagenet-lt-vit-b16-bs" + ("-lwr" if lwr else "")] = imagenet_vit(lwr)
     for lwr in (False, True):
         presets["inat2018-bs" + ("-lwr" if lwr else "")] = large("inat2018", "bs", lwr)
         presets["synthetic-lt-bs" + ("-lwr" if lwr else "")] = synthetic(lwr)
