@@ -16,8 +16,21 @@ from lwrcli.distributed import DistInfo
 from lwrcli.engine import Components
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer
-from lwrcli.models import build_model
+from lwrcli.models import build_model, model_data_defaults
 from lwrcli.optim import build_optimizer
+
+
+def with_model_data_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Input size and normalisation from the model where it defines them (timm's
+    pretrained_cfg, torchvision's weight transforms); values set in `data` win."""
+    defaults = model_data_defaults(cfg.model.name)
+    if not defaults:
+        return cfg
+    given = cfg.data.model_fields_set
+    update = {k: v for k, v in defaults.items() if k not in given}
+    if not update:
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=update)})
 
 
 def wrap_for_training(

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from lwrcli import __version__
-from lwrcli.build import build_components
+from lwrcli.build import build_components, with_model_data_defaults
 from lwrcli.checkpoint import load_checkpoint, load_train_state, state_path
 from lwrcli.config import TrainConfig, config_to_yaml, validate_config
 from lwrcli.data.loading import build_data, check_dataset_matches
@@ -99,6 +99,7 @@ def train_run(
             raise UserError("lwr train needs --data DATA_DIR and --out RUN_DIR (or --resume).")
         run_dir = out
         resume_ckpt = None
+    cfg = with_model_data_defaults(cfg)
     dist_kind = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
     dist = setup(dist_kind)
     try:

@@ -255,3 +255,17 @@ def test_model_data_defaults() -> None:
             "mean": (0.5, 0.5, 0.5),
             "std": (0.5, 0.5, 0.5),
         }
+
+
+def test_model_data_defaults_fill_only_what_data_leaves_unset() -> None:
+    from lwrcli.build import with_model_data_defaults
+    from lwrcli.config import validate_config
+
+    cfg = with_model_data_defaults(validate_config({"model": {"name": "torchvision:resnet18"}}))
+    assert cfg.data.image_size == 224 and cfg.data.resize == 256
+    assert cfg.data.mean == pytest.approx((0.485, 0.456, 0.406))
+    given = {"model": {"name": "torchvision:resnet18"}, "data": {"mean": [0.5, 0.5, 0.5]}}
+    cfg = with_model_data_defaults(validate_config(given))
+    assert cfg.data.mean == (0.5, 0.5, 0.5) and cfg.data.std == pytest.approx((0.229, 0.224, 0.225))
+    plain = validate_config({"model": {"name": "resnet32"}})
+    assert with_model_data_defaults(plain) is plain
