@@ -1,21 +1,29 @@
 """Checkpoints as safetensors only (no pickle anywhere), written atomically.
 
 `NAME.safetensors` holds the unwrapped model weights plus metadata (config, class counts and
-names, epoch, metrics, which tensor is the classifier). `NAME.state.safetensors` holds what an
-exact resume needs: optimizer buffers, RNG states, step counters.
+names, epoch, metrics, which tensor is the classifier). `last.state.safetensors` holds what an
+exact resume needs: optimizer buffers, every RNG, the loader's position inside an epoch.
+
+The weights and the state of `last` are one unit: both carry the same commit id, and a save
+renames them in an order that, together with the previous state kept as
+`last.state.prev.safetensors`, leaves a matching pair on disk whenever the process dies
+(`resume_point` finds it). See `commit_resume_point`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lwrcli import __version__
@@ -36,8 +44,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """save_file into a temp file in the same folder, then rename: readers never see half."""
+def _write_temp(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    """save_file into a temp file beside `path`, flushed to disk; removed again on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,10 +53,22 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
     try:
         contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(contiguous, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a temp file in the same folder, then rename: readers never see half a file."""
+    tmp = _write_temp(tensors, path, metadata)
+    try:
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 @dataclass
@@ -62,6 +82,11 @@ class Checkpoint:
     classifier_key: str
     meta: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+
+    @property
+    def step(self) -> int:
+        """Batches done of the epoch in progress: 0 for an end-of-epoch checkpoint."""
+        return int(self.meta.get("step", 0))
 
     @property
     def classifier_weight(self) -> torch.Tensor:
@@ -90,6 +115,23 @@ def save_checkpoint(
     classifier_key: str,
     extra: dict[str, str] | None = None,
 ) -> None:
+    tensors, meta = checkpoint_payload(
+        model, config, class_counts, class_names, epoch, metrics, classifier_key, extra
+    )
+    atomic_save(tensors, path, meta)
+
+
+def checkpoint_payload(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    class_counts: list[int],
+    class_names: list[str],
+    epoch: int,
+    metrics: dict[str, Any],
+    classifier_key: str,
+    extra: dict[str, str] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The unwrapped weights and the metadata of a checkpoint file."""
     state = unwrap(model).state_dict()
     meta = {
         "format": FORMAT,
@@ -104,7 +146,7 @@ def save_checkpoint(
     }
     if classifier_key not in state:
         raise ValueError(f"classifier key {classifier_key!r} not in the model's state")
-    atomic_save(dict(state), path, meta)
+    return dict(state), meta
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -115,8 +157,6 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             hint = f" It is a folder; did you mean {path / 'checkpoints' / 'last.safetensors'}?"
         raise UserError(f"Checkpoint {path} does not exist.{hint}")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
@@ -161,49 +201,149 @@ def state_path(checkpoint_path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Resume state: everything beyond the weights that an exact continuation needs, as one unit.
 
+PAUSE_ENV = "LWR_TEST_CHECKPOINT_PAUSE"  # test hook: seconds to pause after each commit phase
+
 
 @dataclass
 class RunState:
-    """Where a run stands: epochs completed and the model-selection record."""
+    """Where a run stands: epochs completed, batches done of the epoch in progress (0 at an
+    epoch boundary) and the model-selection record."""
 
     epoch: int = 0
+    step: int = 0
     best_metric: float | None = None
     best_epoch: int | None = None
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out = {}
+def _phase(name: str) -> None:
+    """Announce a commit phase and pause when the test hook asks (kill tests aim here)."""
+    pause = os.environ.get(PAUSE_ENV)
+    if pause:
+        print(f"lwr-checkpoint: {name}", file=sys.stderr, flush=True)
+        time.sleep(float(pause))
+
+
+def _train_state(
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    run: RunState,
+    sums: torch.Tensor | None,
+    commit: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    if hasattr(loader, "state_dict"):
+        tensors.update({f"loader.{k}": v for k, v in loader.state_dict().items()})
+    if sums is not None:
+        tensors["epoch.sums"] = sums
     for idx, buf in optimizer.state_dict()["state"].items():
         for name, value in buf.items():
             if isinstance(value, torch.Tensor):
-                out[f"optim.{idx}.{name}"] = value
-    return out
+                tensors[f"optim.{idx}.{name}"] = value
+    meta = {
+        "epoch": run.epoch,
+        "step": run.step,
+        "best_metric": run.best_metric,
+        "best_epoch": run.best_epoch,
+    }
+    return tensors, {"format": FORMAT + "-state", "state": json.dumps(meta), "commit": commit}
 
 
-def save_train_state(
-    path: Path, optimizer: torch.optim.Optimizer, loader: Any, run: RunState
+def commit_resume_point(
+    ckpt_dir: Path,
+    weights: tuple[dict[str, torch.Tensor], dict[str, str]],
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    run: RunState,
+    sums: torch.Tensor | None = None,
 ) -> None:
-    """Optimizer buffers, the global and the loader's RNG, and the run's progress."""
-    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-    loader_state = getattr(loader, "state", None)
-    if callable(loader_state):
-        tensors["rng.loader"] = loader_state()
-    tensors.update(_optimizer_tensors(optimizer))
-    meta = {"epoch": run.epoch, "best_metric": run.best_metric, "best_epoch": run.best_epoch}
-    atomic_save(tensors, path, {"format": FORMAT + "-state", "state": json.dumps(meta)})
+    """Write `last.safetensors` + `last.state.safetensors` as one unit.
+
+    Both are written to temp files first; then the old state moves to `.prev`, the new state
+    takes its place, and the new weights last. A kill at any instant leaves the weights file
+    of one save and a state file (current or `.prev`) with the same commit id."""
+    commit = uuid.uuid4().hex
+    tensors, meta = weights
+    w_tmp = _write_temp(tensors, ckpt_dir / "last.safetensors", {**meta, "commit": commit})
+    try:
+        s_tensors, s_meta = _train_state(optimizer, loader, run, sums, commit)
+        s_tmp = _write_temp(s_tensors, state_path(ckpt_dir / "last.safetensors"), s_meta)
+    except BaseException:
+        w_tmp.unlink()
+        raise
+    _phase("written")
+    last, state, prev = _pair_paths(ckpt_dir)
+    try:
+        if state.exists():
+            os.replace(state, prev)
+        os.replace(s_tmp, state)
+        _phase("state-committed")
+        os.replace(w_tmp, last)
+    finally:
+        for tmp in (w_tmp, s_tmp):
+            if tmp.exists():
+                tmp.unlink()
+    _phase("committed")
+
+
+def _pair_paths(ckpt_dir: Path) -> tuple[Path, Path, Path]:
+    last = Path(ckpt_dir) / "last.safetensors"
+    return last, state_path(last), last.with_name("last.state.prev.safetensors")
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return {}
+
+
+def _same_save(weights: Checkpoint, state_meta: dict[str, str]) -> bool:
+    if state_meta.get("format") != FORMAT + "-state":
+        return False
+    if "commit" in weights.meta or "commit" in state_meta:
+        return weights.meta.get("commit") == state_meta.get("commit")
+    return json.loads(state_meta["state"]).get("epoch") == weights.epoch  # older files
+
+
+def resume_point(ckpt_dir: Path) -> tuple[Checkpoint, Path]:
+    """The weights of `last` and the state file of the same save (restored to its usual name
+    when only `.prev` matches, i.e. a save died between its two renames)."""
+    last, state, prev = _pair_paths(ckpt_dir)
+    ckpt = load_checkpoint(last)
+    for candidate in (state, prev):
+        if candidate.is_file() and _same_save(ckpt, _metadata(candidate)):
+            if candidate == prev:
+                os.replace(prev, state)
+            return ckpt, state
+    raise UserError(
+        f"Cannot resume from {ckpt_dir}: last.safetensors (epoch {ckpt.epoch}, step "
+        f"{ckpt.step}) has no resume-state file from the same save (last.state.safetensors is "
+        "missing or belongs to another save), so optimizer and RNG state would not match the "
+        "weights. The weights themselves are intact: evaluate them with 'lwr eval', or start "
+        "the run again."
+    )
 
 
 def load_train_state(
     path: Path, optimizer: torch.optim.Optimizer, loader: Any, device: torch.device
-) -> RunState:
-    """Restore what `save_train_state` wrote into a freshly built optimizer and loader."""
+) -> tuple[RunState, torch.Tensor | None]:
+    """Restore a state file into a freshly built optimizer and loader; returns the run's
+    position and, inside an epoch, the epoch's running sums so far."""
     tensors, meta_raw = _read(path)
     if meta_raw.get("format") != FORMAT + "-state":
         raise UserError(f"{path} is not an lwr resume-state file.")
     meta = json.loads(meta_raw["state"])
     torch.set_rng_state(tensors["rng.torch"])
-    if "rng.loader" in tensors and hasattr(loader, "load_state"):
-        loader.load_state(tensors["rng.loader"])
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    loader_state = {k[7:]: v for k, v in tensors.items() if k.startswith("loader.")}
+    if "rng.loader" in tensors:  # files written before loader positions were saved
+        loader_state = {"generator": tensors["rng.loader"], "epoch": torch.tensor([-1])}
+    if loader_state and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(loader_state)
     sd = optimizer.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -212,4 +352,11 @@ def load_train_state(
             state.setdefault(int(idx), {})[name] = value.to(device)
     sd["state"] = state
     optimizer.load_state_dict(sd)
-    return RunState(int(meta["epoch"]), meta.get("best_metric"), meta.get("best_epoch"))
+    run = RunState(
+        int(meta["epoch"]),
+        int(meta.get("step", 0)),
+        meta.get("best_metric"),
+        meta.get("best_epoch"),
+    )
+    sums = tensors.get("epoch.sums")
+    return run, (sums.to(device) if sums is not None else None)

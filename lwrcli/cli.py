@@ -283,9 +283,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted; nothing half-written was kept.", 130)
-    except Interrupted:
+    except Interrupted as exc:
         _fail(
-            "interrupted; the last complete epoch's checkpoint is kept. Continue with "
+            f"interrupted in {exc}; the run was saved there. Continue with "
             "'lwr train --resume RUN_DIR'.",
             130,
         )

@@ -166,6 +166,10 @@ class TrainConfig(Strict):
     compile: bool = False
     eval_every: int = Field(1, ge=0, description="epochs; 0 = only at the end")
     save_every: int = Field(0, ge=0, description="epochs; 0 = only last/best")
+    # Resumable checkpoints inside an epoch (loader position + every RNG); 0 = off. Under
+    # torchrun the minutes rule is checked at log intervals, where all processes agree.
+    checkpoint_every_steps: int = Field(0, ge=0, description="optimizer steps; 0 = off")
+    checkpoint_every_minutes: float = Field(0.0, ge=0.0, description="minutes; 0 = off")
     log_every: int = Field(50, ge=1, description="steps between plain log lines")
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

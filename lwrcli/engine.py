@@ -6,10 +6,11 @@ synchronised only at log intervals, so the GPU never waits on a per-step `.item(
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.checkpoint import RunState, save_checkpoint, save_train_state, state_path
+from lwrcli.checkpoint import RunState, atomic_save, checkpoint_payload, commit_resume_point
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.device import autocast_context
-from lwrcli.distributed import DistInfo, all_reduce_sum
+from lwrcli.distributed import DistInfo, all_reduce_sum, barrier
 from lwrcli.errors import UserError
 from lwrcli.evaluate import score_splits
 from lwrcli.losses import CountsLoss, reweight_for_epoch
@@ -29,6 +30,7 @@ from lwrcli.lwr import LWR
 from lwrcli.models import classifier_key, get_classifier
 from lwrcli.optim import set_lr
 from lwrcli.progress import TrainProgress
+from lwrcli.runlog import append_metrics
 from lwrcli.schedule import lr_at
 
 
@@ -37,7 +39,7 @@ class TrainingDiverged(UserError):
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; the last complete epoch's checkpoint is kept."""
+    """SIGINT/SIGTERM arrived; the run was saved where it stood (the message says where)."""
 
 
 @dataclass
@@ -87,6 +89,11 @@ class Trainer:
         self.select_split = self._selection_split()
         self._stop_signal: int | None = None
         self.lr = parts.base_lr  # the scheduled lr (groups apply their own multipliers)
+        self.resumed_sums: torch.Tensor | None = None  # a mid-epoch resume's sums so far
+        self._resumed_samples = 0.0
+        self._saving = False
+        self._abort_after_save = False
+        self._last_save = time.monotonic()
 
     # --- selection -------------------------------------------------------------------------
     def _selection_split(self) -> str | None:
@@ -127,6 +134,8 @@ class Trainer:
 
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train epoch `epoch` (0-based) from the loader's position: 0, or where a mid-epoch
+        checkpoint left it (then `self.resumed_sums` holds the epoch's sums so far)."""
         loader = self.data.train
         assert loader is not None
         loader.set_epoch(epoch)
@@ -134,11 +143,17 @@ class Trainer:
         weight = reweight_for_epoch(self.cfg.loss, self.class_counts, epoch)
         weight = weight.to(self.device, torch.float32) if weight is not None else None
         steps = len(loader)
+        start = loader.position
         # Running sums on the device: loss, task, lwr (sample-weighted), correct, samples.
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        if self.resumed_sums is not None:
+            sums, self.resumed_sums = self.resumed_sums.to(self.device), None
+            self._resumed_samples = float(sums[4])
         self.progress.start_epoch(epoch, steps)
         t0 = time.perf_counter()
-        for step, (x, y) in enumerate(loader):
+        batches = iter(loader)
+        for step in range(start, steps):
+            x, y = next(batches)
             t = epoch + (step + 1) / steps
             terms = self.train_step(x, y, t, weight)
             b = y.shape[0]
@@ -158,8 +173,14 @@ class Trainer:
                 self._check_finite(loss_now, epoch)
                 info = {"loss": loss_now, "lr": self.lr}
             self.progress.step(epoch, step, steps, info)
-            if self._stop_signal is not None:
-                raise Interrupted()
+            save, stop = self._pause_point(epoch * steps + step + 1, step + 1)
+            if save:
+                self._check_finite(float(terms["loss"]), epoch)
+                self._save_mid_epoch(epoch, step + 1, sums)
+            if stop:
+                raise Interrupted(f"epoch {epoch + 1}, step {step + 1} of {steps}")
+        for _ in batches:  # let the loader close its epoch (it has no batch left)
+            pass
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - t0
@@ -172,11 +193,30 @@ class Trainer:
             "lwr_lambda": self.regularizer.lam(epoch + 1) if self.regularizer else 0.0,
             "lr": self.lr,
             "train_acc": 100.0 * total[3] / n,
-            "images_per_s": total[4] / max(elapsed, 1e-9),
+            "images_per_s": (total[4] - self._resumed_samples) / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
         }
+        self._resumed_samples = 0.0
         self._check_finite(result["loss"], epoch)
         return result
+
+    def _pause_point(self, global_step: int, step: int) -> tuple[bool, bool]:
+        """(save a mid-epoch checkpoint now, stop now). Every process must agree, since the
+        save gathers the epoch's sums: under torchrun they decide together at log intervals
+        and step-based checkpoints; a single process decides after every step."""
+        cfg = self.cfg
+        at_steps = (
+            bool(cfg.checkpoint_every_steps) and global_step % cfg.checkpoint_every_steps == 0
+        )
+        if self.dist.enabled and not (at_steps or step % cfg.log_every == 0):
+            return False, False
+        stop = self._stop_signal is not None
+        minutes = cfg.checkpoint_every_minutes
+        timed = bool(minutes) and time.monotonic() - self._last_save >= 60.0 * minutes
+        if self.dist.enabled:
+            flags = torch.tensor([float(stop), float(timed)], device=self.device)
+            stop, timed = (bool(v > 0) for v in all_reduce_sum(flags, self.dist).tolist())
+        return at_steps or timed or stop, stop
 
     def _check_finite(self, value: float, epoch: int) -> None:
         if not math.isfinite(value):
@@ -207,13 +247,14 @@ class Trainer:
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
+        self._last_save = time.monotonic()
         try:
             for epoch in range(self.state.epoch, cfg.epochs):
                 record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
                 last = epoch + 1 == cfg.epochs
                 if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                     record.update(self.evaluate())
-                self.state.epoch = epoch + 1
+                self.state.epoch, self.state.step = epoch + 1, 0
                 self._maybe_select(record)
                 self.history.append(record)
                 self._save(record)
@@ -224,10 +265,13 @@ class Trainer:
         return self.state
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None:  # second Ctrl-C: stop now
+        if self._stop_signal is not None:  # second Ctrl-C: stop now, but never mid-save
+            if self._saving:
+                self._abort_after_save = True
+                return
             raise KeyboardInterrupt
         self._stop_signal = signum
-        self.progress.message("Stopping after this step; the last complete epoch is kept ...")
+        self.progress.message("Stopping after this step; saving where the run stands ...")
 
     def _maybe_select(self, record: dict[str, Any]) -> None:
         key = f"{self.select_split}_top1"
@@ -239,35 +283,70 @@ class Trainer:
             record["best"] = True
 
     # --- checkpoints -----------------------------------------------------------------------
+    def _weights(self, record: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        return checkpoint_payload(
+            self.parts.raw_model,
+            self.cfg,
+            self.data.class_counts,
+            self.data.manifest.class_names,
+            self.state.epoch,
+            record,
+            classifier_key(self.parts.raw_model),
+            extra={
+                "selected_on": self.select_split or "none",
+                "dataset_fingerprint": self.data.manifest.fingerprint,
+                "step": str(self.state.step),
+            },
+        )
+
+    @contextlib.contextmanager
+    def _saving_guard(self) -> Iterator[None]:
+        """A second Ctrl-C during a save waits for the save to finish whole."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+            self._last_save = time.monotonic()
+        if self._abort_after_save:
+            raise KeyboardInterrupt
+
     def _save(self, record: dict[str, Any]) -> None:
+        """End of an epoch: `best`/`epoch_N` copies, the `last` pair, then the metrics line
+        (resume restores that line from the checkpoint if a kill comes in between)."""
         if self.run_dir is None or not self.dist.is_main:
             return
         ckpt_dir = self.run_dir / "checkpoints"
-        names = ["last"]
+        names = []
         if self.cfg.save_every and self.state.epoch % self.cfg.save_every == 0:
             names.append(f"epoch_{self.state.epoch}")
         if record.get("best"):
             names.append("best")
-        extra = {
-            "selected_on": self.select_split or "none",
-            "dataset_fingerprint": self.data.manifest.fingerprint,
-        }
-        for name in names:
-            save_checkpoint(
-                ckpt_dir / f"{name}.safetensors",
-                self.parts.raw_model,
-                self.cfg,
-                self.data.class_counts,
-                self.data.manifest.class_names,
-                self.state.epoch,
-                record,
-                classifier_key(self.parts.raw_model),
-                extra=extra,
-            )
-        last = state_path(ckpt_dir / "last.safetensors")
-        save_train_state(last, self.optimizer, self.data.train, self.state)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with self._saving_guard():
+            weights = self._weights(record)
+            for name in names:
+                atomic_save(weights[0], ckpt_dir / f"{name}.safetensors", weights[1])
+            commit_resume_point(ckpt_dir, weights, self.optimizer, self.data.train, self.state)
+            append_metrics(self.run_dir / "metrics.jsonl", record)
+
+    def _save_mid_epoch(self, epoch: int, step: int, sums: torch.Tensor) -> None:
+        """Inside an epoch: the `last` pair with the loader's position and the sums so far."""
+        sums = all_reduce_sum(sums, self.dist)
+        if self.run_dir is not None and self.dist.is_main:
+            self.state.step = step
+            record = {"epoch": epoch + 1, "step": step, "mid_epoch": True}
+            with self._saving_guard():
+                commit_resume_point(
+                    self.run_dir / "checkpoints",
+                    self._weights(record),
+                    self.optimizer,
+                    self.data.train,
+                    self.state,
+                    sums,
+                )
+            self.state.step = 0
+        barrier(self.dist)
+        self._last_save = time.monotonic()
 
 
 def _brief(record: dict[str, Any]) -> dict[str, Any]:

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from lwrcli import __version__
 from lwrcli.build import build_components, with_model_data_defaults
-from lwrcli.checkpoint import load_checkpoint, load_train_state, state_path
-from lwrcli.config import TrainConfig, config_to_yaml, validate_config
+from lwrcli.checkpoint import Checkpoint, load_train_state, resume_point
+from lwrcli.config import TrainConfig, config_to_yaml, read_yaml, validate_config
 from lwrcli.data.loading import build_data, check_dataset_matches
 from lwrcli.data.manifest import read_manifest
 from lwrcli.device import resolve_device
@@ -29,6 +28,7 @@ from lwrcli.engine import Trainer
 from lwrcli.errors import UserError
 from lwrcli.models import count_parameters
 from lwrcli.progress import TrainProgress
+from lwrcli.runlog import METRICS, reconcile_metrics
 
 RUN_INFO = "run.json"
 
@@ -92,7 +92,7 @@ def train_run(
 ) -> RunResult:
     """Train from scratch into `out`, or continue the run in `resume` from its last epoch."""
     if resume is not None:
-        cfg, data_dir, resume_ckpt = _load_resume(resume, data_dir)
+        cfg, data_dir, resume_ckpt, resume_state = _load_resume(resume, data_dir)
         run_dir = resume
     else:
         if data_dir is None or out is None:
@@ -104,9 +104,9 @@ def train_run(
     dist = setup(dist_kind)
     try:
         device = resolve_device(cfg.device, dist.local_rank)
+        check_dataset_matches(cfg, read_manifest(data_dir), data_dir)  # before any loader
         torch.manual_seed(cfg.seed)
         data = build_data(data_dir, cfg, device, dist)
-        check_dataset_matches(cfg, data.manifest, data_dir)
         if dist.is_main and resume is None:
             _prepare_run_dir(run_dir)
         barrier(dist)
@@ -115,14 +115,18 @@ def train_run(
         progress = progress or TrainProgress(cfg.epochs, enabled=dist.is_main)
         trainer = Trainer(cfg, parts, device, run_dir, dist, progress)
         if resume_ckpt is not None:
-            trainer.state = load_train_state(
-                state_path(run_dir / "checkpoints" / "last.safetensors"),
-                parts.optimizer,
-                data.train,
-                device,
+            trainer.state, sums = load_train_state(
+                resume_state, parts.optimizer, data.train, device
             )
-            _truncate_metrics(run_dir / "metrics.jsonl", trainer.state.epoch)
-            progress.message(f"Resuming {run_dir} after epoch {trainer.state.epoch}.")
+            # Rank 0 saved the sums over all processes; the others start from zero.
+            trainer.resumed_sums = sums if dist.is_main else None
+            if dist.is_main:
+                end_of_epoch = resume_ckpt.metrics if resume_ckpt.step == 0 else None
+                reconcile_metrics(run_dir / METRICS, trainer.state.epoch, end_of_epoch)
+            where = f"after epoch {trainer.state.epoch}"
+            if trainer.state.step:
+                where = f"in epoch {trainer.state.epoch + 1} after step {trainer.state.step}"
+            progress.message(f"Resuming {run_dir} {where}.")
         elif dist.is_main:
             _write_run_files(run_dir, cfg, data_dir, data.manifest.fingerprint, device)
             progress.message(
@@ -161,19 +165,35 @@ def _write_run_files(
     (run_dir / "environment.json").write_text(json.dumps(environment_record(device), indent=2))
 
 
-def _load_resume(run_dir: Path, data_dir: Path | None) -> tuple[TrainConfig, Path, Any]:
+def _read_run_info(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"Cannot read {path}: {exc}. It is written by 'lwr train'.") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{path} is damaged: it should hold a JSON object.")
+    return info
+
+
+def _load_resume(
+    run_dir: Path, data_dir: Path | None
+) -> tuple[TrainConfig, Path, Checkpoint, Path]:
+    """The run's config, dataset, the weights of its last save and that save's state file."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     ckpt_path = run_dir / "checkpoints" / "last.safetensors"
     if not cfg_path.is_file() or not ckpt_path.is_file():
         raise UserError(
             f"Cannot resume {run_dir}: it has no config.yaml or checkpoints/last.safetensors "
-            "(a run saves its first checkpoint at the end of epoch 1)."
+            "(a run saves its first checkpoint at the end of epoch 1, or earlier with "
+            "checkpoint_every_steps / checkpoint_every_minutes)."
         )
-    cfg = validate_config(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
-    info = json.loads((run_dir / RUN_INFO).read_text()) if (run_dir / RUN_INFO).is_file() else {}
+    cfg = validate_config(read_yaml(cfg_path), str(cfg_path))
+    info = _read_run_info(run_dir / RUN_INFO)
     data_dir = Path(data_dir or info.get("data_dir", ""))
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt, state = resume_point(run_dir / "checkpoints")
     if ckpt.epoch >= cfg.epochs:
         raise UserError(
             f"Run {run_dir} already finished all {cfg.epochs} epochs; nothing to resume."
@@ -184,12 +204,4 @@ def _load_resume(run_dir: Path, data_dir: Path | None) -> tuple[TrainConfig, Pat
             f"Dataset {data_dir} differs from the one run {run_dir} was trained on "
             "(fingerprint mismatch); resume with the same prepared dataset."
         )
-    return cfg, data_dir, ckpt
-
-
-def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Drop metric lines past the checkpoint (a crash may have left a partial epoch)."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= epoch]
-    path.write_text("".join(line + "\n" for line in keep))
+    return cfg, data_dir, ckpt, state

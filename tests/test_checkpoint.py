@@ -9,10 +9,12 @@ import torch
 
 from lwrcli.checkpoint import (
     RunState,
+    checkpoint_payload,
+    commit_resume_point,
     load_checkpoint,
     load_train_state,
+    resume_point,
     save_checkpoint,
-    save_train_state,
     unwrap,
 )
 from lwrcli.config import TrainConfig
@@ -79,36 +81,132 @@ def test_atomic_write_leaves_no_temp_and_keeps_old_on_failure(tmp_path: Path) ->
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
 
 
+class Loader:
+    """The loader side of the resume contract: a generator and a position."""
+
+    def __init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(3)
+        self.position = 0
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state(), "position": torch.tensor([self.position])}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+        self.position = int(state["position"])
+
+
+def _commit(ckpt_dir: Path, model: Tiny, opt: torch.optim.Optimizer, epoch: int, step: int = 0):
+    run = RunState(epoch, step, 61.5, 3)
+    weights = checkpoint_payload(
+        model,
+        TrainConfig(epochs=9),
+        [10, 2],
+        ["a", "b"],
+        epoch,
+        {"epoch": epoch},
+        "fc.weight",
+        extra={"step": str(step)},
+    )
+    commit_resume_point(ckpt_dir, weights, opt, Loader(), run, torch.arange(5.0))
+
+
 def test_train_state_round_trip(tmp_path: Path) -> None:
-    """Optimizer buffers, the global RNG, the loader's generator and the run's progress come
-    back exactly into freshly built pieces."""
-
-    class Loader:
-        def __init__(self) -> None:
-            self.generator = torch.Generator().manual_seed(3)
-
-        def state(self) -> torch.Tensor:
-            return self.generator.get_state()
-
-        def load_state(self, state: torch.Tensor) -> None:
-            self.generator.set_state(state)
-
+    """Optimizer buffers, the global RNG, the loader's generator and position, the epoch's
+    sums and the run's progress come back exactly into freshly built pieces."""
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model.fc(model.body(torch.randn(5, 3))).sum().backward()
     opt.step()
     loader = Loader()
     torch.rand(7, generator=loader.generator)
-    save_train_state(tmp_path / "s.safetensors", opt, loader, RunState(4, 61.5, 3))
+    loader.position = 4
+    run = RunState(4, 17, 61.5, 3)
+    weights = checkpoint_payload(model, TrainConfig(), [10, 2], ["a", "b"], 4, {}, "fc.weight")
+    commit_resume_point(tmp_path, weights, opt, loader, run, torch.arange(5.0))
     expect_global, expect_loader = torch.rand(3), torch.rand(3, generator=loader.generator)
 
     torch.manual_seed(123)
     fresh_opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     fresh_loader = Loader()
-    run = load_train_state(tmp_path / "s.safetensors", fresh_opt, fresh_loader, torch.device("cpu"))
-    assert run == RunState(4, 61.5, 3)
+    ckpt, state = resume_point(tmp_path)
+    got, sums = load_train_state(state, fresh_opt, fresh_loader, torch.device("cpu"))
+    assert got == run and fresh_loader.position == 4 and ckpt.epoch == 4
+    assert sums is not None and torch.equal(sums, torch.arange(5.0))
     assert torch.equal(torch.rand(3), expect_global)
     assert torch.equal(torch.rand(3, generator=fresh_loader.generator), expect_loader)
     for p in model.parameters():
         a, b = opt.state[p]["momentum_buffer"], fresh_opt.state[p]["momentum_buffer"]
         assert torch.equal(a, b)
+
+
+def _phases(tmp_path: Path) -> dict[str, dict[str, bytes]]:
+    """The files on disk after each instant of a save at which a process can die: the commit
+    renames are replayed one by one from a real save."""
+    model, ckpt_dir = Tiny(), tmp_path / "ck"
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _commit(ckpt_dir, model, opt, 1)
+    old = {p.name: p.read_bytes() for p in ckpt_dir.iterdir()}
+    torch.nn.init.zeros_(model.fc.weight)
+    _commit(ckpt_dir, model, opt, 2)
+    new = {p.name: p.read_bytes() for p in ckpt_dir.iterdir()}
+    w, s, prev = "last.safetensors", "last.state.safetensors", "last.state.prev.safetensors"
+    return {
+        "before the renames": {w: old[w], s: old[s]},
+        "after the old state moved": {w: old[w], prev: old[s]},
+        "between the two files": {w: old[w], s: new[s], prev: old[s]},
+        "after the commit": {w: new[w], s: new[s], prev: old[s]},
+    }
+
+
+def test_a_kill_at_any_instant_of_a_save_leaves_a_matching_pair(tmp_path: Path) -> None:
+    for i, (phase, files) in enumerate(_phases(tmp_path).items()):
+        folder = tmp_path / f"p{i}"
+        folder.mkdir()
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        ckpt, state = resume_point(folder)
+        expect = 2 if phase == "after the commit" else 1
+        assert ckpt.epoch == expect, phase
+        got, _ = load_train_state(
+            state, torch.optim.SGD(Tiny().parameters(), lr=0.1), Loader(), torch.device("cpu")
+        )
+        assert got.epoch == expect, phase
+        assert state.name == "last.state.safetensors" and state.is_file()
+
+
+def test_mismatched_pair_is_refused(tmp_path: Path) -> None:
+    phases = _phases(tmp_path)
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    # New weights beside a state of an older save, and no .prev: no consistent pair.
+    (folder / "last.safetensors").write_bytes(phases["after the commit"]["last.safetensors"])
+    (folder / "last.state.safetensors").write_bytes(
+        phases["before the renames"]["last.state.safetensors"]
+    )
+    with pytest.raises(UserError, match="no resume-state file from the same save"):
+        resume_point(folder)
+
+
+def test_an_interrupted_write_leaves_the_old_pair_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _commit(tmp_path, model, opt, 1)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    import lwrcli.checkpoint as ck
+
+    calls = []
+
+    def interrupted_save(tensors, path, metadata=None):  # a Ctrl-C inside the second write
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(tensors, path, metadata=metadata)
+
+    real = ck.save_file
+    monkeypatch.setattr(ck, "save_file", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        _commit(tmp_path, model, opt, 2)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

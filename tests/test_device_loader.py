@@ -64,10 +64,50 @@ def test_generator_state_replays_batches() -> None:
     images = torch.randint(0, 256, (20, 3, 6, 6), dtype=torch.uint8)
     labels = torch.arange(20)
     a = DeviceImageLoader(images, labels, 5, (0, 0, 0), (1, 1, 1), True, 2, True, seed=1)
+    a.set_epoch(0)
     list(a)
-    state = a.state()
+    state = a.state_dict()
+    a.set_epoch(1)
     first = [x for x, _ in a]
     b = DeviceImageLoader(images, labels, 5, (0, 0, 0), (1, 1, 1), True, 2, True, seed=99)
-    b.load_state(state)
+    b.load_state_dict(state)
+    b.set_epoch(1)
     second = [x for x, _ in b]
-    assert all(torch.equal(p, q) for p, q in zip(first, second))
+    assert all(torch.equal(p, q) for p, q in zip(first, second, strict=True))
+
+
+def test_state_inside_an_epoch_resumes_between_two_batches() -> None:
+    """Stopping after any batch and restoring into a fresh loader continues with exactly the
+    batches (images, augmentation, labels) an uninterrupted epoch would have produced."""
+    images = torch.randint(0, 256, (23, 3, 6, 6), dtype=torch.uint8)
+    labels = torch.arange(23)
+
+    def make() -> DeviceImageLoader:
+        return DeviceImageLoader(images, labels, 4, (0, 0, 0), (1, 1, 1), True, 2, True, seed=7)
+
+    ref = make()
+    expected = []
+    for epoch in range(2):
+        ref.set_epoch(epoch)
+        expected += [(x.clone(), y.clone()) for x, y in ref]
+    for cut in (1, 5, 6, 9):  # inside epoch 0, its last batch, inside epoch 1
+        run = make()
+        got, epoch, it = [], 0, None
+        run.set_epoch(0)
+        it = iter(run)
+        while len(got) < cut:
+            try:
+                got.append(next(it))
+            except StopIteration:
+                epoch += 1
+                run.set_epoch(epoch)
+                it = iter(run)
+        state = run.state_dict()
+        fresh = make()
+        fresh.load_state_dict(state)
+        for e in range(epoch, 2):
+            fresh.set_epoch(e)
+            got += list(fresh)
+        assert len(got) == len(expected)
+        for (x, y), (ex, ey) in zip(got, expected, strict=True):
+            assert torch.equal(x, ex) and torch.equal(y, ey)

@@ -115,7 +115,11 @@ def test_rank_shards(tiny: Path) -> None:
         for r in (0, 1)
     ]
     assert len(train[0]) == len(train[1]) == 17  # padded to equal steps
-    assert set(train[0]) | set(train[1]) == set(range(n_train))
+    indices = [[i for i, _ in shard] for shard in train]
+    assert set(indices[0]) | set(indices[1]) == set(range(n_train))
+    # Each image's augmentation seed depends on (seed, epoch, index) only, not on the rank.
+    seeds = dict(train[0]) | dict(train[1])
+    assert len(set(seeds.values())) == n_train
     test = [
         list(
             _loader(

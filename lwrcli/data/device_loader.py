@@ -38,9 +38,10 @@ def random_crop_flip(
 class DeviceImageLoader:
     """Batches of normalised float images from a device-resident uint8 tensor.
 
-    Shuffling and augmentation draw from one `torch.Generator` on the device, whose state is
-    saved in checkpoints so a resumed run replays the same batches. With `world_size > 1`
-    each rank takes every world_size-th index of the shared permutation (its shard).
+    Shuffling and augmentation draw from one `torch.Generator` on the device, whose state (with
+    the epoch's order and position) is saved in checkpoints, so a run resumed between any two
+    batches replays the same batches. With `world_size > 1` each rank takes every
+    world_size-th index of the shared permutation (its shard).
     """
 
     def __init__(
@@ -72,6 +73,10 @@ class DeviceImageLoader:
         self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1) * 255.0
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(seed)
+        # Mid-epoch position: the epoch's order (drawn at its first batch) and batches done.
+        self._epoch = -1
+        self._order: torch.Tensor | None = None
+        self._position = 0
 
     @property
     def num_samples(self) -> int:
@@ -84,10 +89,18 @@ class DeviceImageLoader:
         per_rank = (len(self.labels) + self.world_size - 1) // self.world_size
         return (per_rank + self.batch_size - 1) // self.batch_size
 
-    def set_epoch(self, epoch: int) -> None:
-        """Nothing to do: the generator carries on from the last epoch (and resumes exactly)."""
+    @property
+    def position(self) -> int:
+        """Batches of the current epoch already handed out (where a resumed epoch starts)."""
+        return self._position
 
-    def _order(self) -> torch.Tensor:
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch`, unless a restored mid-epoch state is for this very epoch. The
+        generator carries on from the last epoch, so order and augmentation replay exactly."""
+        if epoch != self._epoch:
+            self._epoch, self._order, self._position = epoch, None, 0
+
+    def _draw_order(self) -> torch.Tensor:
         n = len(self.labels)
         dev = self.images.device
         if not self.train:
@@ -107,16 +120,36 @@ class DeviceImageLoader:
         return x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._order()
-        for start in range(0, len(order), self.batch_size):
+        if not self.train:
+            order = self._draw_order()
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                yield self.normalize(self.images[idx]), self.labels[idx]
+            return
+        if self._order is None:
+            self._order, self._position = self._draw_order(), 0
+        order = self._order
+        while self._position * self.batch_size < len(order):
+            start = self._position * self.batch_size
             idx = order[start : start + self.batch_size]
-            batch = self.images[idx]
-            if self.train:
-                batch = random_crop_flip(batch, self.padding, self.flip, self.generator)
+            batch = random_crop_flip(self.images[idx], self.padding, self.flip, self.generator)
+            self._position += 1
             yield self.normalize(batch), self.labels[idx]
+        self._order, self._position = None, 0  # the next pass is a new epoch
 
-    def state(self) -> torch.Tensor:
-        return self.generator.get_state()
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Generator state, and inside an epoch its order and position: an exact resume point
+        between two batches."""
+        state = {"generator": self.generator.get_state(), "epoch": torch.tensor([self._epoch])}
+        if self._order is not None:
+            state["order"] = self._order.cpu()
+            state["position"] = torch.tensor([self._position])
+        return state
 
-    def load_state(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state.cpu())
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"].cpu())
+        self._epoch = int(state["epoch"])
+        self._order, self._position = None, 0
+        if "order" in state:
+            self._order = state["order"].to(self.images.device)
+            self._position = int(state["position"])

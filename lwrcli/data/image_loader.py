@@ -9,6 +9,7 @@ GPU, where the transforms then run.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from lwrcli.config import DataConfig
@@ -61,16 +61,67 @@ class ListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, ...]:
+        """`i` (evaluation) or `(i, sample_seed)` (training: the augmentation of item i in an
+        epoch depends on that seed alone, not on which worker or process draws it)."""
+        i, sample_seed = item if isinstance(item, tuple) else (item, None)
         path = self.root / self.paths[i]
         try:
             data = read_bytes(path)
             if self.raw:
-                return data, int(self.labels[i])
+                return data, int(self.labels[i]), sample_seed
             image = decode_rgb(data)
         except (RuntimeError, OSError, ValueError) as exc:
             raise UserError(f"Cannot read image {path}: {exc}") from None
-        return self.transform(image), int(self.labels[i])
+        return seeded(self.transform, image, sample_seed), int(self.labels[i])
+
+
+def seeded(transform: Any, image: torch.Tensor, sample_seed: int | None) -> torch.Tensor:
+    """transform(image) with torch's RNG seeded by `sample_seed` (the v2 transforms draw from
+    it). Inside a DataLoader worker the worker's RNG is simply reseeded; in the main process
+    it is forked, so the training process's own random stream is untouched."""
+    if sample_seed is None:
+        return transform(image)
+    if get_worker_info() is not None:
+        torch.manual_seed(sample_seed)
+        return transform(image)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_seed)
+        return transform(image)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A distinct 63-bit seed per (run seed, epoch, image)."""
+    return ((seed * 1_000_003 + epoch) * 2_147_483_647 + index) % (1 << 63)
+
+
+class TrainSampler(Sampler[tuple[int, int]]):
+    """Training order: a permutation per epoch (seed + epoch, the same on every rank), padded so
+    all ranks take as many steps, each rank taking every world_size-th item. Yields
+    (index, sample_seed). `start` skips this rank's first items: a resumed epoch continues
+    where the checkpoint left it."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch = 0
+        self.start = 0
+
+    @property
+    def per_rank(self) -> int:
+        return (self.n + self.world_size - 1) // self.world_size
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        perm += perm[: self.per_rank * self.world_size - self.n]
+        mine = perm[self.rank :: self.world_size][self.start :]
+        return iter((i, sample_seed(self.seed, self.epoch, i)) for i in mine)
 
 
 @dataclass
@@ -96,6 +147,7 @@ class RawBatch:
     transform: Any
     mean: torch.Tensor
     std: torch.Tensor
+    seeds: list[int | None]
 
     def pin_memory(self) -> RawBatch:
         return self
@@ -110,12 +162,13 @@ class Collate:
         self.std = torch.tensor(cfg.std, dtype=torch.float32)
         self.raw_transform = raw_transform
 
-    def __call__(self, items: list[tuple[torch.Tensor, int]]) -> ImageBatch | RawBatch:
-        labels = torch.tensor([y for _, y in items], dtype=torch.int64)
+    def __call__(self, items: list[tuple[Any, ...]]) -> ImageBatch | RawBatch:
+        labels = torch.tensor([item[1] for item in items], dtype=torch.int64)
         if self.raw_transform is not None:
-            data = [d for d, _ in items]
-            return RawBatch(data, labels, self.raw_transform, self.mean, self.std)
-        return ImageBatch(torch.stack([x for x, _ in items]), labels, self.mean, self.std)
+            data = [item[0] for item in items]
+            seeds = [item[2] for item in items]
+            return RawBatch(data, labels, self.raw_transform, self.mean, self.std, seeds)
+        return ImageBatch(torch.stack([item[0] for item in items]), labels, self.mean, self.std)
 
 
 def _decode_on_device(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -141,7 +194,9 @@ def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     """(images float32 (B, 3, S, S) normalised, labels int64 (B,)) on `device`."""
     if isinstance(batch, RawBatch):
         images = _decode_on_device(batch.data, device)
-        x = torch.stack([batch.transform(image) for image in images])
+        x = torch.stack(
+            [seeded(batch.transform, im, sd) for im, sd in zip(images, batch.seeds, strict=True)]
+        )
         return normalize(x, batch.mean, batch.std), batch.labels.to(device, non_blocking=True)
     if isinstance(batch, ImageBatch):
         x = batch.images.to(device, non_blocking=True)
@@ -167,6 +222,14 @@ class ShardSampler(Sampler[int]):
         """Evaluation order does not depend on the epoch."""
 
 
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, e.g. under a scheduler)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
 def build_image_loader(
     data_dir: Path,
     manifest: Manifest,
@@ -182,8 +245,9 @@ def build_image_loader(
 ) -> DataLoader:
     """A DataLoader of ImageBatch (or RawBatch with gpu_decode) for one split of a `lists`
     dataset; pass each batch through `to_device`. Training shuffles with seed + epoch (call
-    `set_epoch`), pads the shards so all ranks take as many steps, and drops the last
-    partial batch unless `drop_last=False`."""
+    `sampler.set_epoch`), seeds each image's augmentation by (seed, epoch, index), pads the
+    shards so all ranks take as many steps, and drops the last partial batch unless
+    `drop_last=False`. Workers never exceed the cores this process may use."""
     device = device or torch.device("cpu")
     if manifest.image_root is None:
         raise UserError(f"{data_dir}/manifest.json has no image_root; prepare it again.")
@@ -193,14 +257,12 @@ def build_image_loader(
     transform = train_transform(data_cfg) if train else eval_transform(data_cfg)
     gpu_decode = data_cfg.gpu_decode and device.type == "cuda"
     dataset = ListDataset(Path(manifest.image_root), paths, labels, transform, raw=gpu_decode)
-    sampler: Sampler[int]
+    sampler: Sampler[Any]
     if train:
-        sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
-        )
+        sampler = TrainSampler(len(dataset), seed, rank, world_size)
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
-    workers = data_cfg.num_workers
+    workers = min(data_cfg.num_workers, available_cores())
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -211,6 +273,6 @@ def build_image_loader(
         persistent_workers=workers > 0,
         prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
         drop_last=train if drop_last is None else drop_last,
-        # Worker augmentation streams derive from this: reproducible, and distinct per rank.
+        # Augmentation is seeded per sample (TrainSampler); this only fixes the workers' base.
         generator=torch.Generator().manual_seed(seed * 1009 + rank),
     )

@@ -22,39 +22,71 @@ from lwrcli.errors import UserError
 class BatchLoader(Protocol):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
     def __len__(self) -> int: ...
+
+
+class TrainLoader(BatchLoader, Protocol):
+    """A training loader that can stop between two batches and continue there exactly."""
+
+    @property
+    def position(self) -> int: ...
     def set_epoch(self, epoch: int) -> None: ...
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 class _ListLoader:
-    """Wraps a DataLoader of a `lists` dataset so batches arrive on the device."""
+    """Wraps a DataLoader of a `lists` dataset so batches arrive on the device, and tracks the
+    position inside a training epoch (the sampler's order depends on the epoch alone and each
+    image's augmentation on its own seed, so epoch + position is an exact resume point)."""
 
-    def __init__(self, loader: Any, device: torch.device, channels_last: bool) -> None:
+    def __init__(self, loader: Any, device: torch.device, channels_last: bool, steps: int) -> None:
         self.loader = loader
         self.device = device
         self.channels_last = channels_last
+        self.steps = steps
+        self._epoch = -1
+        self._position = 0
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.steps
+
+    @property
+    def position(self) -> int:
+        return self._position
 
     def set_epoch(self, epoch: int) -> None:
-        sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        if epoch != self._epoch:
+            self._epoch, self._position = epoch, 0
+        self.loader.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from lwrcli.data.image_loader import to_device
 
+        sampler = self.loader.sampler
+        if hasattr(sampler, "start"):
+            sampler.start = self._position * self.loader.batch_size
         for batch in self.loader:
             x, y = to_device(batch, self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            self._position += 1
             yield x, y
+        self._position = 0
+        if hasattr(sampler, "start"):
+            sampler.start = 0
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"epoch": torch.tensor([self._epoch]), "position": torch.tensor([self._position])}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._epoch, self._position = int(state["epoch"]), int(state.get("position", [0])[0])
+        self.loader.sampler.set_epoch(self._epoch)
 
 
 @dataclass
 class DataBundle:
     manifest: Manifest
-    train: BatchLoader | None
+    train: TrainLoader | None
     evals: dict[str, BatchLoader] = field(default_factory=dict)  # split name -> loader
 
     @property
@@ -74,6 +106,20 @@ def check_dataset_matches(cfg: TrainConfig, manifest: Manifest, data_dir: Path) 
         f"Preset/config '{cfg.name}' is a recipe for dataset '{cfg.dataset}', but {data_dir} "
         f"holds '{manifest.source}' ({manifest.name}). Use a matching preset (lwr presets list) "
         "or pass --set dataset=any to train this recipe on it anyway."
+    )
+
+
+def check_train_size(n: int, batch_size: int, dist: DistInfo, data_dir: Path) -> None:
+    """A train split smaller than one batch would 'train' zero (or one ragged) steps per epoch
+    and report a loss of 0: refuse it before anything starts."""
+    per_rank = (n + dist.world_size - 1) // dist.world_size
+    if per_rank >= batch_size:
+        return
+    procs = f" ({per_rank} per process over {dist.world_size})" if dist.enabled else ""
+    raise UserError(
+        f"The train split of {data_dir} has {n} images{procs}, fewer than one batch of "
+        f"{batch_size}: an epoch would run no full step. Lower batch_size (--set "
+        f"batch_size={max(per_rank, 1)}) or prepare a larger train split."
     )
 
 
@@ -109,6 +155,8 @@ def build_data(
     def loader(split: str, is_train: bool) -> BatchLoader:
         return make(data_dir, manifest, cfg, device, dist, split, is_train)
 
+    if train:
+        check_train_size(manifest.splits.get("train", 0), cfg.batch_size, dist, data_dir)
     train_loader = loader("train", True) if train else None
     return DataBundle(manifest, train_loader, {s: loader(s, False) for s in wanted})
 
@@ -167,4 +215,5 @@ def _list_loader(
         world_size=dist.world_size,
         device=device,
     )
-    return _ListLoader(dl, device, cfg.channels_last)
+    steps = len(dl) if not is_train else dl.sampler.per_rank // dl.batch_size
+    return _ListLoader(dl, device, cfg.channels_last, steps)
