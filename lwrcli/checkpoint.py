@@ -313,6 +313,8 @@ def resume_point(ckpt_dir: Path) -> tuple[Checkpoint, Path]:
     when only `.prev` matches, i.e. a save died between its two renames)."""
     last, state, prev = _pair_paths(ckpt_dir)
     ckpt = load_checkpoint(last)
+    for leftover in Path(ckpt_dir).glob(".*.tmp"):  # temp files of a save that was killed
+        leftover.unlink()
     for candidate in (state, prev):
         if candidate.is_file() and _same_save(ckpt, _metadata(candidate)):
             if candidate == prev:

@@ -174,7 +174,7 @@ class Trainer:
                 info = {"loss": loss_now, "lr": self.lr}
             self.progress.step(epoch, step, steps, info)
             save, stop = self._pause_point(epoch * steps + step + 1, step + 1)
-            if save:
+            if save and (stop or step + 1 < steps):  # the epoch's end saves anyway
                 self._check_finite(float(terms["loss"]), epoch)
                 self._save_mid_epoch(epoch, step + 1, sums)
             if stop:

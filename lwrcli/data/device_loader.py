@@ -101,17 +101,12 @@ class DeviceImageLoader:
             self._epoch, self._order, self._position = epoch, None, 0
 
     def _draw_order(self) -> torch.Tensor:
+        """This epoch's permutation of the whole split (the same on every rank), padded so
+        every rank has the same number of batches (DDP needs equal step counts)."""
         n = len(self.labels)
-        dev = self.images.device
-        if not self.train:
-            return torch.arange(n, device=dev)[self.rank :: self.world_size]
-        perm = torch.randperm(n, device=dev, generator=self.generator)
-        if self.world_size > 1:
-            # Pad so every rank has the same number of batches (DDP needs equal step counts).
-            total = ((n + self.world_size - 1) // self.world_size) * self.world_size
-            perm = torch.cat([perm, perm[: total - n]])
-            perm = perm[self.rank :: self.world_size]
-        return perm
+        perm = torch.randperm(n, device=self.images.device, generator=self.generator)
+        total = ((n + self.world_size - 1) // self.world_size) * self.world_size
+        return torch.cat([perm, perm[: total - n]])
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         x = (batch.float() - self.mean) / self.std
@@ -121,14 +116,15 @@ class DeviceImageLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if not self.train:
-            order = self._draw_order()
+            order = torch.arange(len(self.labels), device=self.images.device)
+            order = order[self.rank :: self.world_size]
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 yield self.normalize(self.images[idx]), self.labels[idx]
             return
         if self._order is None:
             self._order, self._position = self._draw_order(), 0
-        order = self._order
+        order = self._order[self.rank :: self.world_size]  # this rank's shard
         while self._position * self.batch_size < len(order):
             start = self._position * self.batch_size
             idx = order[start : start + self.batch_size]
@@ -138,8 +134,9 @@ class DeviceImageLoader:
         self._order, self._position = None, 0  # the next pass is a new epoch
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Generator state, and inside an epoch its order and position: an exact resume point
-        between two batches."""
+        """Generator state, and inside an epoch its permutation (of the whole split, so every
+        rank can restore from rank 0's file) and position: an exact resume point between two
+        batches."""
         state = {"generator": self.generator.get_state(), "epoch": torch.tensor([self._epoch])}
         if self._order is not None:
             state["order"] = self._order.cpu()
