@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,9 +117,11 @@ def _train_cmd(data: Path, run: Path, *sets: str) -> list[str]:
     return [sys.executable, "-m", "lwrcli", *train_args("synthetic-lt-bs-lwr", data, run, *sets)]
 
 
-def _run_until(cmd: list[str], marker: str, nth: int, env: dict[str, str]) -> str:
-    """Start `cmd`, SIGKILL its whole process group when `marker` has appeared `nth` times on
-    stderr (with the test pause hook holding the process right there)."""
+def _run_until(
+    cmd: list[str], marker: str, nth: int, env: dict[str, str], delay: float = 0.0
+) -> str:
+    """Start `cmd`, SIGKILL its whole process group `delay` s after `marker` has appeared
+    `nth` times on stderr (the test pause hook holds the process at the marker)."""
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
@@ -135,6 +138,7 @@ def _run_until(cmd: list[str], marker: str, nth: int, env: dict[str, str]) -> st
         if marker in line:
             seen += 1
             if seen == nth:
+                time.sleep(delay)
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
     proc.wait(timeout=120)
@@ -150,21 +154,21 @@ def _resume(run: Path, *launcher: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "marker, nth",
+    "marker, nth, delay",
     [
-        ("lwr-checkpoint: written", 2),  # during the checkpoint write: temp files only
-        ("lwr-checkpoint: state-committed", 3),  # between the state file and the weights
-        ("lwr-checkpoint: committed", 4),  # right after a save, i.e. in the next steps
+        ("lwr-checkpoint: written", 2, 0.0),  # during the checkpoint write: temp files only
+        ("lwr-checkpoint: state-committed", 3, 0.0),  # between the state file and the weights
+        ("lwr-checkpoint: committed", 4, 0.45),  # mid-step: training resumed 0.3 s after it
     ],
 )
 def test_sigkill_then_resume_finishes_like_an_uninterrupted_run(
-    small: Path, tmp_path: Path, marker: str, nth: int
+    small: Path, tmp_path: Path, marker: str, nth: int, delay: float
 ) -> None:
     sets = [*TINY, "epochs=2", "checkpoint_every_steps=2"]
     train_run(load_config("synthetic-lt-bs-lwr", overrides=sets), small, tmp_path / "full")
     run = tmp_path / "killed"
     env = {**os.environ, PAUSE_ENV: "0.3"}
-    _run_until(_train_cmd(small, run, *sets), marker, nth, env)
+    _run_until(_train_cmd(small, run, *sets), marker, nth, env, delay)
     with open(run / "metrics.jsonl", "a") as f:  # and a line torn by the crash
         f.write('{"epoch": 7, "loss": 0.12')
     _resume(run)
@@ -249,3 +253,24 @@ def test_a_damaged_metrics_file_keeps_its_intact_records(tmp_path: Path) -> None
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.5}\n{"epoch": 3, "lo')
     assert [r["epoch"] for r in read_metrics(path)] == [1, 2]
+
+
+def test_a_second_ctrl_c_during_a_save_waits_for_it(small: Path) -> None:
+    from lwrcli.build import build_components
+    from lwrcli.data.loading import build_data
+
+    cfg = load_config("synthetic-lt-bs", overrides=TINY)
+    data = build_data(small, cfg, torch.device("cpu"))
+    trainer = Trainer(
+        cfg, build_components(cfg, data, torch.device("cpu")), torch.device("cpu"), run_dir=None
+    )
+    trainer._on_signal(signal.SIGINT, None)
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with trainer._saving_guard():
+            trainer._on_signal(signal.SIGINT, None)  # must not interrupt the save itself
+            finished.append(True)
+    assert finished == [True]
+    with pytest.raises(KeyboardInterrupt):  # outside a save, a second Ctrl-C stops at once
+        trainer._abort_after_save = False
+        trainer._on_signal(signal.SIGINT, None)
