@@ -13,7 +13,7 @@ import fnmatch
 import functools
 import inspect
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,15 +203,16 @@ class ModelInfo:
     head: str | None  # attribute path of the head; None when it is not a Linear
 
 
-def _info(name: str, family: str, count: bool) -> ModelInfo:
+def _info(
+    name: str, family: str, count: bool, build_own: Callable[[str], nn.Module] | None
+) -> ModelInfo:
     if not count:
         return ModelInfo(name, family, None, None)
     if name in OWN:
-        from lwrcli.config import ModelConfig
-        from lwrcli.models import build_model
-
+        if build_own is None:
+            return ModelInfo(name, family, None, None)
         with torch.device("meta"):
-            model = build_model(ModelConfig(name=name), 1000)
+            model = build_own(name)
     else:
         model = meta_backbone(name)
     try:
@@ -221,7 +222,11 @@ def _info(name: str, family: str, count: bool) -> ModelInfo:
     return ModelInfo(name, family, sum(p.numel() for p in model.parameters()), head)
 
 
-def list_backbones(pattern: str | None = None, count_limit: int = 60) -> list[ModelInfo]:
+def list_backbones(
+    pattern: str | None = None,
+    count_limit: int = 60,
+    build_own: Callable[[str], nn.Module] | None = None,
+) -> list[ModelInfo]:
     """Built-in, torchvision and (if installed) timm models whose name matches `pattern` (a
     glob such as 'convnext_*', or a substring). Parameter counts come from meta-device builds;
     timm's are skipped when more than `count_limit` timm names match (~0.1 s each)."""
@@ -233,9 +238,9 @@ def list_backbones(pattern: str | None = None, count_limit: int = 60) -> list[Mo
             return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name.split(":")[-1], pattern)
         return pattern.lower() in name.lower()
 
-    out = [_info(n, "built-in", True) for n in BUILTIN if match(n)]
+    out = [_info(n, "built-in", True, build_own) for n in BUILTIN if match(n)]
     out += [
-        _info(f"torchvision:{n}", "torchvision", True)
+        _info(f"torchvision:{n}", "torchvision", True, None)
         for n in torchvision_names()
         if match(f"torchvision:{n}")
     ]
@@ -244,7 +249,7 @@ def list_backbones(pattern: str | None = None, count_limit: int = 60) -> list[Mo
     except ImportError:
         return out
     names = [f"timm:{n}" for n in timm.list_models() if match(f"timm:{n}")]
-    out += [_info(n, "timm", len(names) <= count_limit) for n in names]
+    out += [_info(n, "timm", len(names) <= count_limit, None) for n in names]
     return out
 
 

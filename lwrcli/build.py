@@ -14,6 +14,7 @@ from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.distributed import DistInfo
 from lwrcli.engine import Components
+from lwrcli.errors import UserError
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer
 from lwrcli.models import build_model, model_data_defaults
@@ -58,7 +59,15 @@ def build_components(
     loss, optimizer and regularizer; `weights` restores a checkpoint's model state."""
     dist = dist or DistInfo()
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes).to(device)
+    model = build_model(cfg.model, data.num_classes)
+    if cfg.sync_bn:
+        if device.type != "cuda":
+            raise UserError(
+                "sync_bn=true needs GPUs: torch's SyncBatchNorm runs on CUDA only. On CPU use "
+                "model.norm=group (batch-independent) or sync_bn=false."
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if weights is not None:

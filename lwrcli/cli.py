@@ -16,6 +16,7 @@ from rich.console import Console
 
 from lwrcli import __version__
 from lwrcli.data.sources import SOURCES
+from lwrcli.distributed import DistInfo
 from lwrcli.errors import UserError
 
 app = typer.Typer(
@@ -31,8 +32,8 @@ app.add_typer(presets_app, name="presets")
 models_app = typer.Typer(help="Backbones: built-in, torchvision, timm.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-out_console = Console()
-err_console = Console(stderr=True)
+out_console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def _version(value: bool) -> None:
@@ -171,6 +172,8 @@ def train(
             raise UserError("lwr train needs --data DATA_DIR and --out RUN_DIR.")
         cfg = load_config(preset, config, overrides or [])
         result = train_run(cfg, data, out)
+    if not result.is_main:
+        return
     last = result.history[-1] if result.history else {}
     tops = {k: v for k, v in last.items() if k.endswith("_top1") and v is not None}
     shown = ", ".join(f"{k} {v:.2f}" for k, v in tops.items())
@@ -268,27 +271,68 @@ def models_list(
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"error: {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
     sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. Typer/click handle usage errors (exit 2 with a usage line); our
-    UserError and interruptions are mapped here, so no user error ends in a traceback."""
+    UserError and interruptions are mapped here, so no user error ends in a traceback.
+
+    Under torchrun every process runs this: errors of the set-up (config, data, model: the
+    same on every process) are reported by rank 0 alone; an error inside the training loop
+    by the process that raised it, with its rank named."""
+    from lwrcli.distributed import launched
     from lwrcli.engine import Interrupted
 
+    world = launched()
     try:
         app(args=argv, prog_name="lwr")
     except UserError as exc:
-        _fail(str(exc))
+        _fail_from(world, exc, str(exc), 2)
     except KeyboardInterrupt:
-        _fail("interrupted; nothing half-written was kept.", 130)
+        _fail_from(world, None, "interrupted; nothing half-written was kept.", 130)
     except Interrupted as exc:
-        _fail(
+        _fail_from(
+            world,
+            None,
             f"interrupted in {exc}; the run was saved there. Continue with "
             "'lwr train --resume RUN_DIR'.",
             130,
         )
+    except Exception as exc:
+        if not world.enabled:
+            raise
+        if _peer_failed(exc):  # a consequence: the process that failed reports the cause
+            err_console.print(
+                f"rank {world.rank} of {world.world_size} stopped: another process failed.",
+                highlight=False,
+                markup=False,
+            )
+            sys.exit(1)
+        import traceback
+
+        traceback.print_exc()
+        _fail_from(world, exc, f"{type(exc).__name__}: {exc}", 1)
+
+
+def _peer_failed(exc: BaseException) -> bool:
+    """A collective broken because another process died (gloo/NCCL), not a fault here."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistBackendError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer")
+    )
+
+
+def _fail_from(world: DistInfo, exc: BaseException | None, message: str, code: int) -> None:
+    rank = getattr(exc, "lwr_rank", None)
+    if world.enabled and rank is not None:
+        message = f"on rank {rank} of {world.world_size}: {message}"
+    if world.is_main or rank is not None:
+        _fail(message, code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

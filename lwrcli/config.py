@@ -40,6 +40,18 @@ class ModelConfig(Strict):
     # Module paths whose parameters are not trained, e.g. [conv1, bn1, layer1].
     freeze: list[str] = Field(default_factory=list)
     width: int = Field(32, ge=4, le=512, description="base width of small_cnn")
+    # Normalisation of the built-in small_cnn and resnet32: batch statistics (the reference
+    # recipes) or GroupNorm, which does not depend on the per-device batch.
+    norm: Literal["batch", "group"] = "batch"
+
+    @model_validator(mode="after")
+    def _norm_only_for_builtin(self) -> ModelConfig:
+        if self.norm != "batch" and self.name not in ("small_cnn", "resnet32"):
+            raise ValueError(
+                f"model.norm={self.norm} applies to the built-in small_cnn and resnet32 only, "
+                f"not to {self.name}"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -157,8 +169,16 @@ class TrainConfig(Strict):
     # Which prepared-dataset kind this recipe is for (checked against the manifest's source).
     dataset: str = Field("any", description="e.g. cifar100, imagenet-lt, synthetic, any")
     epochs: int = Field(200, ge=1, le=10000)
+    # Global batches: under torchrun each of the W processes takes batch_size / W.
     batch_size: int = Field(128, ge=1, le=65536)
     eval_batch_size: int = Field(512, ge=1, le=65536)
+    # Gradient accumulation: each process splits its batch into accum_steps micro-batches, so
+    # a global batch that does not fit on the devices is reached with the same lr and result.
+    accum_steps: int = Field(1, ge=1, le=1024)
+    # SyncBatchNorm across processes (GPUs only); the reference recipes use per-device BN.
+    sync_bn: bool = False
+    # A process that waits this long in a collective (a peer died) gives up with a message.
+    dist_timeout_minutes: float = Field(30.0, gt=0.0, le=1440.0)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["none", "bf16"] = "none"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,19 +29,26 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup(device_kind: str) -> DistInfo:
-    """Join the process group when launched by torchrun; a world of one otherwise."""
+def launched() -> DistInfo:
+    """Rank and world size as torchrun set them (before the process group exists)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def setup(device_kind: str, timeout_minutes: float = 30.0) -> DistInfo:
+    """Join the process group when launched by torchrun; a world of one otherwise. A process
+    left waiting in a collective (a peer died) gives up after `timeout_minutes`."""
+    info = launched()
+    if not info.enabled:
+        return info
     if not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
-    return DistInfo(rank, world, local_rank)
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    return info
 
 
 def teardown() -> None:

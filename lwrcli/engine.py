@@ -109,27 +109,45 @@ class Trainer:
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, t: float, class_weight: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """One optimizer step at progress t (epochs); returns named terms, still on the device."""
+        """One optimizer step at progress t (epochs) on this process's part of the global
+        batch, in cfg.accum_steps micro-batches; returns named terms, still on the device.
+
+        Each micro-batch's task loss is weighted by its share of the global batch times the
+        world size (DDP averages gradients over processes), so the gradient is that of the
+        global batch's mean loss whatever the number of processes or micro-batches."""
         cfg = self.cfg
         lr = lr_at(cfg.schedule, self.parts.base_lr, t, cfg.epochs)
         set_lr(self.optimizer, lr)
         self.lr = lr
-        with autocast_context(self.device, cfg.amp):
-            logits = self.model(x)
-        task = self.loss_fn(logits.float(), y, class_weight)
-        terms = {"task": task.detach()}
-        loss = task
+        world = self.dist.world_size
+        global_batch = getattr(self.data.train, "last_global_batch", None) or y.shape[0] * world
         lwr = self.regularizer(self.classifier.weight, t) if self.regularizer else None
-        if lwr is not None:
-            loss = task + lwr[0]
-            terms["lwr"] = lwr[1]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        task_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        chunks = list(zip(x.tensor_split(cfg.accum_steps), y.tensor_split(cfg.accum_steps)))
+        for i, (xc, yc) in enumerate(chunks):
+            last = i == len(chunks) - 1
+            sync = contextlib.nullcontext() if last or not world > 1 else self.model.no_sync()
+            with sync:
+                with autocast_context(self.device, cfg.amp):
+                    logits = self.model(xc)
+                task = self.loss_fn(logits.float(), yc, class_weight)
+                scale = yc.shape[0] * world / global_batch
+                loss = task if scale == 1.0 else task * scale
+                if last and lwr is not None:
+                    loss = loss + lwr[0]
+                loss.backward()
+            task_sum += task.detach().double() * yc.shape[0]
+            correct += (logits.detach().argmax(1) == yc).sum()
         if cfg.optim.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
         self.optimizer.step()
-        terms["loss"] = loss.detach()
-        terms["correct"] = (logits.detach().argmax(1) == y).sum()
+        task_mean = (task_sum / y.shape[0]).float()
+        terms = {"task": task_mean, "loss": task_mean, "correct": correct}
+        if lwr is not None:
+            terms["lwr"] = lwr[1]
+            terms["loss"] = task_mean + lwr[0].detach()
         return terms
 
     # --- one epoch -------------------------------------------------------------------------

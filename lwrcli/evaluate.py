@@ -50,12 +50,14 @@ def score_splits(
     amp: str,
     dist: DistInfo,
 ) -> dict[str, float | None]:
-    """`{split}_{top1,top5,many,medium,few}` for every split: what a training epoch records."""
+    """`{split}_{top1,top5,many,medium,few}` and `{split}_images` (how many were scored) for
+    every split: what a training epoch records."""
     out: dict[str, float | None] = {}
     for split, loader in loaders.items():
         logits, targets = predict(model, loader, device, amp, dist)
         s = summarize(logits.cpu(), targets.cpu(), class_counts)
         out.update({f"{split}_{key}": s[key] for key in SCORES})
+        out[f"{split}_images"] = int(targets.numel())  # all processes' predictions, gathered
     return out
 
 

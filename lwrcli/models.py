@@ -58,13 +58,21 @@ class _ShortcutA(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm with 32 groups (the channel count when smaller): statistics that
+    do not depend on the batch, for tiny per-device batches and batch-size-independent runs."""
+    if kind == "group":
+        return nn.GroupNorm(min(32, channels), channels)
+    return nn.BatchNorm2d(channels)
+
+
 class _BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str = "batch") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm_layer(norm, planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm_layer(norm, planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = _ShortcutA(planes // 4)
@@ -78,15 +86,17 @@ class _BasicBlock(nn.Module):
 class ResNetCifar(nn.Module):
     """ResNet-(6n+2) for CIFAR: widths 16/32/64, n basic blocks per stage; n=5 is ResNet-32."""
 
-    def __init__(self, num_classes: int, blocks: int = 5, cosine: bool = False) -> None:
+    def __init__(
+        self, num_classes: int, blocks: int = 5, cosine: bool = False, norm: str = "batch"
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        self.bn1 = norm_layer(norm, 16)
         layers: list[nn.Module] = []
         in_planes = 16
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(blocks):
-                layers.append(_BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                layers.append(_BasicBlock(in_planes, planes, stride if i == 0 else 1, norm))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
         self.fc = _classifier(64, num_classes, cosine)
@@ -105,14 +115,16 @@ class ResNetCifar(nn.Module):
 class SmallCNN(nn.Module):
     """Three conv stages (w, 2w, 4w) with pooling: trains in seconds on synthetic data on a CPU."""
 
-    def __init__(self, num_classes: int, width: int = 32, cosine: bool = False) -> None:
+    def __init__(
+        self, num_classes: int, width: int = 32, cosine: bool = False, norm: str = "batch"
+    ) -> None:
         super().__init__()
         chans = (3, width, 2 * width, 4 * width)
         stages: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
             stages += [
                 nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                nn.BatchNorm2d(cout),
+                norm_layer(norm, cout),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]
@@ -152,8 +164,8 @@ def _own(build: Callable[[ModelConfig, int], nn.Module]) -> Callable[[ModelConfi
 
 # The built-in names; any other valid name (torchvision:, timm:) goes through _external.
 MODELS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
-    "small_cnn": _own(lambda cfg, c: SmallCNN(c, cfg.width, cfg.cosine_classifier)),
-    "resnet32": _own(lambda cfg, c: ResNetCifar(c, 5, cfg.cosine_classifier)),
+    "small_cnn": _own(lambda cfg, c: SmallCNN(c, cfg.width, cfg.cosine_classifier, cfg.norm)),
+    "resnet32": _own(lambda cfg, c: ResNetCifar(c, 5, cfg.cosine_classifier, cfg.norm)),
     **{name: _external for name in backbones.ALIASES},
 }
 
@@ -229,7 +241,9 @@ def count_parameters(model: nn.Module) -> int:
 
 def list_models(pattern: str | None = None) -> list[backbones.ModelInfo]:
     """Every buildable model name matching `pattern` (see backbones.list_backbones)."""
-    return backbones.list_backbones(pattern)
+    return backbones.list_backbones(
+        pattern, build_own=lambda name: build_model(ModelConfig(name=name), 1000)
+    )
 
 
 model_data_defaults = backbones.model_data_defaults

@@ -27,7 +27,7 @@ class TrainProgress:
     """Reports steps of each epoch. `interactive=None` picks rich bars only for a terminal."""
 
     def __init__(self, total_epochs: int, enabled: bool = True, interactive: bool | None = None):
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, markup=False)
         self.total_epochs = total_epochs
         self.enabled = enabled
         self.interactive = sys.stderr.isatty() if interactive is None else interactive

@@ -10,6 +10,7 @@ import json
 import platform
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from lwrcli.config import TrainConfig, config_to_yaml, read_yaml, validate_confi
 from lwrcli.data.loading import build_data, check_dataset_matches
 from lwrcli.data.manifest import read_manifest
 from lwrcli.device import resolve_device
-from lwrcli.distributed import barrier, setup, teardown
+from lwrcli.distributed import DistInfo, barrier, setup, teardown
 from lwrcli.engine import Trainer
 from lwrcli.errors import UserError
 from lwrcli.models import count_parameters
@@ -72,6 +73,7 @@ class RunResult:
     epochs: int
     history: list[dict[str, Any]]
     best_epoch: int | None
+    is_main: bool = True  # rank 0 (the one process that reports)
 
 
 def _prepare_run_dir(out: Path) -> None:
@@ -101,7 +103,9 @@ def train_run(
         resume_ckpt = None
     cfg = with_model_data_defaults(cfg)
     dist_kind = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
-    dist = setup(dist_kind)
+    dist = setup(dist_kind, cfg.dist_timeout_minutes)
+    if not dist.is_main:  # everything a user reads comes once, from rank 0
+        warnings.filterwarnings("ignore")
     try:
         device = resolve_device(cfg.device, dist.local_rank)
         check_dataset_matches(cfg, read_manifest(data_dir), data_dir)  # before any loader
@@ -134,7 +138,9 @@ def train_run(
                 + (f" ({cfg.description})" if cfg.description else "")
                 + f" on {data.manifest.name} ({data.num_classes} classes) "
                 f"with {cfg.model.name} ({count_parameters(parts.raw_model):,} parameters) on "
-                f"{device}; lr {parts.base_lr:g} for batch {cfg.batch_size}"
+                f"{device}; "
+                + _batch_note(cfg, dist)
+                + f", lr {parts.base_lr:g}"
                 + _scaling_note(cfg)
                 + f"; model selection on: {trainer.select_split or 'none (last epoch)'}."
             )
@@ -143,10 +149,25 @@ def train_run(
                     "Note: selecting the best checkpoint on the TEST split, as configured "
                     "(data.select_on=test); its test accuracy is optimistic."
                 )
-        state = trainer.fit()
-        return RunResult(run_dir, state.epoch, trainer.history, state.best_epoch)
+        try:
+            state = trainer.fit()
+        except Exception as exc:
+            exc.lwr_rank = dist.rank  # type: ignore[attr-defined]  # raised inside the loop
+            raise
+        return RunResult(run_dir, state.epoch, trainer.history, state.best_epoch, dist.is_main)
     finally:
         teardown()
+
+
+def _batch_note(cfg: TrainConfig, dist: DistInfo) -> str:
+    if not dist.enabled and cfg.accum_steps == 1:
+        return f"batch {cfg.batch_size}"
+    per = cfg.batch_size // dist.world_size
+    accum = f" in {cfg.accum_steps} micro-batches" if cfg.accum_steps > 1 else ""
+    return (
+        f"world size {dist.world_size}, batch {per} per process{accum}, "
+        f"global batch {cfg.batch_size}"
+    )
 
 
 def _scaling_note(cfg: TrainConfig) -> str:

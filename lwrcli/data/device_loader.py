@@ -13,26 +13,48 @@ import torch
 import torch.nn.functional as F
 
 
-def random_crop_flip(
-    images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator
+def draw_crop_flip(
+    b: int, padding: int, flip: bool, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Crop offsets (oy, ox) in [0, 2p] and flip flags for b samples, drawn in that order."""
+    oy = ox = mask = None
+    if padding > 0:
+        oy = torch.randint(0, 2 * padding + 1, (b,), device=device, generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (b,), device=device, generator=generator)
+    if flip:
+        mask = torch.rand(b, device=device, generator=generator) < 0.5
+    return oy, ox, mask
+
+
+def apply_crop_flip(
+    images: torch.Tensor,
+    padding: int,
+    oy: torch.Tensor | None,
+    ox: torch.Tensor | None,
+    mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Per-sample random crop (zero padding, like torchvision's RandomCrop(padding=p)) and
-    horizontal flip. images: (B, 3, H, W) uint8 -> (B, 3, H, W) uint8."""
+    """Crop (zero padding, like torchvision's RandomCrop(padding=p)) at the given offsets and
+    flip where `mask`. images: (B, 3, H, W) uint8 -> (B, 3, H, W) uint8."""
     b, c, h, w = images.shape
     dev = images.device
-    if padding > 0:
+    if oy is not None and ox is not None:
         padded = F.pad(images, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
         rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B,1,H,1)
         cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B,1,1,W)
         bidx = torch.arange(b, device=dev)[:, None, None, None]
         cidx = torch.arange(c, device=dev)[None, :, None, None]
         images = padded[bidx, cidx, rows, cols]
-    if flip:
-        mask = torch.rand(b, device=dev, generator=generator) < 0.5
+    if mask is not None:
         images = torch.where(mask[:, None, None, None], images.flip(3), images)
     return images
+
+
+def random_crop_flip(
+    images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Per-sample random crop and horizontal flip, drawn from `generator`."""
+    params = draw_crop_flip(images.shape[0], padding, flip, generator, images.device)
+    return apply_crop_flip(images, padding, *params)
 
 
 class DeviceImageLoader:
@@ -40,8 +62,8 @@ class DeviceImageLoader:
 
     Shuffling and augmentation draw from one `torch.Generator` on the device, whose state (with
     the epoch's order and position) is saved in checkpoints, so a run resumed between any two
-    batches replays the same batches. With `world_size > 1` each rank takes every
-    world_size-th index of the shared permutation (its shard).
+    batches replays the same batches. Training walks global batches of batch_size x
+    world_size images; under torchrun each process takes its contiguous part of each.
     """
 
     def __init__(
@@ -73,21 +95,26 @@ class DeviceImageLoader:
         self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1) * 255.0
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(seed)
+        self.last_global_batch = batch_size * world_size  # size of the last global batch
         # Mid-epoch position: the epoch's order (drawn at its first batch) and batches done.
         self._epoch = -1
         self._order: torch.Tensor | None = None
         self._position = 0
 
     @property
-    def num_samples(self) -> int:
-        """Samples this rank sees per epoch."""
-        n = len(self.labels)
-        return (n - self.rank + self.world_size - 1) // self.world_size
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
 
     def __len__(self) -> int:
-        # Keep the last partial batch (as the LDAM-DRW recipe does); ranks pad to equal length.
-        per_rank = (len(self.labels) + self.world_size - 1) // self.world_size
-        return (per_rank + self.batch_size - 1) // self.batch_size
+        """Steps per epoch. Training walks the split in global batches (batch_size per process
+        x world_size), keeping a last partial one that every process can share; evaluation
+        walks this process's shard."""
+        n = len(self.labels)
+        if not self.train:
+            per_rank = (n - self.rank + self.world_size - 1) // self.world_size
+            return (per_rank + self.batch_size - 1) // self.batch_size
+        full, rest = divmod(n, self.global_batch_size)
+        return full + (1 if rest >= self.world_size else 0)
 
     @property
     def position(self) -> int:
@@ -101,12 +128,8 @@ class DeviceImageLoader:
             self._epoch, self._order, self._position = epoch, None, 0
 
     def _draw_order(self) -> torch.Tensor:
-        """This epoch's permutation of the whole split (the same on every rank), padded so
-        every rank has the same number of batches (DDP needs equal step counts)."""
-        n = len(self.labels)
-        perm = torch.randperm(n, device=self.images.device, generator=self.generator)
-        total = ((n + self.world_size - 1) // self.world_size) * self.world_size
-        return torch.cat([perm, perm[: total - n]])
+        """This epoch's permutation of the whole split (the same on every process)."""
+        return torch.randperm(len(self.labels), device=self.images.device, generator=self.generator)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         x = (batch.float() - self.mean) / self.std
@@ -124,11 +147,19 @@ class DeviceImageLoader:
             return
         if self._order is None:
             self._order, self._position = self._draw_order(), 0
-        order = self._order[self.rank :: self.world_size]  # this rank's shard
-        while self._position * self.batch_size < len(order):
-            start = self._position * self.batch_size
-            idx = order[start : start + self.batch_size]
-            batch = random_crop_flip(self.images[idx], self.padding, self.flip, self.generator)
+        gb, dev = self.global_batch_size, self.images.device
+        while self._position < len(self):
+            # The global batch and its augmentation are drawn as one process would draw them;
+            # this process takes its contiguous part, so 1 or W processes see the same images
+            # with the same crops and flips at the same step.
+            chunk = self._order[self._position * gb : (self._position + 1) * gb]
+            params = draw_crop_flip(len(chunk), self.padding, self.flip, self.generator, dev)
+            part = torch.tensor_split(torch.arange(len(chunk), device=dev), self.world_size)
+            mine = part[self.rank]
+            idx = chunk[mine]
+            mine_params = [p[mine] if p is not None else None for p in params]
+            batch = apply_crop_flip(self.images[idx], self.padding, *mine_params)
+            self.last_global_batch = len(chunk)
             self._position += 1
             yield self.normalize(batch), self.labels[idx]
         self._order, self._position = None, 0  # the next pass is a new epoch

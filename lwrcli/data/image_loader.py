@@ -96,31 +96,36 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class TrainSampler(Sampler[tuple[int, int]]):
-    """Training order: a permutation per epoch (seed + epoch, the same on every rank), padded so
-    all ranks take as many steps, each rank taking every world_size-th item. Yields
-    (index, sample_seed). `start` skips this rank's first items: a resumed epoch continues
-    where the checkpoint left it."""
+    """Training order: a permutation per epoch (seed + epoch, the same on every process)
+    walked in global batches of batch_size x world_size images, of which each process takes
+    its contiguous part; the last partial global batch is dropped. So 1 or W processes see the
+    same images at the same step. Yields (index, sample_seed); `start` skips this process's
+    first items: a resumed epoch continues where the checkpoint left it."""
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+    def __init__(
+        self, n: int, seed: int, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start = 0
 
     @property
-    def per_rank(self) -> int:
-        return (self.n + self.world_size - 1) // self.world_size
+    def steps(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
 
     def __len__(self) -> int:
-        return self.per_rank - self.start
+        return self.steps * self.batch_size - self.start
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
-        perm += perm[: self.per_rank * self.world_size - self.n]
-        mine = perm[self.rank :: self.world_size][self.start :]
+        perm = torch.randperm(self.n, generator=g)
+        b, gb = self.batch_size, self.batch_size * self.world_size
+        usable = perm[: self.steps * gb].view(self.steps, self.world_size, b)
+        mine = usable[:, self.rank, :].reshape(-1)[self.start :].tolist()
         return iter((i, sample_seed(self.seed, self.epoch, i)) for i in mine)
 
 
@@ -259,7 +264,7 @@ def build_image_loader(
     dataset = ListDataset(Path(manifest.image_root), paths, labels, transform, raw=gpu_decode)
     sampler: Sampler[Any]
     if train:
-        sampler = TrainSampler(len(dataset), seed, rank, world_size)
+        sampler = TrainSampler(len(dataset), seed, batch_size, rank, world_size)
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
     workers = min(data_cfg.num_workers, available_cores())

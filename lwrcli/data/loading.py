@@ -109,17 +109,41 @@ def check_dataset_matches(cfg: TrainConfig, manifest: Manifest, data_dir: Path) 
     )
 
 
-def check_train_size(n: int, batch_size: int, dist: DistInfo, data_dir: Path) -> None:
-    """A train split smaller than one batch would 'train' zero (or one ragged) steps per epoch
-    and report a loss of 0: refuse it before anything starts."""
-    per_rank = (n + dist.world_size - 1) // dist.world_size
-    if per_rank >= batch_size:
-        return
-    procs = f" ({per_rank} per process over {dist.world_size})" if dist.enabled else ""
+def per_process_batch(
+    global_batch: int, world: int, accum: int = 1, key: str = "batch_size"
+) -> int:
+    """batch_size is the global batch: each of the `world` processes takes global / world (and
+    splits it into `accum` micro-batches). Anything that does not divide is refused."""
+    unit = world * accum
+    if global_batch % unit == 0:
+        return global_batch // unit
+    lower = global_batch // unit * unit
+    options = " and ".join(str(v) for v in (lower, lower + unit) if v > 0)
+    parts = f"{world} processes" + (f" x accum_steps {accum}" if accum > 1 else "")
     raise UserError(
-        f"The train split of {data_dir} has {n} images{procs}, fewer than one batch of "
-        f"{batch_size}: an epoch would run no full step. Lower batch_size (--set "
-        f"batch_size={max(per_rank, 1)}) or prepare a larger train split."
+        f"{key} {global_batch} is the global batch and must divide evenly over "
+        f"{parts} = {unit}; the nearest valid values are {options} (--set {key}=...)."
+    )
+
+
+def check_train_size(n: int, global_batch: int, data_dir: Path) -> None:
+    """A train split smaller than one global batch would 'train' zero (or one ragged) steps
+    per epoch and report a loss of 0: refuse it before anything starts."""
+    if n >= global_batch:
+        return
+    raise UserError(
+        f"The train split of {data_dir} has {n} images, fewer than one batch of "
+        f"{global_batch}: an epoch would run no full step. Lower batch_size (--set "
+        f"batch_size={max(n, 1)}) or prepare a larger train split."
+    )
+
+
+def batch_sizes(cfg: TrainConfig, dist: DistInfo) -> tuple[int, int]:
+    """(train, eval) batch per process: the global sizes over the world; training batches are
+    later split into cfg.accum_steps micro-batches by the engine."""
+    train = per_process_batch(cfg.batch_size, dist.world_size, cfg.accum_steps)
+    return train * cfg.accum_steps, per_process_batch(
+        cfg.eval_batch_size, dist.world_size, 1, "eval_batch_size"
     )
 
 
@@ -156,7 +180,7 @@ def build_data(
         return make(data_dir, manifest, cfg, device, dist, split, is_train)
 
     if train:
-        check_train_size(manifest.splits.get("train", 0), cfg.batch_size, dist, data_dir)
+        check_train_size(manifest.splits.get("train", 0), cfg.batch_size, data_dir)
     train_loader = loader("train", True) if train else None
     return DataBundle(manifest, train_loader, {s: loader(s, False) for s in wanted})
 
@@ -178,7 +202,7 @@ def _arrays_loader(
     return DeviceImageLoader(
         images.to(device),
         labels.to(device),
-        batch_size=cfg.batch_size if is_train else cfg.eval_batch_size,
+        batch_size=batch_sizes(cfg, dist)[0 if is_train else 1],
         mean=cfg.data.mean,
         std=cfg.data.std,
         train=is_train,
@@ -208,12 +232,12 @@ def _list_loader(
         manifest,
         split,
         cfg.data,
-        batch_size=cfg.batch_size if is_train else cfg.eval_batch_size,
+        batch_size=batch_sizes(cfg, dist)[0 if is_train else 1],
         train=is_train,
         seed=cfg.seed,
         rank=dist.rank,
         world_size=dist.world_size,
         device=device,
     )
-    steps = len(dl) if not is_train else dl.sampler.per_rank // dl.batch_size
+    steps = len(dl) if not is_train else dl.sampler.steps
     return _ListLoader(dl, device, cfg.channels_last, steps)
