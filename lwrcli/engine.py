@@ -24,6 +24,7 @@ from lwrcli.device import autocast_context
 from lwrcli.distributed import DistInfo, all_reduce_sum
 from lwrcli.errors import UserError
 from lwrcli.evaluate import score_splits
+from lwrcli.geometry import class_geometry, pairs_above
 from lwrcli.losses import CountsLoss, reweight_for_epoch
 from lwrcli.lwr import LWR
 from lwrcli.models import classifier_key, get_classifier
@@ -85,6 +86,8 @@ class Trainer:
         self.progress = progress or TrainProgress(cfg.epochs, enabled=self.dist.is_main)
         self.select_split = self._selection_split()
         self._stop_signal: int | None = None
+        # Set by train_epoch on log steps: train_step then also measures LWR's gradient share.
+        self._measure_share = False
 
     # --- selection -------------------------------------------------------------------------
     def _selection_split(self) -> str | None:
@@ -115,13 +118,37 @@ class Trainer:
             loss = task + lwr[0]
             terms["lwr"] = lwr[1]
         self.optimizer.zero_grad(set_to_none=True)
+        share = self._lwr_grad(lwr[0]) if (lwr is not None and self._measure_share) else None
         loss.backward()
+        if share is not None:
+            terms.update(self._lwr_share(share))
+        elif self._measure_share and self.regularizer is not None:
+            terms["lwr_share"] = torch.zeros((), device=self.device)  # λ(t) = 0 or θ = 1
         if cfg.optim.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
         self.optimizer.step()
         terms["loss"] = loss.detach()
         terms["correct"] = (logits.detach().argmax(1) == y).sum()
         return terms
+
+    def _lwr_grad(self, lam_r: torch.Tensor) -> torch.Tensor:
+        """λ ∇_W R from the regularizer's own (blockwise) backward; no extra model pass."""
+        (grad,) = torch.autograd.grad(lam_r, self.classifier.weight, retain_graph=True)
+        return grad
+
+    def _lwr_share(self, lwr_grad: torch.Tensor) -> dict[str, torch.Tensor]:
+        """|λ ∇_W R| / |∇_W L_task| (Frobenius) after backward, and the pairs LWR repels.
+
+        The task gradient is the total minus LWR's (DDP has averaged the total; LWR's part is
+        the same on every rank), taken before clipping.
+        """
+        w = self.classifier.weight
+        task = w.grad - lwr_grad if w.grad is not None else -lwr_grad
+        lw = self.cfg.lwr
+        return {
+            "lwr_share": lwr_grad.norm() / task.norm().clamp_min(1e-30),
+            "lwr_pairs_above": pairs_above(w, lw.theta, lw.proj, lw.block_size),
+        }
 
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -136,9 +163,13 @@ class Trainer:
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)
         self.progress.start_epoch(epoch, steps)
         t0 = time.perf_counter()
+        share: dict[str, Any] = {}
         for step, (x, y) in enumerate(loader):
             t = epoch + (step + 1) / steps
+            log_step = (step + 1) % self.cfg.log_every == 0
+            self._measure_share = log_step or step + 1 == steps
             terms = self.train_step(x, y, t, weight)
+            self._measure_share = False
             b = y.shape[0]
             zero = torch.zeros((), device=self.device)
             sums += torch.stack(
@@ -150,11 +181,13 @@ class Trainer:
                     torch.tensor(float(b), device=self.device, dtype=torch.float64),
                 ]
             ).to(torch.float64)
+            if "lwr_share" in terms:  # log steps and the epoch's last step only
+                share = {k: float(terms[k]) for k in ("lwr_share", "lwr_pairs_above") if k in terms}
             info = None
-            if (step + 1) % self.cfg.log_every == 0:
+            if log_step:
                 loss_now = float(terms["loss"])  # the one sync per log interval
                 self._check_finite(loss_now, epoch)
-                info = {"loss": loss_now, "lr": self.optimizer.param_groups[0]["lr"]}
+                info = {"loss": loss_now, "lr": self.optimizer.param_groups[0]["lr"], **share}
             self.progress.step(epoch, step, steps, info)
             if self._stop_signal is not None:
                 raise Interrupted()
@@ -172,6 +205,9 @@ class Trainer:
             "train_acc": 100.0 * total[3] / n,
             "images_per_s": total[4] / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
+            # At the epoch's last step; None without LWR.
+            "lwr_share": share.get("lwr_share"),
+            "lwr_pairs_above": share.get("lwr_pairs_above"),
         }
         self._check_finite(result["loss"], epoch)
         return result
@@ -208,6 +244,7 @@ class Trainer:
         try:
             for epoch in range(self.state.epoch, cfg.epochs):
                 record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+                record.update(self._geometry())
                 last = epoch + 1 == cfg.epochs
                 if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                     record.update(self.evaluate())
@@ -220,6 +257,14 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self.state
+
+    def _geometry(self) -> dict[str, Any]:
+        """Class-vector geometry at the run's θ (also without LWR): see lwrcli.geometry."""
+        lw = self.cfg.lwr
+        weight = get_classifier(self.parts.raw_model).weight
+        return class_geometry(
+            weight, self.data.class_counts, lw.theta, lw.proj, lw.block_size, lw.power
+        )
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop_signal is not None:  # second Ctrl-C: stop now
@@ -269,7 +314,7 @@ class Trainer:
 
 
 def _brief(record: dict[str, Any]) -> dict[str, Any]:
-    keep = ("loss", "lwr", "lr", "train_acc", "images_per_s")
+    keep = ("loss", "lwr", "lr", "train_acc", "images_per_s", "lwr_share")
     out = {k: record[k] for k in keep if record.get(k) is not None}
     out.update({k: v for k, v in record.items() if k.endswith("_top1") and v is not None})
     return out
