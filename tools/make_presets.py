@@ -29,6 +29,16 @@ LWR_LAMBDA = {"cifar": 10.0, "imagenet": 10.0, "inat": 10.0, "places": 10.0, "sy
 
 # The paper's top-1 (%) for the rows it reports: all / many / medium / few.
 PAPER: dict[str, dict[str, float]] = {
+    "cifar100-lt-ir100-ce": {"all": 38.6, "many": 65.3, "medium": 37.6, "few": 8.7},
+    "cifar100-lt-ir50-ce": {"all": 44.0},
+    "cifar100-lt-ir10-ce": {"all": 56.4},
+    "cifar100-lt-ir100-focal": {"all": 41.9, "many": 68.7, "medium": 41.3, "few": 10.9},
+    "cifar100-lt-ir50-focal": {"all": 48.2},
+    "cifar100-lt-ir10-focal": {"all": 59.8},
+    "cifar100-lt-ir100-la": {"all": 46.5, "many": 63.6, "medium": 47.1, "few": 24.4},
+    "cifar100-lt-ir100-ldam-drw": {"all": 46.6, "many": 64.4, "medium": 48.5, "few": 22.8},
+    "cifar100-lt-ir50-ldam-drw": {"all": 51.2},
+    "cifar100-lt-ir10-ldam-drw": {"all": 59.6},
     "cifar100-lt-ir100-bs": {"all": 46.3, "many": 63.9, "medium": 46.7, "few": 25.0},
     "cifar100-lt-ir100-bs-lwr": {"all": 50.7, "many": 66.6, "medium": 50.0, "few": 32.2},
     "cifar100-lt-ir50-bs": {"all": 51.2},
