@@ -295,6 +295,38 @@ def sweep(
         _fail(f"{counts['failed']} runs failed; see {out / 'logs'}.", 1)
 
 
+@app.command()
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="Sweep or run folders.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the table, JSON and plots.")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Group (label, preset or run) for deltas.")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+    fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or json.")] = "md",
+    svg: Annotated[bool, typer.Option("--svg", help="Also write SVG plots.")] = False,
+) -> None:
+    """Runs grouped by config: mean ± std over seeds, deltas, paper numbers, curves."""
+    from lwrcli.report import build_report, render, write_outputs
+
+    result = build_report(list(dirs), split, baseline)
+    if not result["groups"]:
+        raise UserError(
+            f"No finished run to report in {', '.join(map(str, dirs))} "
+            f"({len(result['incomplete'])} unfinished)."
+        )
+    out_console.file.write(render(result, fmt))
+    if fmt != "md":
+        from lwrcli.report import notes
+
+        err_console.print(notes(result), highlight=False)
+    if out is not None:
+        written = write_outputs(result, out, fmt, svg)
+        err_console.print(f"Wrote {', '.join(p.name for p in written)} in {out}", highlight=False)
+
+
 @presets_app.command("list")
 def presets_list() -> None:
     """All shipped presets with dataset, model, loss, LWR and epochs."""
