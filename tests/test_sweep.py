@@ -198,3 +198,9 @@ def test_plan_and_slurm_scripts_name_every_run(lwr, tmp_path: Path, small: Path)
     script = (out / "sweep.sbatch").read_text()
     assert f"--array=0-{len(NAMES) - 1}" in script and "torchrun" in script
     assert not any(p.name == "metrics.jsonl" for p in out.rglob("*"))
+
+
+def test_sweep_and_report_help(lwr) -> None:
+    for cmd in ("sweep", "report"):
+        r = lwr(cmd, "--help")
+        assert r.code == 0 and "--out" in r.out

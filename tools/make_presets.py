@@ -24,8 +24,27 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # LWR as the paper's best setting: theta 0.4, projection on, lambda(t) linear over the run.
-# lambda_max is not given in the paper's summary; this is our choice, recorded per preset.
-LWR_LAMBDA = {"cifar": 10.0, "imagenet": 10.0, "inat": 10.0, "places": 10.0, "synthetic": 10.0}
+# lambda_max is not given in the paper's summary. R averages over C (C - 1) pairs, so the same
+# lambda pushes less per class as C grows. Measured on the synthetic source (README, "How
+# strong is LWR?"): LWR's share of the classifier gradient at the end of the ramp falls like
+# C^-LWR_EXPONENT. Rule: lambda_max = 10 (C / 100)^LWR_EXPONENT, anchored at CIFAR-100
+# (lambda 10), 2 significant digits, so every dataset sees about CIFAR-100's share.
+LWR_EXPONENT = 0.75
+NUM_CLASSES = {
+    "cifar10": 10,
+    "cifar100": 100,
+    "imagenet": 1000,
+    "inat": 8142,
+    "places": 365,
+    "synthetic": 20,
+}
+
+
+def lwr_lambda_for(classes: int) -> float:
+    return float(f"{10.0 * (classes / 100) ** LWR_EXPONENT:.2g}")
+
+
+LWR_LAMBDA = {family: lwr_lambda_for(c) for family, c in NUM_CLASSES.items()}
 
 # The paper's top-1 (%) for the rows it reports: all / many / medium / few.
 PAPER: dict[str, dict[str, float]] = {
@@ -108,7 +127,7 @@ def cifar(variant: str, ir: int, loss: str, lwr: bool) -> dict[str, Any]:
         "batch_size": 128,
         "model": {"name": "resnet32", "cosine_classifier": cosine},
         "loss": loss_cfg,
-        "lwr": lwr_block(lwr, "cifar"),
+        "lwr": lwr_block(lwr, variant),
         "optim": {"lr": 0.1, "base_batch_size": 128, "momentum": 0.9, "weight_decay": 2e-4},
         "schedule": {
             "kind": "multistep",
