@@ -25,6 +25,7 @@ from lwrcli.device import autocast_context
 from lwrcli.distributed import DistInfo, all_reduce_sum, barrier
 from lwrcli.errors import UserError
 from lwrcli.evaluate import score_splits
+from lwrcli.geometry import class_geometry, pairs_above
 from lwrcli.losses import CountsLoss, reweight_for_epoch
 from lwrcli.lwr import LWR
 from lwrcli.models import classifier_key, get_classifier
@@ -94,6 +95,8 @@ class Trainer:
         self._saving = False
         self._abort_after_save = False
         self._last_save = time.monotonic()
+        # Set by train_epoch on log steps: train_step then also measures LWR's gradient share.
+        self._measure_share = False
 
     # --- selection -------------------------------------------------------------------------
     def _selection_split(self) -> str | None:
@@ -135,20 +138,47 @@ class Trainer:
                 task = self.loss_fn(logits.float(), yc, class_weight)
                 scale = yc.shape[0] * world / global_batch
                 loss = task if scale == 1.0 else task * scale
+                share = None
                 if last and lwr is not None:
                     loss = loss + lwr[0]
+                    if self._measure_share:
+                        share = self._lwr_grad(lwr[0])
                 loss.backward()
             task_sum += task.detach().double() * yc.shape[0]
             correct += (logits.detach().argmax(1) == yc).sum()
+        extra: dict[str, torch.Tensor] = {}
+        if share is not None:
+            extra = self._lwr_share(share)
+        elif self._measure_share and self.regularizer is not None:
+            extra = {"lwr_share": torch.zeros((), device=self.device)}  # λ(t) = 0 or θ = 1
         if cfg.optim.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
         self.optimizer.step()
         task_mean = (task_sum / y.shape[0]).float()
-        terms = {"task": task_mean, "loss": task_mean, "correct": correct}
+        terms = {"task": task_mean, "loss": task_mean, "correct": correct, **extra}
         if lwr is not None:
             terms["lwr"] = lwr[1]
             terms["loss"] = task_mean + lwr[0].detach()
         return terms
+
+    def _lwr_grad(self, lam_r: torch.Tensor) -> torch.Tensor:
+        """λ ∇_W R from the regularizer's own (blockwise) backward; no extra model pass."""
+        (grad,) = torch.autograd.grad(lam_r, self.classifier.weight, retain_graph=True)
+        return grad
+
+    def _lwr_share(self, lwr_grad: torch.Tensor) -> dict[str, torch.Tensor]:
+        """|λ ∇_W R| / |∇_W L_task| (Frobenius) after backward, and the pairs LWR repels.
+
+        The task gradient is the total minus LWR's (DDP has averaged the total; LWR's part is
+        the same on every rank), taken before clipping.
+        """
+        w = self.classifier.weight
+        task = w.grad - lwr_grad if w.grad is not None else -lwr_grad
+        lw = self.cfg.lwr
+        return {
+            "lwr_share": lwr_grad.norm() / task.norm().clamp_min(1e-30),
+            "lwr_pairs_above": pairs_above(w, lw.theta, lw.proj, lw.block_size),
+        }
 
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -169,11 +199,15 @@ class Trainer:
             self._resumed_samples = float(sums[4])
         self.progress.start_epoch(epoch, steps)
         t0 = time.perf_counter()
+        share: dict[str, Any] = {}
         batches = iter(loader)
         for step in range(start, steps):
             x, y = next(batches)
             t = epoch + (step + 1) / steps
+            log_step = (step + 1) % self.cfg.log_every == 0
+            self._measure_share = log_step or step + 1 == steps
             terms = self.train_step(x, y, t, weight)
+            self._measure_share = False
             b = y.shape[0]
             zero = torch.zeros((), device=self.device)
             sums += torch.stack(
@@ -185,11 +219,13 @@ class Trainer:
                     torch.tensor(float(b), device=self.device, dtype=torch.float64),
                 ]
             ).to(torch.float64)
+            if "lwr_share" in terms:  # log steps and the epoch's last step only
+                share = {k: float(terms[k]) for k in ("lwr_share", "lwr_pairs_above") if k in terms}
             info = None
-            if (step + 1) % self.cfg.log_every == 0:
+            if log_step:
                 loss_now = float(terms["loss"])  # the one sync per log interval
                 self._check_finite(loss_now, epoch)
-                info = {"loss": loss_now, "lr": self.lr}
+                info = {"loss": loss_now, "lr": self.lr, **share}
             self.progress.step(epoch, step, steps, info)
             save, stop = self._pause_point(epoch * steps + step + 1, step + 1)
             if save and (stop or step + 1 < steps):  # the epoch's end saves anyway
@@ -213,6 +249,9 @@ class Trainer:
             "train_acc": 100.0 * total[3] / n,
             "images_per_s": (total[4] - self._resumed_samples) / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
+            # At the epoch's last step; None without LWR.
+            "lwr_share": share.get("lwr_share"),
+            "lwr_pairs_above": share.get("lwr_pairs_above"),
         }
         self._resumed_samples = 0.0
         self._check_finite(result["loss"], epoch)
@@ -269,6 +308,7 @@ class Trainer:
         try:
             for epoch in range(self.state.epoch, cfg.epochs):
                 record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+                record.update(self._geometry())
                 last = epoch + 1 == cfg.epochs
                 if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                     record.update(self.evaluate())
@@ -281,6 +321,14 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self.state
+
+    def _geometry(self) -> dict[str, Any]:
+        """Class-vector geometry at the run's θ (also without LWR): see lwrcli.geometry."""
+        lw = self.cfg.lwr
+        weight = get_classifier(self.parts.raw_model).weight
+        return class_geometry(
+            weight, self.data.class_counts, lw.theta, lw.proj, lw.block_size, lw.power
+        )
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop_signal is not None:  # second Ctrl-C: stop now, but never mid-save
@@ -368,7 +416,7 @@ class Trainer:
 
 
 def _brief(record: dict[str, Any]) -> dict[str, Any]:
-    keep = ("loss", "lwr", "lr", "train_acc", "images_per_s")
+    keep = ("loss", "lwr", "lr", "train_acc", "images_per_s", "lwr_share")
     out = {k: record[k] for k in keep if record.get(k) is not None}
     out.update({k: v for k, v in record.items() if k.endswith("_top1") and v is not None})
     return out

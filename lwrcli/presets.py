@@ -48,3 +48,21 @@ def presets_table() -> Table:
             f"{paper:.1f}" if paper is not None else "",
         )
     return table
+
+
+def sweeps_table() -> Table:
+    """The shipped sweep files (presets/sweeps/): runs = entries x grid points x seeds."""
+    from lwrcli.sweep import list_sweeps, load_sweep_file
+
+    table = Table(title="lwr sweeps (lwr sweep --file NAME --data DIR --out DIR)")
+    table.add_column("sweep", no_wrap=True)
+    for col in ("runs", "description"):
+        table.add_column(col, overflow="fold")
+    for name in list_sweeps():
+        spec = load_sweep_file(name)
+        points = 1
+        for values in spec.grid.values():
+            points *= len(values)
+        runs = len(spec.entries) * points * len(spec.seeds)
+        table.add_row(name, str(runs), spec.description)
+    return table

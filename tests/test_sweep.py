@@ -1,0 +1,206 @@
+"""`lwr sweep`: folders and names, skip/resume after a real Ctrl-C, refusal, shipped sweep files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from safetensors.torch import load_file
+
+from lwrcli.config import list_presets, load_config
+from lwrcli.sweep import list_sweeps, load_sweep_file, parse_grid, split_values
+
+SETS = ["epochs=2", "model.width=8", "batch_size=16", "eval_every=1", "log_every=2"]
+NAMES = [
+    f"{p}/theta={t}/seed={s}" for p in ("bs", "bs-lwr") for t in ("0.2", "0.6") for s in (0, 1)
+]
+
+
+def _args(data: Path, out: Path, *extra: str) -> list[str]:
+    args = ["sweep", "--preset", "synthetic-lt-bs", "--preset", "synthetic-lt-bs-lwr"]
+    args += [
+        "--grid",
+        "lwr.theta=0.2,0.6",
+        "--seeds",
+        "0,1",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
+    for item in SETS:
+        args += ["--set", item]
+    return [*args, *extra]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lwrcli.data.synthetic import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("sweepdata") / "data"
+    prepare_synthetic(out, num_classes=5, n_max=30, test_per_class=5, imbalance_factor=10, seed=0)
+    return out
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / "last.safetensors"))
+
+
+def test_grid_values_keep_bracketed_commas() -> None:
+    assert split_values("[1,2],[3, 4]") == ["[1,2]", "[3, 4]"]
+    assert parse_grid(["schedule.milestones=[1,2],[3,4]", "lwr.theta=-1,0.4"]) == {
+        "schedule.milestones": [[1, 2], [3, 4]],
+        "lwr.theta": [-1, 0.4],
+    }
+
+
+@pytest.mark.parametrize("name", list_sweeps())
+def test_shipped_sweep_files_validate(name: str) -> None:
+    """Every preset exists and every run's overrides validate (keys and values)."""
+    from lwrcli.sweep import Entry, plan_sweep
+
+    spec = load_sweep_file(name)
+    assert spec.entries and spec.seeds
+    presets = set(list_presets())
+    for entry in spec.entries:
+        assert entry.preset in presets, entry.preset
+    for ref in spec.references:
+        assert set(ref.where) <= set(spec.grid)
+        for key, value in ref.where.items():
+            assert value in spec.grid[key]
+    # Validate every run's config without a dataset: plan against a stub that skips the data.
+    keys = {e.data or "" for e in spec.entries}
+    import lwrcli.sweep as sweep_mod
+
+    orig_read, orig_check = sweep_mod.read_manifest, sweep_mod.check_dataset_matches
+    sweep_mod.read_manifest = lambda d: None  # type: ignore[assignment]
+    sweep_mod.check_dataset_matches = lambda *a: None  # type: ignore[assignment]
+    try:
+        runs = plan_sweep(spec, {k: Path(f"/nonexistent/{k}") for k in keys})
+    finally:
+        sweep_mod.read_manifest, sweep_mod.check_dataset_matches = orig_read, orig_check
+    assert len({r.name for r in runs}) == len(runs)
+    assert isinstance(spec.entries[0], Entry)
+
+
+def test_theta_sweep_carries_the_paper_rows() -> None:
+    spec = load_sweep_file("cifar100-lt-ir100-theta")
+    refs = {r.where["lwr.theta"]: r.reference["all"] for r in spec.references}
+    assert refs == {-1.0: 50.1, 0.0: 50.0, 0.2: 50.2, 0.4: 50.7, 0.6: 49.9, 1.0: 46.3}
+    assert load_config("cifar100-lt-ir100-ce").reference == {
+        "all": 38.6,
+        "many": 65.3,
+        "medium": 37.6,
+        "few": 8.7,
+    }
+
+
+@pytest.mark.slow
+def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, small: Path):
+    # The reference: the whole sweep, uninterrupted, in this process.
+    ref = tmp_path / "ref"
+    r = lwr(*_args(small, ref))
+    assert r.code == 0, r.err
+    found = sorted(str(p.parent.relative_to(ref)) for p in ref.rglob("metrics.jsonl"))
+    assert found == sorted(NAMES)
+    record = json.loads((ref / "sweep.json").read_text())
+    assert [x["name"] for x in record["runs"]] == NAMES
+    run = next(x for x in record["runs"] if x["name"] == "bs-lwr/theta=0.6/seed=1")
+    assert run["preset"] == "synthetic-lt-bs-lwr"
+    assert run["overrides"] == [*SETS, "lwr.theta=0.6", "seed=1"]
+    saved = yaml.safe_load((ref / "bs-lwr/theta=0.6/seed=1/config.yaml").read_text())
+    assert saved["lwr"]["theta"] == 0.6 and saved["seed"] == 1 and saved["lwr"]["enabled"]
+
+    # A real SIGINT to a subprocess sweep after its third run has finished an epoch.
+    cut = tmp_path / "cut"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lwrcli", *_args(small, cut)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    third = cut / NAMES[2] / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (third.is_file() and third.read_text().strip()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "same command" in err
+    finished = [n for n in NAMES if (cut / n / "metrics.jsonl").is_file()]
+    assert 3 <= len(finished) < len(NAMES)
+    stamps = {
+        n: (cut / n / "checkpoints" / "last.safetensors").stat().st_mtime_ns for n in NAMES[:2]
+    }
+
+    r = lwr(*_args(small, cut))
+    assert r.code == 0, r.err
+    assert re.search(r"[23] finished already", r.err), r.err
+    for n in NAMES[:2]:  # finished runs were not touched
+        assert (cut / n / "checkpoints" / "last.safetensors").stat().st_mtime_ns == stamps[n]
+    for n in NAMES:
+        a, b = _weights(ref / n), _weights(cut / n)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), n
+        lines = (cut / n / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+    # A different command on the same folder is refused, and nothing changes.
+    before = (cut / "sweep.json").read_text()
+    r = lwr(*_args(small, cut, "--set", "optim.lr=0.01"))
+    assert r.code == 2 and "different sweep" in r.err and "Traceback" not in r.err
+    assert (cut / "sweep.json").read_text() == before
+
+
+def test_bad_sweep_inputs_are_user_errors(lwr, tmp_path: Path, small: Path) -> None:
+    out = tmp_path / "s"
+    r = lwr("sweep", "--preset", "nope", "--data", small, "--out", out)
+    assert r.code == 2 and "Unknown preset" in r.err
+    r = lwr(
+        "sweep",
+        "--preset",
+        "synthetic-lt-bs",
+        "--grid",
+        "lwr.thetta=1",
+        "--data",
+        small,
+        "--out",
+        out,
+    )
+    assert r.code == 2 and "lwr.theta" in r.err
+    r = lwr("sweep", "--file", "nope", "--data", small, "--out", out)
+    assert r.code == 2 and "cifar100-lt-ir100-theta" in r.err
+    assert not out.exists()
+
+
+def test_plan_and_slurm_scripts_name_every_run(lwr, tmp_path: Path, small: Path) -> None:
+    out = tmp_path / "s"
+    r = lwr(*_args(small, out, "--plan"))
+    assert r.code == 0, r.err
+    plan = (out / "plan.sh").read_text()
+    for n in NAMES:
+        assert f"--out {out / n} " in plan
+    assert plan.count("lwr train --preset") == len(NAMES)
+    r = lwr(*_args(small, out, "--slurm", "--gpus-per-run", "2"))
+    assert r.code == 0, r.err
+    script = (out / "sweep.sbatch").read_text()
+    assert f"--array=0-{len(NAMES) - 1}" in script and "torchrun" in script
+    assert not any(p.name == "metrics.jsonl" for p in out.rglob("*"))
+
+
+def test_sweep_and_report_help(lwr) -> None:
+    for cmd in ("sweep", "report"):
+        r = lwr(cmd, "--help")
+        assert r.code == 0 and "--out" in r.out
