@@ -47,6 +47,8 @@ def test_loader_covers_every_sample_once_and_normalises() -> None:
 
 
 def test_shards_partition_the_epoch() -> None:
+    """Global batches of 8 split over 2 processes: equal step counts (DDP needs them), every
+    image exactly once, the last partial global batch (7) shared as 4 + 3."""
     n = 23
     images = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)
     labels = torch.arange(n)
@@ -55,9 +57,11 @@ def test_shards_partition_the_epoch() -> None:
         loader = DeviceImageLoader(
             images, labels, 4, (0, 0, 0), (1, 1, 1), True, 0, False, seed=5, rank=rank, world_size=2
         )
-        shards.append(torch.cat([y for _, y in loader]).tolist())
-    assert len(shards[0]) == len(shards[1]) == 12  # padded to equal length
-    assert set(shards[0]) | set(shards[1]) == set(range(n))
+        batches = [y.tolist() for _, y in loader]
+        assert len(batches) == len(loader) == 3
+        assert [len(b) for b in batches] == [4, 4, 4 - rank]
+        shards.append([i for b in batches for i in b])
+    assert sorted(shards[0] + shards[1]) == list(range(n))
 
 
 def test_generator_state_replays_batches() -> None:

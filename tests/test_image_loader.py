@@ -105,7 +105,7 @@ def test_train_batches(tiny: Path, workers: int) -> None:
 
 def test_rank_shards(tiny: Path) -> None:
     data_cfg = cfg(image_size=32, resize=36, num_workers=0)
-    n_train, n_test = 33, 18
+    n_test = 18
     train = [
         list(
             _loader(
@@ -114,12 +114,16 @@ def test_rank_shards(tiny: Path) -> None:
         )
         for r in (0, 1)
     ]
-    assert len(train[0]) == len(train[1]) == 17  # padded to equal steps
+    # Global batches of 8: 4 full ones (32 images), the last partial one (1) dropped.
+    assert len(train[0]) == len(train[1]) == 16
     indices = [[i for i, _ in shard] for shard in train]
-    assert set(indices[0]) | set(indices[1]) == set(range(n_train))
+    assert len(set(indices[0]) | set(indices[1])) == 32  # no image twice
+    one = list(_loader(tiny, "train", True, data_cfg, batch_size=8, seed=0).sampler)
+    for k in range(4):  # each global batch is the one-process batch, split in two parts
+        both = indices[0][4 * k : 4 * k + 4] + indices[1][4 * k : 4 * k + 4]
+        assert both == [i for i, _ in one[8 * k : 8 * k + 8]]
     # Each image's augmentation seed depends on (seed, epoch, index) only, not on the rank.
-    seeds = dict(train[0]) | dict(train[1])
-    assert len(set(seeds.values())) == n_train
+    assert dict(train[0]) | dict(train[1]) == {i: sd for i, sd in one}
     test = [
         list(
             _loader(
