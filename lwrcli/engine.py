@@ -25,7 +25,7 @@ from lwrcli.device import autocast_context
 from lwrcli.distributed import DistInfo, all_reduce_sum, barrier
 from lwrcli.errors import UserError
 from lwrcli.evaluate import score_splits
-from lwrcli.geometry import class_geometry, pairs_above
+from lwrcli.geometry import class_geometry, gradient_share
 from lwrcli.losses import CountsLoss, reweight_for_epoch
 from lwrcli.lwr import LWR
 from lwrcli.models import classifier_key, get_classifier
@@ -167,18 +167,8 @@ class Trainer:
         return grad
 
     def _lwr_share(self, lwr_grad: torch.Tensor) -> dict[str, torch.Tensor]:
-        """|λ ∇_W R| / |∇_W L_task| (Frobenius) after backward, and the pairs LWR repels.
-
-        The task gradient is the total minus LWR's (DDP has averaged the total; LWR's part is
-        the same on every rank), taken before clipping.
-        """
-        w = self.classifier.weight
-        task = w.grad - lwr_grad if w.grad is not None else -lwr_grad
         lw = self.cfg.lwr
-        return {
-            "lwr_share": lwr_grad.norm() / task.norm().clamp_min(1e-30),
-            "lwr_pairs_above": pairs_above(w, lw.theta, lw.proj, lw.block_size),
-        }
+        return gradient_share(self.classifier.weight, lwr_grad, lw.theta, lw.proj, lw.block_size)
 
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:

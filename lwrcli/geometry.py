@@ -103,3 +103,17 @@ def class_geometry(
     out["geom_norm_ratio"] = ratio
     out["geom_theta"] = float(theta)
     return out
+
+
+@torch.no_grad()
+def gradient_share(
+    weight: Tensor, lwr_grad: Tensor, theta: float, proj: bool = True, block_size: int = 1024
+) -> dict[str, Tensor]:
+    """LWR's share of the classifier gradient, |λ ∇_W R| / |∇_W L_task| (Frobenius), read
+    after backward, and the pairs LWR repels. The task gradient is the total minus LWR's
+    (DDP has averaged the total; LWR's part is the same on every rank), before clipping."""
+    task = weight.grad - lwr_grad if weight.grad is not None else -lwr_grad
+    return {
+        "lwr_share": lwr_grad.norm() / task.norm().clamp_min(1e-30),
+        "lwr_pairs_above": pairs_above(weight, theta, proj, block_size),
+    }
