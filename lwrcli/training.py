@@ -154,6 +154,9 @@ def train_run(
         except Exception as exc:
             exc.lwr_rank = dist.rank  # type: ignore[attr-defined]  # raised inside the loop
             raise
+        # Leave together: a process tearing down its group while rank 0 still writes the last
+        # checkpoint can abort in gloo's shutdown.
+        barrier(dist)
         return RunResult(run_dir, state.epoch, trainer.history, state.best_epoch, dist.is_main)
     finally:
         teardown()

@@ -194,10 +194,11 @@ def test_torchrun_two_processes_killed_mid_epoch_resume_bit_exact(
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "killed"
     cmd = [*torchrun, *train_args("synthetic-lt-bs-lwr", small, run, *sets)]
-    # 45 images per process: 3 steps an epoch. Saves: step 2, end of epoch 1, global step 4.
-    _run_until(cmd, "lwr-checkpoint: committed", 3, {**os.environ, PAUSE_ENV: "0.5"})
+    # Global batch 16 (8 per process): 6 steps an epoch, as in one process. Saves: steps 2
+    # and 4, the end of epoch 1, then step 2 of epoch 2 -- where the kill comes.
+    _run_until(cmd, "lwr-checkpoint: committed", 4, {**os.environ, PAUSE_ENV: "0.5"})
     saved = load_checkpoint(run / "checkpoints" / "last.safetensors")
-    assert (saved.epoch, saved.step) == (1, 1)  # killed inside the second epoch
+    assert (saved.epoch, saved.step) == (1, 2)  # killed inside the second epoch
     _resume(run, *torchrun)
     _assert_same_run(full, run)
 
