@@ -139,7 +139,7 @@ def _arrays_loader(
         seed=cfg.seed,
         rank=dist.rank,
         world_size=dist.world_size,
-        channels_last=cfg.channels_last,
+        channels_last=cfg.channels_last is True,  # unresolved "auto" counts as off here
     )
 
 
@@ -167,4 +167,4 @@ def _list_loader(
         world_size=dist.world_size,
         device=device,
     )
-    return _ListLoader(dl, device, cfg.channels_last)
+    return _ListLoader(dl, device, cfg.channels_last is True)
