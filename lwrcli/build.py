@@ -134,14 +134,16 @@ class CompileFallback(nn.Module):
 
     def _trial_backward(self, compiled: Callable[..., Any], x: torch.Tensor) -> None:
         buffers = [b.detach().clone() for b in self.eager.buffers()]
-        out = compiled(x)
-        if isinstance(out, torch.Tensor) and out.requires_grad:
-            out.float().sum().backward()
-        with torch.no_grad():
-            for b, saved in zip(self.eager.buffers(), buffers):
-                b.copy_(saved)
-        for p in self.eager.parameters():
-            p.grad = None
+        try:
+            out = compiled(x)
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.float().sum().backward()
+        finally:  # success or not, the trial leaves no trace in the statistics or gradients
+            with torch.no_grad():
+                for b, saved in zip(self.eager.buffers(), buffers):
+                    b.copy_(saved)
+            for p in self.eager.parameters():
+                p.grad = None
 
 
 def wrap_for_training(
