@@ -101,10 +101,17 @@ class CompileFallback(nn.Module):
     """
 
     def __init__(
-        self, eager: nn.Module, compiled: Callable[..., Any], log: Callable[[str], None] = _stderr
+        self,
+        eager: nn.Module,
+        compiled: Callable[..., Any],
+        log: Callable[[str], None] = _stderr,
+        clone_outputs: bool = False,
     ) -> None:
         super().__init__()
         self.eager = eager
+        # CUDA graphs (reduce-overhead) reuse their output memory on the next call; evaluation
+        # keeps every batch's logits, so those are copied out.
+        self.clone_outputs = clone_outputs
         # Not registered as a submodule: it holds the same parameters as `eager`.
         object.__setattr__(self, "compiled", compiled)
         object.__setattr__(self, "log", log)
@@ -116,7 +123,7 @@ class CompileFallback(nn.Module):
             return self.eager(x)
         key = (self.training, torch.is_grad_enabled())
         if key in self.tried:
-            return compiled(x)
+            return self._out(compiled(x))
         try:
             if key == (True, True):
                 self._trial_backward(compiled, x)
@@ -130,7 +137,10 @@ class CompileFallback(nn.Module):
             )
             return self.eager(x)
         self.tried.add(key)
-        return out
+        return self._out(out)
+
+    def _out(self, out: Any) -> Any:
+        return out.clone() if self.clone_outputs and isinstance(out, torch.Tensor) else out
 
     def _trial_backward(self, compiled: Callable[..., Any], x: torch.Tensor) -> None:
         buffers = [b.detach().clone() for b in self.eager.buffers()]
@@ -166,7 +176,8 @@ def wrap_for_training(
         kwargs: dict[str, Any] = {} if mode in ("default", "auto") else {"mode": mode}
         if mode == "reduce-overhead":
             kwargs["dynamic"] = False
-        wrapped = CompileFallback(wrapped, torch.compile(wrapped, **kwargs), log)
+        compiled = torch.compile(wrapped, **kwargs)
+        wrapped = CompileFallback(wrapped, compiled, log, clone_outputs=mode == "reduce-overhead")
     return wrapped
 
 
