@@ -7,6 +7,10 @@ or an optimizer touches one factory and its test; the Trainer only runs the loop
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -17,7 +21,7 @@ from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer
-from lwrcli.models import build_model, model_data_defaults
+from lwrcli.models import build_model, is_convolutional_name, model_data_defaults
 from lwrcli.optim import build_optimizer
 
 
@@ -34,17 +38,148 @@ def with_model_data_defaults(cfg: TrainConfig) -> TrainConfig:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update=update)})
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def resolve_speed_settings(
+    cfg: TrainConfig, device: torch.device, storage: str = "arrays"
+) -> TrainConfig:
+    """The config with `auto` speed settings made concrete for this device, model and data
+    storage (`arrays`: device-resident small images, static shapes; `lists`: DataLoader).
+
+    amp: bf16 on CUDA where the GPU supports it, none (fp32) on CPU. channels_last: on for
+    convolutional models on every device. compile: on for CUDA; off on CPU, where compiling
+    ResNet-32's training step takes longer than it saves within the first epoch (README,
+    'Speed'). compile_mode: default. `reduce-overhead` (CUDA graphs, for launch-bound
+    ResNet-32 at batch 128) is one setting away but stays out of `auto` until it has been
+    measured on a GPU. Concrete values are kept as given; resolving a resolved config changes
+    nothing.
+    """
+    cuda = device.type == "cuda"
+    amp = cfg.amp
+    if amp == "auto":
+        amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
+    channels_last = cfg.channels_last
+    if channels_last == "auto":
+        channels_last = is_convolutional_name(cfg.model.name)
+    compile_ = cfg.compile
+    if compile_ == "auto":
+        compile_ = cuda
+    mode = cfg.compile_mode
+    if mode == "auto":
+        mode = "default"  # reduce-overhead: opt-in until measured on a GPU
+    return cfg.model_copy(
+        update={
+            "amp": amp,
+            "channels_last": channels_last,
+            "compile": compile_,
+            "compile_mode": mode,
+        }
+    )
+
+
+def speed_summary(cfg: TrainConfig) -> str:
+    """One phrase for the run's start-up line, e.g. 'amp bf16, channels_last on, compile off'."""
+
+    def on(value: object) -> str:
+        return "on" if value is True else "off" if value is False else str(value)
+
+    compiled = on(cfg.compile)
+    if cfg.compile is True and cfg.compile_mode != "default":
+        compiled += f" ({cfg.compile_mode})"
+    return f"amp {cfg.amp}, channels_last {on(cfg.channels_last)}, compile {compiled}"
+
+
+class CompileFallback(nn.Module):
+    """The compiled model, or the eager one where compiling fails.
+
+    torch.compile is lazy: it fails (no C++ compiler, an op dynamo cannot trace, ...) at the
+    first call, and AOTAutograd compiles the backward graph only at the first backward. So the
+    first call in each mode (train with grad, eval) is tried here; in training mode a trial
+    backward compiles the backward graph too (batch-norm buffers are restored and the trial's
+    gradients dropped afterwards). On failure the eager model runs from then on and one line
+    is logged; the parameters are the same, so nothing else changes.
+    """
+
+    def __init__(
+        self,
+        eager: nn.Module,
+        compiled: Callable[..., Any],
+        log: Callable[[str], None] = _stderr,
+        clone_outputs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.eager = eager
+        # CUDA graphs (reduce-overhead) reuse their output memory on the next call; evaluation
+        # keeps every batch's logits, so those are copied out.
+        self.clone_outputs = clone_outputs
+        # Not registered as a submodule: it holds the same parameters as `eager`.
+        object.__setattr__(self, "compiled", compiled)
+        object.__setattr__(self, "log", log)
+        self.tried: set[tuple[bool, bool]] = set()
+
+    def forward(self, x: torch.Tensor) -> Any:
+        compiled = self.compiled
+        if compiled is None:
+            return self.eager(x)
+        key = (self.training, torch.is_grad_enabled())
+        if key in self.tried:
+            return self._out(compiled(x))
+        try:
+            if key == (True, True):
+                self._trial_backward(compiled, x)
+            out = compiled(x)
+        except Exception as exc:  # any compile failure: dynamo, inductor, the C++ toolchain
+            object.__setattr__(self, "compiled", None)
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            self.log(
+                f"Warning: torch.compile failed ({type(exc).__name__}: {first}); "
+                "training continues in eager mode."
+            )
+            return self.eager(x)
+        self.tried.add(key)
+        return self._out(out)
+
+    def _out(self, out: Any) -> Any:
+        return out.clone() if self.clone_outputs and isinstance(out, torch.Tensor) else out
+
+    def _trial_backward(self, compiled: Callable[..., Any], x: torch.Tensor) -> None:
+        buffers = [b.detach().clone() for b in self.eager.buffers()]
+        try:
+            out = compiled(x)
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.float().sum().backward()
+        finally:  # success or not, the trial leaves no trace in the statistics or gradients
+            with torch.no_grad():
+                for b, saved in zip(self.eager.buffers(), buffers):
+                    b.copy_(saved)
+            for p in self.eager.parameters():
+                p.grad = None
+
+
 def wrap_for_training(
-    model: nn.Module, cfg: TrainConfig, device: torch.device, dist: DistInfo
+    model: nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    dist: DistInfo,
+    log: Callable[[str], None] = _stderr,
 ) -> nn.Module:
-    """DDP across processes under torchrun, then torch.compile when asked."""
+    """DDP across processes under torchrun, then torch.compile when asked (falling back to
+    eager with one logged line if compiling fails). `cfg` holds resolved speed settings."""
     wrapped = model
     if dist.enabled:
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if cfg.compile:
-        wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+    if cfg.compile is True:
+        mode = cfg.compile_mode
+        # Static shapes for CUDA graphs: one graph per batch shape (train, last, eval).
+        kwargs: dict[str, Any] = {} if mode in ("default", "auto") else {"mode": mode}
+        if mode == "reduce-overhead":
+            kwargs["dynamic"] = False
+        compiled = torch.compile(wrapped, **kwargs)
+        wrapped = CompileFallback(wrapped, compiled, log, clone_outputs=mode == "reduce-overhead")
     return wrapped
 
 
@@ -56,8 +191,10 @@ def build_components(
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Components:
     """Model (seeded with cfg.seed, so its initialisation does not depend on data loading),
-    loss, optimizer and regularizer; `weights` restores a checkpoint's model state."""
+    loss, optimizer and regularizer; `weights` restores a checkpoint's model state. Speed
+    settings still `auto` are resolved here (train_run resolves them earlier, for the data)."""
     dist = dist or DistInfo()
+    cfg = resolve_speed_settings(cfg, device, data.manifest.storage)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes)
     if cfg.sync_bn:
@@ -68,7 +205,7 @@ def build_components(
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
-    if cfg.channels_last:
+    if cfg.channels_last is True:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if weights is not None:
         model.load_state_dict(weights)

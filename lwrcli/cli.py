@@ -100,6 +100,22 @@ def prepare_data(
     num_classes: Annotated[
         int | None, typer.Option("--num-classes", help="synthetic: number of classes.")
     ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            "--image-size",
+            help="folder: store N x N uint8 arrays (centre crop, then resize) for the fast "
+            "device-resident pipeline.",
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="folder: auto (arrays when all images are one square size <= 64 px), "
+            "arrays or lists.",
+        ),
+    ] = None,
     benchmark: Annotated[
         bool, typer.Option("--benchmark", help="lists/folder: report loader images/s after.")
     ] = False,
@@ -124,6 +140,8 @@ def prepare_data(
         test_per_class=test_per_class,
         num_classes=num_classes,
         skip_bad=skip_bad,
+        image_size=image_size,
+        storage=storage,
     )
     manifest = prepare(options, out, overwrite=overwrite)
     groups = {k: len(v) for k, v in manifest.shot_groups.items()}
@@ -132,7 +150,13 @@ def prepare_data(
         f"Prepared {manifest.name} in {out}: {manifest.num_classes} classes; {sizes} images; "
         f"train counts max {max(manifest.class_counts):,} min {min(manifest.class_counts):,}; "
         f"many/medium/few classes {groups['many']}/{groups['medium']}/{groups['few']}."
-        + (" (synthetic data)" if manifest.synthetic else ""),
+        + (" (synthetic data)" if manifest.synthetic else "")
+        + (
+            f" Images stored as {manifest.image_size}x{manifest.image_size} uint8 arrays: "
+            "training uses the device-resident pipeline."
+            if manifest.source == "folder" and manifest.storage == "arrays"
+            else ""
+        ),
         highlight=False,
     )
     if benchmark:

@@ -181,9 +181,16 @@ class TrainConfig(Strict):
     dist_timeout_minutes: float = Field(30.0, gt=0.0, le=1440.0)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["none", "bf16"] = "none"
-    channels_last: bool = False
-    compile: bool = False
+    # Speed settings; `auto` is resolved once at run start (lwrcli.build.resolve_speed_settings)
+    # and the concrete values are what config.yaml and checkpoints record:
+    # amp auto -> bf16 on CUDA where supported, none (fp32) on CPU; channels_last auto -> on
+    # for convolutional models; compile auto -> on for CUDA, off on CPU (there the compile time
+    # outweighs the gain within the first epoch, see README); compile_mode auto ->
+    # reduce-overhead (CUDA graphs) on CUDA for device-resident small images, else default.
+    amp: Literal["auto", "none", "bf16"] = "auto"
+    channels_last: Literal["auto"] | bool = "auto"
+    compile: Literal["auto"] | bool = "auto"
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
     eval_every: int = Field(1, ge=0, description="epochs; 0 = only at the end")
     save_every: int = Field(0, ge=0, description="epochs; 0 = only last/best")
     # Resumable checkpoints inside an epoch (loader position + every RNG); 0 = off. Under

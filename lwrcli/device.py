@@ -30,6 +30,17 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
     return contextlib.nullcontext()
 
 
+def eval_amp(amp: str, device: torch.device) -> str:
+    """Precision of `lwr eval`: the checkpoint's own (resolved at training) on CUDA, `auto`
+    resolved as in training; fp32 on CPU whatever the checkpoint says, so a bf16 GPU run's
+    checkpoint evaluates on any CPU (one pass: fp32's cost is small, and it is exact)."""
+    if device.type != "cuda":
+        return "none"
+    if amp == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    return amp
+
+
 def no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """Autocast off: losses and LWR similarities stay in float32 inside a bf16 step (bf16
     cosines are off by ~1e-2, as large as the θ steps of the paper's ablation)."""

@@ -17,7 +17,7 @@ from torch import nn
 from lwrcli.checkpoint import Checkpoint, load_checkpoint
 from lwrcli.data.loading import BatchLoader, build_data
 from lwrcli.data.manifest import Manifest, read_manifest
-from lwrcli.device import autocast_context, resolve_device
+from lwrcli.device import autocast_context, eval_amp, resolve_device
 from lwrcli.distributed import DistInfo, all_gather_cat
 from lwrcli.errors import UserError
 from lwrcli.losses import posthoc_logit_adjust, tau_normalize
@@ -125,7 +125,7 @@ def evaluate_checkpoint(
     dev = resolve_device(cfg.device)
     data = build_data(data_dir, cfg, dev, DistInfo(), train=False, splits=[split])
     model = load_model(ckpt, dev, tau_norm)
-    logits, targets = predict(model, data.evals[split], dev, cfg.amp, DistInfo())
+    logits, targets = predict(model, data.evals[split], dev, eval_amp(cfg.amp, dev), DistInfo())
     logits, targets = logits.cpu(), targets.cpu()
     # The checkpoint's own train counts define pi and the shot groups (what it was trained on).
     counts = ckpt.class_counts

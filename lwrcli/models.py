@@ -235,6 +235,25 @@ def classifier_key(model: nn.Module) -> str:
     return f"{head_path(model)}.weight"
 
 
+def is_convolutional(model: nn.Module) -> bool:
+    """Whether convolutions do the model's work (ResNets, ConvNeXt, EfficientNet, ...), so the
+    channels_last memory format pays; transformers (ViT, Swin: one patch-embedding conv, then
+    attention and matmuls) are left in the default format."""
+    convs = 0
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower():
+            return False
+        convs += isinstance(m, nn.Conv2d)
+    return convs >= 2
+
+
+def is_convolutional_name(name: str) -> bool:
+    """is_convolutional for a config's model name, built on the meta device (no weights)."""
+    if name in backbones.OWN:
+        return True  # resnet32, small_cnn
+    return is_convolutional(backbones.meta_backbone(name))
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -69,6 +69,8 @@ def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manif
         overwrite=overwrite,
         verify=options.verify,
         skip_bad=options.skip_bad,
+        image_size=options.image_size,
+        storage=options.storage,
     )
 
 

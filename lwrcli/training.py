@@ -18,7 +18,12 @@ from typing import Any
 import torch
 
 from lwrcli import __version__
-from lwrcli.build import build_components, with_model_data_defaults
+from lwrcli.build import (
+    build_components,
+    resolve_speed_settings,
+    speed_summary,
+    with_model_data_defaults,
+)
 from lwrcli.checkpoint import Checkpoint, load_train_state, resume_point
 from lwrcli.config import TrainConfig, config_to_yaml, read_yaml, validate_config
 from lwrcli.data.loading import build_data, check_dataset_matches
@@ -108,7 +113,10 @@ def train_run(
         warnings.filterwarnings("ignore")
     try:
         device = resolve_device(cfg.device, dist.local_rank)
-        check_dataset_matches(cfg, read_manifest(data_dir), data_dir)  # before any loader
+        manifest = read_manifest(data_dir)
+        check_dataset_matches(cfg, manifest, data_dir)  # before any loader
+        requested = speed_summary(cfg)
+        cfg = resolve_speed_settings(cfg, device, manifest.storage)
         torch.manual_seed(cfg.seed)
         data = build_data(data_dir, cfg, device, dist)
         if dist.is_main and resume is None:
@@ -132,7 +140,7 @@ def train_run(
                 where = f"in epoch {trainer.state.epoch + 1} after step {trainer.state.step}"
             progress.message(f"Resuming {run_dir} {where}.")
         elif dist.is_main:
-            _write_run_files(run_dir, cfg, data_dir, data.manifest.fingerprint, device)
+            _write_run_files(run_dir, cfg, data_dir, data.manifest.fingerprint, device, requested)
             progress.message(
                 f"Training '{cfg.name}'"
                 + (f" ({cfg.description})" if cfg.description else "")
@@ -142,7 +150,10 @@ def train_run(
                 + _batch_note(cfg, dist)
                 + f", lr {parts.base_lr:g}"
                 + _scaling_note(cfg)
-                + f"; model selection on: {trainer.select_split or 'none (last epoch)'}."
+                + f"; model selection on: {trainer.select_split or 'none (last epoch)'}; "
+                + speed_summary(cfg)
+                + (f" (asked: {requested})" if requested != speed_summary(cfg) else "")
+                + "."
             )
             if trainer.select_split == data.manifest.test_split:
                 progress.message(
@@ -181,10 +192,23 @@ def _scaling_note(cfg: TrainConfig) -> str:
 
 
 def _write_run_files(
-    run_dir: Path, cfg: TrainConfig, data_dir: Path, fingerprint: str, device: torch.device
+    run_dir: Path,
+    cfg: TrainConfig,
+    data_dir: Path,
+    fingerprint: str,
+    device: torch.device,
+    requested: str = "",
 ) -> None:
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    info = {"data_dir": str(Path(data_dir).resolve()), "dataset_fingerprint": fingerprint}
+    info = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "dataset_fingerprint": fingerprint,
+        # The speed settings as resolved for this device (auto made concrete) and as asked.
+        "speed": {
+            **{k: getattr(cfg, k) for k in ("amp", "channels_last", "compile", "compile_mode")},
+            "requested": requested,
+        },
+    }
     (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     (run_dir / "environment.json").write_text(json.dumps(environment_record(device), indent=2))
 

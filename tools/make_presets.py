@@ -165,7 +165,8 @@ def cifar(variant: str, ir: int, loss: str, lwr: bool) -> dict[str, Any]:
 
 def large(dataset: str, loss: str, lwr: bool) -> dict[str, Any]:
     """ImageNet-LT / iNaturalist 2018: ResNet-50 from scratch, 90 epochs, batch 512, lr 0.2,
-    cosine to 0, bf16 + channels_last. Places-LT: ImageNet-pretrained ResNet-152, 30 epochs."""
+    cosine to 0 (amp/channels_last/compile auto: bf16 + channels_last on a GPU). Places-LT:
+    ImageNet-pretrained ResNet-152, 30 epochs."""
     family = {"imagenet-lt": "imagenet", "inat2018": "inat", "places-lt": "places"}[dataset]
     epochs = 30 if dataset == "places-lt" else 90
     loss_cfg, cosine = loss_block(loss, drw_epoch=epochs * 2 // 3, focal_gamma=2.0)
@@ -193,8 +194,6 @@ def large(dataset: str, loss: str, lwr: bool) -> dict[str, Any]:
         "epochs": epochs,
         "batch_size": batch,
         "eval_batch_size": 256,
-        "amp": "bf16",
-        "channels_last": True,
         "save_every": 10,
         "checkpoint_every_minutes": LARGE_CHECKPOINT_MINUTES,
         "model": model,
@@ -237,8 +236,6 @@ def folder_finetune(loss: str, lwr: bool) -> dict[str, Any]:
         "epochs": 30,
         "batch_size": 64,
         "eval_batch_size": 128,
-        "amp": "bf16",
-        "channels_last": True,
         "save_every": 10,
         "checkpoint_every_minutes": LARGE_CHECKPOINT_MINUTES,
         "model": pretrained_model(name, cosine),
@@ -256,6 +253,40 @@ def folder_finetune(loss: str, lwr: bool) -> dict[str, Any]:
     }
 
 
+def folder_small(loss: str, lwr: bool) -> dict[str, Any]:
+    """Your own small images (prepare-data folder stores them as arrays: --image-size N, or
+    one square size <= 64 px): the CIFAR recipe (ResNet-32 from scratch, 200 epochs, batch
+    128, lr 0.1 with 5 warm-up epochs, x0.01 at 160, x0.0001 at 180, pad-crop + flip).
+    image_size/resize 32/36 apply only if the dataset was stored as lists."""
+    body = cifar("folder", 0, loss, lwr)
+    body["description"] = (
+        f"Your own small images (prepare-data folder), ResNet-32, {loss}"
+        + (" + LWR" if lwr else "")
+        + "; CIFAR recipe"
+    )
+    body["dataset"] = "folder"
+    body["lwr"] = lwr_block(lwr, "folder")
+    body["data"] = {**body["data"], "image_size": 32, "resize": 36}
+    return body
+
+
+def folder_large(loss: str, lwr: bool) -> dict[str, Any]:
+    """Your own 224-px images (prepare-data folder, stored as lists): ResNet-50 from scratch,
+    the ImageNet-LT recipe at batch 256 (lr 0.1, cosine, 90 epochs)."""
+    body = large("imagenet-lt", loss, lwr)
+    body["description"] = (
+        f"Your own large images (prepare-data folder), ResNet-50 from scratch, {loss}"
+        + (" + LWR" if lwr else "")
+        + "; ImageNet-LT recipe at batch 256"
+    )
+    body["dataset"] = "folder"
+    body["batch_size"] = 256
+    body["optim"] = {**body["optim"], "lr": 0.1, "base_batch_size": 256}
+    body["lwr"] = lwr_block(lwr, "folder")
+    body["data"] = {**body["data"], "num_workers": 4}
+    return body
+
+
 def imagenet_vit(lwr: bool) -> dict[str, Any]:
     """ImageNet-LT, ViT-B/16 from local weights with the MAE fine-tuning recipe (He et al.
     2022): AdamW lr 5e-4 at batch 256, layer decay 0.65, weight decay 0.05, 5 warm-up epochs,
@@ -271,7 +302,6 @@ def imagenet_vit(lwr: bool) -> dict[str, Any]:
         "epochs": 100,
         "batch_size": 256,
         "eval_batch_size": 256,
-        "amp": "bf16",
         "save_every": 10,
         "checkpoint_every_minutes": LARGE_CHECKPOINT_MINUTES,
         "model": pretrained_model(name, False),
@@ -336,6 +366,11 @@ def all_presets() -> dict[str, dict[str, Any]]:
         for lwr in (False, True):
             name = f"folder-finetune-{loss}" + ("-lwr" if lwr else "")
             presets[name] = folder_finetune(loss, lwr)
+    for loss in ["ce", "bs", "la"]:
+        for lwr in (False, True):
+            suffix = f"{loss}" + ("-lwr" if lwr else "")
+            presets[f"folder-{suffix}"] = folder_small(loss, lwr)
+            presets[f"folder-large-{suffix}"] = folder_large(loss, lwr)
     for lwr in (False, True):
         presets["imagenet-lt-vit-b16-bs" + ("-lwr" if lwr else "")] = imagenet_vit(lwr)
     for lwr in (False, True):

@@ -17,6 +17,13 @@ Images: .jpg .jpeg .png .bmp .webp in any case, in class folders or below them; 
 files are skipped, and links that resolve outside the root are refused. With `verify` every
 found image must decode (data/imagecheck.py) before any split is drawn, so `skip_bad`, which
 leaves broken ones out, gives the same held-out sizes and profile counts as a clean tree.
+
+Storage: small images are stored as uint8 arrays (data/folder_arrays.py), so training uses
+the device-resident pipeline: with `image_size` N every image becomes N x N (centre crop of
+the shorter side, then bilinear resize); without it, a tree whose images all share one square
+size <= 64 px is stored as arrays as it is. Other trees (and `storage='lists'`) store lists
+of paths read by DataLoader workers. The `{split}.txt` lists are written either way: row i
+of a split's arrays is line i of its list.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lwrcli.data.arrays import write_arrays
+from lwrcli.data.folder_arrays import auto_array_size, split_arrays
 from lwrcli.data.imagecheck import check_images, refuse_bad
 from lwrcli.data.manifest import Manifest, fingerprint, make_manifest, staged_output, write_manifest
 from lwrcli.data.profiles import long_tailed_counts
@@ -113,10 +122,19 @@ def prepare_folder(
     verify: bool = True,
     skip_bad: bool = False,
     progress: bool = True,
+    image_size: int | None = None,
+    storage: str = "auto",
 ) -> Manifest:
     """Scan the tree, check every image decodes (`verify`; `skip_bad` leaves broken ones out),
     hold out test/val, subsample train long-tailed; write `out` atomically (lists of paths
-    relative to `root` plus manifest.json, storage `lists`)."""
+    relative to `root` plus manifest.json; storage `arrays` for small images as the module
+    docstring says, else `lists`)."""
+    if storage not in ("auto", "arrays", "lists"):
+        raise UserError(f"--storage must be auto, arrays or lists, not '{storage}'.")
+    if image_size is not None and not 8 <= image_size <= 1024:
+        raise UserError(f"--image-size must be between 8 and 1024 pixels, got {image_size}.")
+    if image_size is not None and storage == "lists":
+        raise UserError("--image-size stores resized arrays; it cannot go with --storage lists.")
     if skip_bad and not verify:
         raise UserError("--skip-bad needs the image check; drop --no-verify.")
     root = Path(root).resolve()
@@ -194,11 +212,30 @@ def prepare_folder(
             blobs[split] = "".join(f"{p} {c}\n" for c, ps in enumerate(per_class) for p in ps)
             (tmp / f"{split}.txt").write_text(blobs[split], encoding="utf-8")
         encoded = {k: v.encode() for k, v in blobs.items()}
+        size = image_size
+        if size is None and storage != "lists":
+            every = [p for per_class in split_files.values() for ps in per_class for p in ps]
+            size = auto_array_size(root, every)
+            if size is None and storage == "arrays":
+                raise UserError(
+                    f"--storage arrays needs images of one square size <= 64 px; {root} has "
+                    "others. Give --image-size N to resize them all to N x N."
+                )
+        fps = (fingerprint(encoded), {k: fingerprint({k: v}) for k, v in encoded.items()})
+        if size is not None:
+            arrays = {s: split_arrays(root, pc, size) for s, pc in split_files.items()}
+            fps = write_arrays(tmp, arrays)
+            how = (
+                f"resized to {size}x{size} (centre crop of the shorter side, bilinear)"
+                if image_size is not None
+                else f"all {size}x{size}, stored as they are"
+            )
+            notes.append(f"images stored as uint8 arrays, {how}; row i is line i of {{split}}.txt")
         name = f"folder-{root.name}" + (f"-ir{imbalance_factor:g}" if imbalance_factor else "")
         manifest = make_manifest(
             name=name,
             source="folder",
-            storage="lists",
+            storage="arrays" if size is not None else "lists",
             class_names=names,
             class_counts=[len(ps) for ps in train],
             splits={s: sum(len(ps) for ps in v) for s, v in split_files.items()},
@@ -208,8 +245,9 @@ def prepare_folder(
             profile=profile if imbalance_factor is not None else None,
             seed=seed,
             image_root=str(root),
-            fingerprint=fingerprint(encoded),
-            split_fingerprints={k: fingerprint({k: v}) for k, v in encoded.items()},
+            image_size=size,
+            fingerprint=fps[0],
+            split_fingerprints=fps[1],
             notes=notes,
             skipped=skipped,
         )

@@ -211,7 +211,7 @@ def _arrays_loader(
         seed=cfg.seed,
         rank=dist.rank,
         world_size=dist.world_size,
-        channels_last=cfg.channels_last,
+        channels_last=cfg.channels_last is True,  # unresolved "auto" counts as off here
     )
 
 
@@ -240,4 +240,4 @@ def _list_loader(
         device=device,
     )
     steps = len(dl) if not is_train else dl.sampler.steps
-    return _ListLoader(dl, device, cfg.channels_last, steps)
+    return _ListLoader(dl, device, cfg.channels_last is True, steps)

@@ -68,6 +68,11 @@ class FolderOptions(_Options):
     test_per_class: int | None = None  # None: the folder source's default
     verify: bool = True
     skip_bad: bool = False
+    # Store N x N uint8 arrays (centre crop of the shorter side, bilinear resize) for the
+    # device-resident pipeline; None: arrays only when all images share one square size
+    # <= 64 px (stored as they are), else lists.
+    image_size: int | None = Field(None, ge=8, le=1024)
+    storage: Literal["auto", "arrays", "lists"] = "auto"
 
 
 SourceOptions = Annotated[
