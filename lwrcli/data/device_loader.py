@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from lwrcli.data.samplers import epoch_indices
+
 
 def random_crop_flip(
     images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator
@@ -58,6 +60,9 @@ class DeviceImageLoader:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        sampler: str = "instance",
+        num_samples_cls: int = 4,
+        epochs: int = 1,
     ) -> None:
         self.images = images
         self.labels = labels
@@ -68,6 +73,7 @@ class DeviceImageLoader:
         self.rank = rank
         self.world_size = world_size
         self.channels_last = channels_last
+        self.sampler, self.num_samples_cls, self.epochs = sampler, num_samples_cls, epochs
         dev = images.device
         self.mean = torch.tensor(mean, device=dev).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1) * 255.0
@@ -104,7 +110,10 @@ class DeviceImageLoader:
         """This epoch's permutation of the whole split (the same on every rank), padded so
         every rank has the same number of batches (DDP needs equal step counts)."""
         n = len(self.labels)
-        perm = torch.randperm(n, device=self.images.device, generator=self.generator)
+        progress = min(max(self._epoch, 0) / self.epochs, 1.0)  # the sampler's t, in [0, 1]
+        perm = epoch_indices(
+            self.sampler, self.labels, self.generator, progress, self.num_samples_cls
+        )
         total = ((n + self.world_size - 1) // self.world_size) * self.world_size
         return torch.cat([perm, perm[: total - n]])
 
@@ -122,15 +131,20 @@ class DeviceImageLoader:
                 idx = order[start : start + self.batch_size]
                 yield self.normalize(self.images[idx]), self.labels[idx]
             return
+        for idx in self.batch_indices():
+            batch = random_crop_flip(self.images[idx], self.padding, self.flip, self.generator)
+            yield self.normalize(batch), self.labels[idx]
+
+    def batch_indices(self) -> Iterator[torch.Tensor]:
+        """This rank's training batches as index tensors (B,), advancing the position: what
+        `__iter__` loads, and what a loader over cached features indexes instead."""
         if self._order is None:
             self._order, self._position = self._draw_order(), 0
         order = self._order[self.rank :: self.world_size]  # this rank's shard
         while self._position * self.batch_size < len(order):
             start = self._position * self.batch_size
-            idx = order[start : start + self.batch_size]
-            batch = random_crop_flip(self.images[idx], self.padding, self.flip, self.generator)
             self._position += 1
-            yield self.normalize(batch), self.labels[idx]
+            yield order[start : start + self.batch_size]
         self._order, self._position = None, 0  # the next pass is a new epoch
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from lwrcli.config import DataConfig
 from lwrcli.data.manifest import Manifest
+from lwrcli.data.samplers import epoch_indices
 from lwrcli.data.transforms import (
     decode_rgb,
     eval_transform,
@@ -99,10 +100,26 @@ class TrainSampler(Sampler[tuple[int, int]]):
     """Training order: a permutation per epoch (seed + epoch, the same on every rank), padded so
     all ranks take as many steps, each rank taking every world_size-th item. Yields
     (index, sample_seed). `start` skips this rank's first items: a resumed epoch continues
-    where the checkpoint left it."""
+    where the checkpoint left it. A `kind` other than instance needs the labels (N,)."""
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        labels: torch.Tensor | None = None,
+        kind: str = "instance",
+        num_samples_cls: int = 4,
+        epochs: int = 1,
+    ) -> None:
         self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.labels, self.kind, self.num_samples_cls, self.epochs = (
+            labels,
+            kind,
+            num_samples_cls,
+            epochs,
+        )
         self.epoch = 0
         self.start = 0
 
@@ -118,7 +135,12 @@ class TrainSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
+        if self.kind == "instance":
+            perm = torch.randperm(self.n, generator=g).tolist()
+        else:
+            assert self.labels is not None, "a class-aware order needs the labels"
+            t = min(self.epoch / self.epochs, 1.0)
+            perm = epoch_indices(self.kind, self.labels, g, t, self.num_samples_cls).tolist()
         perm += perm[: self.per_rank * self.world_size - self.n]
         mine = perm[self.rank :: self.world_size][self.start :]
         return iter((i, sample_seed(self.seed, self.epoch, i)) for i in mine)
@@ -242,6 +264,7 @@ def build_image_loader(
     world_size: int = 1,
     device: torch.device | None = None,
     drop_last: bool | None = None,
+    epochs: int = 1,
 ) -> DataLoader:
     """A DataLoader of ImageBatch (or RawBatch with gpu_decode) for one split of a `lists`
     dataset; pass each batch through `to_device`. Training shuffles with seed + epoch (call
@@ -259,7 +282,16 @@ def build_image_loader(
     dataset = ListDataset(Path(manifest.image_root), paths, labels, transform, raw=gpu_decode)
     sampler: Sampler[Any]
     if train:
-        sampler = TrainSampler(len(dataset), seed, rank, world_size)
+        sampler = TrainSampler(
+            len(dataset),
+            seed,
+            rank,
+            world_size,
+            labels,
+            data_cfg.sampler,
+            data_cfg.num_samples_cls,
+            epochs,
+        )
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
     workers = min(data_cfg.num_workers, available_cores())
