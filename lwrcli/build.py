@@ -18,6 +18,7 @@ from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer
 from lwrcli.models import build_model, model_data_defaults
 from lwrcli.optim import build_optimizer
+from lwrcli.stage2 import prepare_stage2
 
 
 def with_model_data_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -58,7 +59,9 @@ def build_components(
     loss, optimizer and regularizer; `weights` restores a checkpoint's model state."""
     dist = dist or DistInfo()
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes).to(device)
+    model = build_model(cfg.model, data.num_classes)
+    # Stage 2: init weights (not when resuming), head reset, frozen backbone, LWS scales.
+    model = prepare_stage2(model, cfg, data.manifest, load=weights is None).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if weights is not None:
