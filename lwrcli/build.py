@@ -23,6 +23,7 @@ from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer
 from lwrcli.models import build_model, is_convolutional_name, model_data_defaults
 from lwrcli.optim import build_optimizer
+from lwrcli.stage2 import prepare_stage2
 
 
 def with_model_data_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -204,7 +205,8 @@ def build_components(
                 "model.norm=group (batch-independent) or sync_bn=false."
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device)
+    # Stage 2: init weights (not when resuming), head reset, frozen backbone, LWS scales.
+    model = prepare_stage2(model, cfg, data.manifest, load=weights is None).to(device)
     if cfg.channels_last is True:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if weights is not None:

@@ -179,22 +179,29 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue this run folder.")
     ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Stage 2: start from this checkpoint (init.checkpoint)."),
+    ] = None,
 ) -> None:
     """Train a model (CPU, one GPU, or many via torchrun) into a run folder."""
     from lwrcli.config import load_config
     from lwrcli.training import train_run
 
     if resume is not None:
-        if preset or config or overrides or out:
+        if preset or config or overrides or out or init:
             raise UserError(
                 "--resume RUN_DIR continues a run with its saved config; do not combine it "
-                "with --preset, --config, --set or --out."
+                "with --preset, --config, --set, --init or --out."
             )
         result = train_run(None, data, resume=resume)  # type: ignore[arg-type]
     else:
         if data is None or out is None:
             raise UserError("lwr train needs --data DATA_DIR and --out RUN_DIR.")
-        cfg = load_config(preset, config, overrides or [])
+        sets = list(overrides or [])
+        if init is not None:  # a shortcut for --set init.checkpoint=PATH
+            sets.append(f"init.checkpoint={json.dumps(str(init))}")
+        cfg = load_config(preset, config, sets)
         result = train_run(cfg, data, out)
     if not result.is_main:
         return
@@ -221,8 +228,20 @@ def eval_cmd(
         float | None, typer.Option("--posthoc-tau", help="Post-hoc logit adjustment tau.")
     ] = None,
     tau_norm: Annotated[
-        float | None, typer.Option("--tau-norm", help="tau-normalise classifier weights.")
+        float | None,
+        typer.Option("--tau-norm", help="tau-normalise classifier weights (bias dropped)."),
     ] = None,
+    keep_bias: Annotated[
+        bool, typer.Option("--keep-bias", help="tau-norm: keep the classifier bias.")
+    ] = False,
+    tau_norm_search: Annotated[
+        bool,
+        typer.Option("--tau-norm-search", help="Pick tau-norm's tau in 0..2 on the val split."),
+    ] = False,
+    posthoc_tau_search: Annotated[
+        bool,
+        typer.Option("--posthoc-tau-search", help="Pick post-hoc tau in 0..2 on the val split."),
+    ] = False,
     confusion: Annotated[bool, typer.Option("--confusion", help="Write confusion.csv.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
@@ -234,7 +253,17 @@ def eval_cmd(
         raise UserError(f"--device must be auto, cpu or cuda, got '{device}'.")
     target = out or default_eval_dir(checkpoint, split)
     summary = evaluate_checkpoint(
-        checkpoint, data, target, split, posthoc_tau, tau_norm, confusion, device
+        checkpoint,
+        data,
+        target,
+        split,
+        posthoc_tau,
+        tau_norm,
+        confusion,
+        device,
+        keep_bias=keep_bias,
+        tau_norm_search=tau_norm_search,
+        posthoc_tau_search=posthoc_tau_search,
     )
     title = f"{summary['dataset']} / {summary['split']} — {summary['adjustment']}"
     if as_json:

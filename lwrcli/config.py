@@ -161,6 +161,31 @@ class DataConfig(Strict):
     gpu_decode: bool = False
     # Model selection split: 'val' when the dataset has one; 'test' only when asked explicitly.
     select_on: Literal["val", "test", "none"] = "val"
+    # Training order (lwrcli.data.samplers), both pipelines; an epoch is always N draws.
+    sampler: Literal["instance", "class_balanced", "square_root", "progressive"] = "instance"
+    num_samples_cls: int = Field(4, ge=1, le=1024, description="class_balanced: images per pick")
+
+
+class InitConfig(Strict):
+    # Start from another run's weights (a stage-2 run): same classes, same prepared dataset.
+    checkpoint: Path | None = None
+    # Re-initialise the classifier head after loading (cRT).
+    reset_classifier: bool = False
+
+
+class Stage2Config(Strict):
+    """Decoupled classifier training (Kang et al. 2020) on a frozen representation."""
+
+    # crt: re-initialised classifier; lws: only per-class scales s_c learn. Both freeze the
+    # backbone, BatchNorm statistics included.
+    mode: Literal["none", "crt", "lws"] = "none"
+    freeze: Literal["none", "backbone"] = "none"
+    # Backbone features computed once and the head trained on them (augmentation must be off).
+    cache_features: bool = False
+
+    @property
+    def frozen_backbone(self) -> bool:
+        return self.freeze == "backbone" or self.mode != "none"
 
 
 class TrainConfig(Strict):
@@ -204,6 +229,8 @@ class TrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     data: DataConfig = DataConfig()
+    init: InitConfig = InitConfig()
+    stage2: Stage2Config = Stage2Config()
     # The paper's numbers for this recipe (top-1 %), shown by `lwr presets`; informative only.
     reference: dict[str, float] = Field(default_factory=dict)
 
@@ -213,6 +240,31 @@ class TrainConfig(Strict):
         if self.loss.name == "ldam" and not self.model.cosine_classifier:
             raise ValueError(
                 "loss.name=ldam needs model.cosine_classifier=true (LDAM works on cosine logits)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _stage2_consistent(self) -> TrainConfig:
+        s2 = self.stage2
+        if s2.mode == "crt" and not self.init.reset_classifier:
+            raise ValueError(
+                "stage2.mode=crt re-trains the classifier: set init.reset_classifier=true"
+            )
+        if s2.mode == "lws" and self.init.reset_classifier:
+            raise ValueError(
+                "stage2.mode=lws learns scales of the trained classifier: set "
+                "init.reset_classifier=false"
+            )
+        if s2.cache_features and not s2.frozen_backbone:
+            raise ValueError(
+                "stage2.cache_features needs a frozen backbone (stage2.mode=crt or lws, or "
+                "stage2.freeze=backbone): features of a training backbone change every step"
+            )
+        if s2.cache_features and (self.data.crop_padding > 0 or self.data.flip):
+            raise ValueError(
+                "stage2.cache_features computes each image's features once, so augmentation "
+                "must be off: set data.crop_padding=0 and data.flip=false (or "
+                "stage2.cache_features=false to augment with the backbone under no_grad)"
             )
         return self
 

@@ -1,13 +1,15 @@
 """`lwr eval`: a checkpoint on a prepared dataset's split -> top-1/top-5, shot groups, per class.
 
 Raw logits are the default for every training loss. Post-hoc logit adjustment
-(z - tau * log pi) and tau-normalisation of the classifier (w_c / |w_c|^tau) are explicit
-options, and the summary names the one used.
+(z - tau * log pi) and tau-normalisation of the classifier (w_c / |w_c|^tau, bias dropped
+like the reference unless kept) are explicit options, with tau fixed or picked on the
+validation split (never on test); the summary names the adjustment and its bias treatment.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,11 @@ from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.device import autocast_context, eval_amp, resolve_device
 from lwrcli.distributed import DistInfo, all_gather_cat
 from lwrcli.errors import UserError
-from lwrcli.losses import posthoc_logit_adjust, tau_normalize
+from lwrcli.losses import posthoc_logit_adjust
 from lwrcli.metrics import confusion_matrix, summarize, write_per_class_csv
-from lwrcli.models import build_model
+from lwrcli.models import build_model, get_classifier
+from lwrcli.posthoc import bias_treatment, head_logits, search_posthoc, search_tau_norm
+from lwrcli.stage2 import apply_structure
 
 SCORES = ("top1", "top5", "many", "medium", "few")
 
@@ -71,6 +75,28 @@ def default_eval_dir(checkpoint: Path, split: str | None) -> Path:
     return checkpoint.with_name(f"{stem}{suffix}.eval")
 
 
+@torch.no_grad()
+def head_inputs(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], amp: str
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(features (B, d) float32, labels (B,)) per batch: what the head receives, captured by
+    a hook, so any backbone works without knowing where its features end. no_grad, not
+    inference_mode: cached features later enter autograd as a trained head's inputs."""
+    head = get_classifier(model)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda m, args: captured.append(args[0].float()))
+    out = []
+    model.eval()
+    try:
+        for x, y in batches:
+            with autocast_context(x.device, amp):
+                model(x)
+            out.append((captured.pop(), y))
+    finally:
+        hook.remove()
+    return out
+
+
 def check_compatible(ckpt: Checkpoint, manifest: Manifest, data_dir: Path) -> None:
     """A checkpoint only makes sense on a dataset with the same classes."""
     c_ckpt = ckpt.classifier_weight.shape[0]
@@ -82,19 +108,32 @@ def check_compatible(ckpt: Checkpoint, manifest: Manifest, data_dir: Path) -> No
         )
 
 
-def load_model(ckpt: Checkpoint, device: torch.device, tau_norm: float | None) -> torch.nn.Module:
-    model = build_model(ckpt.config.model, ckpt.classifier_weight.shape[0])
-    state = dict(ckpt.state)
-    if tau_norm is not None:
-        state[ckpt.classifier_key] = tau_normalize(state[ckpt.classifier_key], tau_norm)
+def load_model(ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
+    """The checkpoint's model as trained (an LWS run's head keeps its scales)."""
+    model = apply_structure(
+        build_model(ckpt.config.model, ckpt.classifier_weight.shape[0]), ckpt.config
+    )
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(ckpt.state)
     except RuntimeError as exc:
         raise UserError(
             f"Checkpoint {ckpt.path} does not match its own model config "
             f"({str(exc).splitlines()[0]})."
         ) from None
     return model.to(device).eval()
+
+
+def _features(model: nn.Module, loader: BatchLoader, amp: str) -> tuple[torch.Tensor, torch.Tensor]:
+    batches = head_inputs(model, loader, amp)
+    return torch.cat([f for f, _ in batches]), torch.cat([y for _, y in batches])
+
+
+def _no_val_error(data_dir: Path, option: str) -> UserError:
+    return UserError(
+        f"{option} picks τ on the validation split, and dataset {data_dir} has none; τ is "
+        "never picked on the test split (that would report an optimistic accuracy). Prepare "
+        "the dataset with a validation split, or pass a fixed τ (--tau-norm / --posthoc-tau)."
+    )
 
 
 def evaluate_checkpoint(
@@ -107,7 +146,15 @@ def evaluate_checkpoint(
     confusion: bool = False,
     device: str = "auto",
     batch_size: int | None = None,
+    keep_bias: bool = False,
+    tau_norm_search: bool = False,
+    posthoc_tau_search: bool = False,
 ) -> dict[str, Any]:
+    """Scores of `checkpoint` on a split; τ-norm and post-hoc τ fixed, or picked on val."""
+    if tau_norm_search and tau_norm is not None:
+        raise UserError("Give --tau-norm τ or --tau-norm-search, not both.")
+    if posthoc_tau_search and posthoc_tau is not None:
+        raise UserError("Give --posthoc-tau τ or --posthoc-tau-search, not both.")
     ckpt = load_checkpoint(checkpoint)
     manifest = read_manifest(data_dir)
     check_compatible(ckpt, manifest, data_dir)
@@ -116,6 +163,12 @@ def evaluate_checkpoint(
         raise UserError(
             f"Dataset {data_dir} has no '{split}' split; it has {', '.join(manifest.splits)}."
         )
+    val = manifest.val_split if manifest.val_split in manifest.splits else None
+    searching = tau_norm_search or posthoc_tau_search
+    if searching and val is None:
+        raise _no_val_error(
+            data_dir, "--tau-norm-search" if tau_norm_search else "--posthoc-tau-search"
+        )
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder.")
     cfg = ckpt.config.model_copy(deep=True)
@@ -123,21 +176,32 @@ def evaluate_checkpoint(
     if batch_size is not None:
         cfg.eval_batch_size = batch_size
     dev = resolve_device(cfg.device)
-    data = build_data(data_dir, cfg, dev, DistInfo(), train=False, splits=[split])
-    model = load_model(ckpt, dev, tau_norm)
-    logits, targets = predict(model, data.evals[split], dev, eval_amp(cfg.amp, dev), DistInfo())
-    logits, targets = logits.cpu(), targets.cpu()
+    splits = [split] + ([val] if searching and val != split else [])
+    data = build_data(data_dir, cfg, dev, DistInfo(), train=False, splits=splits)  # type: ignore[arg-type]
+    model = load_model(ckpt, dev)
+    head = get_classifier(model)
+    feats = {s: _features(model, data.evals[s], eval_amp(cfg.amp, dev)) for s in splits}
     # The checkpoint's own train counts define pi and the shot groups (what it was trained on).
     counts = ckpt.class_counts
-    adjustments = []
+    adjustments, searches = [], {}
+    with torch.no_grad():
+        if tau_norm_search:
+            found = search_tau_norm(head, *feats[val], keep_bias)  # type: ignore[index]
+            tau_norm, searches["tau_norm"] = found.tau, found.record(val)  # type: ignore[arg-type]
+        logits = {s: head_logits(head, f, tau_norm, keep_bias).cpu() for s, (f, _) in feats.items()}
+    targets = {s: y.cpu() for s, (_, y) in feats.items()}
     if tau_norm is not None:
-        adjustments.append(f"tau-normalised classifier (tau={tau_norm:g})")
+        picked = f" (picked on {val})" if tau_norm_search else ""
+        adjustments.append(f"τ-norm {tau_norm:g}{picked}, {bias_treatment(head, keep_bias)}")
+    if posthoc_tau_search:
+        found = search_posthoc(logits[val], targets[val], counts)  # type: ignore[index]
+        posthoc_tau, searches["posthoc_tau"] = found.tau, found.record(val)  # type: ignore[arg-type]
     if posthoc_tau is not None:
-        logits = posthoc_logit_adjust(
-            logits, torch.tensor(counts, dtype=torch.float64), posthoc_tau
-        )
-        adjustments.append(f"post-hoc logit adjustment (tau={posthoc_tau:g})")
-    summary = summarize(logits, targets, counts)
+        prior = torch.tensor(counts, dtype=torch.float64)
+        logits[split] = posthoc_logit_adjust(logits[split], prior, posthoc_tau)
+        picked = f" (picked on {val})" if posthoc_tau_search else ""
+        adjustments.append(f"post-hoc logit adjustment τ={posthoc_tau:g}{picked}")
+    summary = summarize(logits[split], targets[split], counts)
     per_class = summary.pop("per_class")
     summary.update(
         {
@@ -147,17 +211,21 @@ def evaluate_checkpoint(
             "split": split,
             "epoch": ckpt.epoch,
             "adjustment": "; ".join(adjustments) or "none (raw logits)",
+            "tau_norm": tau_norm,
+            "tau_norm_bias": bias_treatment(head, keep_bias) if tau_norm is not None else None,
+            "posthoc_tau": posthoc_tau,
+            **({"search": searches} if searches else {}),
         }
     )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        test_counts = torch.bincount(targets, minlength=manifest.num_classes).tolist()
+        test_counts = torch.bincount(targets[split], minlength=manifest.num_classes).tolist()
         write_per_class_csv(
             out / "per_class.csv", per_class, manifest.class_names, counts, test_counts
         )
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if confusion:
-            cm = confusion_matrix(logits.argmax(1), targets, manifest.num_classes)
+            cm = confusion_matrix(logits[split].argmax(1), targets[split], manifest.num_classes)
             lines = [",".join(map(str, row)) for row in cm.tolist()]
             (out / "confusion.csv").write_text("\n".join(lines) + "\n")
         summary["outputs"] = str(out)

@@ -35,6 +35,8 @@ from lwrcli.errors import UserError
 from lwrcli.models import count_parameters
 from lwrcli.progress import TrainProgress
 from lwrcli.runlog import METRICS, reconcile_metrics
+from lwrcli.stage2 import check_stage2_start
+from lwrcli.stage2_cache import use_cached_features
 
 RUN_INFO = "run.json"
 
@@ -117,6 +119,8 @@ def train_run(
         check_dataset_matches(cfg, manifest, data_dir)  # before any loader
         requested = speed_summary(cfg)
         cfg = resolve_speed_settings(cfg, device, manifest.storage)
+        if resume is None:
+            check_stage2_start(cfg, manifest)  # before the run folder exists
         torch.manual_seed(cfg.seed)
         data = build_data(data_dir, cfg, device, dist)
         if dist.is_main and resume is None:
@@ -124,6 +128,8 @@ def train_run(
         barrier(dist)
         weights = resume_ckpt.state if resume_ckpt is not None else None
         parts = build_components(cfg, data, device, dist, weights)
+        if cfg.stage2.cache_features:
+            parts = use_cached_features(parts, cfg, device)
         progress = progress or TrainProgress(cfg.epochs, enabled=dist.is_main)
         trainer = Trainer(cfg, parts, device, run_dir, dist, progress)
         if resume_ckpt is not None:

@@ -77,7 +77,10 @@ def test_preset_builds_and_takes_one_step(
     assert ("lwr" in terms) == (
         cfg.lwr.enabled and cfg.lwr.theta < 1.0 and trainer.regularizer.lam(t) > 0
     )
-    assert not torch.equal(before, head.weight)
+    if cfg.stage2.mode == "lws":  # the classifier is frozen: only its scales learn
+        assert torch.equal(before, head.weight) and not torch.equal(head.scales, torch.ones(5))
+    else:
+        assert not torch.equal(before, head.weight)
     if cfg.loss.name == "ldam":
         assert cfg.model.cosine_classifier
 

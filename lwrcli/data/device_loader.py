@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from lwrcli.data.samplers import epoch_indices
+
 
 def draw_crop_flip(
     b: int, padding: int, flip: bool, generator: torch.Generator, device: torch.device
@@ -80,6 +82,9 @@ class DeviceImageLoader:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        sampler: str = "instance",
+        num_samples_cls: int = 4,
+        epochs: int = 1,
     ) -> None:
         self.images = images
         self.labels = labels
@@ -90,6 +95,7 @@ class DeviceImageLoader:
         self.rank = rank
         self.world_size = world_size
         self.channels_last = channels_last
+        self.sampler, self.num_samples_cls, self.epochs = sampler, num_samples_cls, epochs
         dev = images.device
         self.mean = torch.tensor(mean, device=dev).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1) * 255.0
@@ -128,8 +134,12 @@ class DeviceImageLoader:
             self._epoch, self._order, self._position = epoch, None, 0
 
     def _draw_order(self) -> torch.Tensor:
-        """This epoch's permutation of the whole split (the same on every process)."""
-        return torch.randperm(len(self.labels), device=self.images.device, generator=self.generator)
+        """This epoch's order of the whole split (the same on every process): a permutation,
+        or the sampler's draws (class-balanced, square-root, progressive)."""
+        progress = min(max(self._epoch, 0) / self.epochs, 1.0)  # the sampler's t, in [0, 1]
+        return epoch_indices(
+            self.sampler, self.labels, self.generator, progress, self.num_samples_cls
+        )
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         x = (batch.float() - self.mean) / self.std
@@ -145,23 +155,35 @@ class DeviceImageLoader:
                 idx = order[start : start + self.batch_size]
                 yield self.normalize(self.images[idx]), self.labels[idx]
             return
+        dev = self.images.device
+        for chunk, mine in self._steps():
+            # The global batch and its augmentation are drawn as one process would draw them;
+            # this process takes its contiguous part, so 1 or W processes see the same images
+            # with the same crops and flips at the same step.
+            params = draw_crop_flip(len(chunk), self.padding, self.flip, self.generator, dev)
+            idx = chunk[mine]
+            mine_params = [p[mine] if p is not None else None for p in params]
+            batch = apply_crop_flip(self.images[idx], self.padding, *mine_params)
+            yield self.normalize(batch), self.labels[idx]
+
+    def batch_indices(self) -> Iterator[torch.Tensor]:
+        """This process's training batches as index tensors (B,), advancing the position: what
+        `__iter__` loads, and what a loader over cached features indexes instead."""
+        for chunk, mine in self._steps():
+            yield chunk[mine]
+
+    def _steps(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per step from the current position: the global batch's indices and the positions in
+        it that are this process's part."""
         if self._order is None:
             self._order, self._position = self._draw_order(), 0
         gb, dev = self.global_batch_size, self.images.device
         while self._position < len(self):
-            # The global batch and its augmentation are drawn as one process would draw them;
-            # this process takes its contiguous part, so 1 or W processes see the same images
-            # with the same crops and flips at the same step.
             chunk = self._order[self._position * gb : (self._position + 1) * gb]
-            params = draw_crop_flip(len(chunk), self.padding, self.flip, self.generator, dev)
             part = torch.tensor_split(torch.arange(len(chunk), device=dev), self.world_size)
-            mine = part[self.rank]
-            idx = chunk[mine]
-            mine_params = [p[mine] if p is not None else None for p in params]
-            batch = apply_crop_flip(self.images[idx], self.padding, *mine_params)
             self.last_global_batch = len(chunk)
             self._position += 1
-            yield self.normalize(batch), self.labels[idx]
+            yield chunk, part[self.rank]
         self._order, self._position = None, 0  # the next pass is a new epoch
 
     def state_dict(self) -> dict[str, torch.Tensor]:

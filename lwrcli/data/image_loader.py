@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from lwrcli.config import DataConfig
 from lwrcli.data.manifest import Manifest
+from lwrcli.data.samplers import epoch_indices
 from lwrcli.data.transforms import (
     decode_rgb,
     eval_transform,
@@ -90,23 +91,36 @@ def seeded(transform: Any, image: torch.Tensor, sample_seed: int | None) -> torc
         return transform(image)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A distinct 63-bit seed per (run seed, epoch, image)."""
-    return ((seed * 1_000_003 + epoch) * 2_147_483_647 + index) % (1 << 63)
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A distinct 63-bit seed per (run seed, epoch, position in the epoch's order)."""
+    return ((seed * 1_000_003 + epoch) * 2_147_483_647 + position) % (1 << 63)
 
 
 class TrainSampler(Sampler[tuple[int, int]]):
-    """Training order: a permutation per epoch (seed + epoch, the same on every process)
-    walked in global batches of batch_size x world_size images, of which each process takes
-    its contiguous part; the last partial global batch is dropped. So 1 or W processes see the
-    same images at the same step. Yields (index, sample_seed); `start` skips this process's
-    first items: a resumed epoch continues where the checkpoint left it."""
+    """Training order for an epoch (seed + epoch, the same on every process): a permutation,
+    or the draws of a class-aware sampler (`kind`, which needs the labels (N,)). It is walked
+    in global batches of batch_size x world_size, of which each process takes its contiguous
+    part; the last partial global batch is dropped. So 1 or W processes see the same images at
+    the same step. Yields (index, sample_seed), the seed from the position in the epoch (an
+    image drawn twice is augmented twice). `start` skips this process's first items: a
+    resumed epoch continues where the checkpoint left it."""
 
     def __init__(
-        self, n: int, seed: int, batch_size: int, rank: int = 0, world_size: int = 1
+        self,
+        n: int,
+        seed: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        labels: torch.Tensor | None = None,
+        kind: str = "instance",
+        num_samples_cls: int = 4,
+        epochs: int = 1,
     ) -> None:
         self.n, self.seed, self.batch_size = n, seed, batch_size
         self.rank, self.world_size = rank, world_size
+        self.labels, self.kind = labels, kind
+        self.num_samples_cls, self.epochs = num_samples_cls, epochs
         self.epoch = 0
         self.start = 0
 
@@ -122,10 +136,17 @@ class TrainSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.n, generator=g)
+        if self.kind == "instance":
+            perm = torch.randperm(self.n, generator=g)
+        else:
+            assert self.labels is not None, "a class-aware order needs the labels"
+            t = min(self.epoch / self.epochs, 1.0)
+            perm = epoch_indices(self.kind, self.labels, g, t, self.num_samples_cls)
         b, gb = self.batch_size, self.batch_size * self.world_size
-        usable = perm[: self.steps * gb].view(self.steps, self.world_size, b)
-        mine = usable[:, self.rank, :].reshape(-1)[self.start :].tolist()
+        positions = torch.arange(self.steps * gb).view(self.steps, self.world_size, b)
+        mine = positions[:, self.rank, :].reshape(-1)[self.start :].tolist()
+        order = perm.tolist()
+        return iter((order[p], sample_seed(self.seed, self.epoch, p)) for p in mine)
         return iter((i, sample_seed(self.seed, self.epoch, i)) for i in mine)
 
 
@@ -247,6 +268,7 @@ def build_image_loader(
     world_size: int = 1,
     device: torch.device | None = None,
     drop_last: bool | None = None,
+    epochs: int = 1,
 ) -> DataLoader:
     """A DataLoader of ImageBatch (or RawBatch with gpu_decode) for one split of a `lists`
     dataset; pass each batch through `to_device`. Training shuffles with seed + epoch (call
@@ -264,7 +286,17 @@ def build_image_loader(
     dataset = ListDataset(Path(manifest.image_root), paths, labels, transform, raw=gpu_decode)
     sampler: Sampler[Any]
     if train:
-        sampler = TrainSampler(len(dataset), seed, batch_size, rank, world_size)
+        sampler = TrainSampler(
+            len(dataset),
+            seed,
+            batch_size,
+            rank,
+            world_size,
+            labels,
+            data_cfg.sampler,
+            data_cfg.num_samples_cls,
+            epochs,
+        )
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
     workers = min(data_cfg.num_workers, available_cores())

@@ -212,6 +212,9 @@ def _arrays_loader(
         rank=dist.rank,
         world_size=dist.world_size,
         channels_last=cfg.channels_last is True,  # unresolved "auto" counts as off here
+        sampler=cfg.data.sampler,
+        num_samples_cls=cfg.data.num_samples_cls,
+        epochs=cfg.epochs,
     )
 
 
@@ -238,6 +241,7 @@ def _list_loader(
         rank=dist.rank,
         world_size=dist.world_size,
         device=device,
+        epochs=cfg.epochs,
     )
     steps = len(dl) if not is_train else dl.sampler.steps
     return _ListLoader(dl, device, cfg.channels_last is True, steps)

@@ -106,8 +106,10 @@ def prepare_synthetic(
     profile: str = "exp",
     seed: int = 0,
     overwrite: bool = False,
+    val_per_class: int = 0,
 ) -> Manifest:
-    """Generate a long-tailed train split and a balanced test split -> `out`.
+    """Generate a long-tailed train split and a balanced test split -> `out`, and a balanced
+    val split when `val_per_class` > 0 (drawn last, so train and test do not change).
 
     Train class c gets the profile's n_c images, test `test_per_class` each; images are
     (3, image_size, image_size) uint8. The same arguments give byte-identical files.
@@ -133,9 +135,14 @@ def prepare_synthetic(
         test_y = np.repeat(np.arange(num_classes), test_per_class)
         train_x = render(train_y, strength, parts, rng)
         test_x = render(test_y, strength, parts, rng)
+        val: dict[str, dict[str, np.ndarray]] = {}
+        if val_per_class > 0:
+            val_y = np.repeat(np.arange(num_classes), val_per_class)
+            val["val"] = {"images": render(val_y, strength, parts, rng), "labels": val_y}
         fp, split_fps = write_arrays(
             tmp,
             {
+                **val,
                 "train": {
                     "images": train_x,
                     "labels": train_y,
@@ -151,7 +158,9 @@ def prepare_synthetic(
             storage="arrays",
             class_names=[f"group{group_of(c, num_classes)}-class{c}" for c in range(num_classes)],
             class_counts=[int(n) for n in counts],
-            splits={"train": len(train_y), "test": len(test_y)},
+            splits={"train": len(train_y), "test": len(test_y)}
+            | ({"val": len(val["val"]["labels"])} if val else {}),
+            val_split="val" if val else None,
             imbalance_factor=float(imbalance_factor),
             profile=profile,
             seed=seed,

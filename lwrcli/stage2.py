@@ -1,0 +1,172 @@
+"""Stage-2 model surgery (decoupled training, Kang et al. 2020): start from another run's
+weights, re-initialise the classifier (cRT), freeze the backbone with its BatchNorm
+statistics, or learn only per-class scales of the trained classifier (LWS).
+
+`prepare_stage2` is called once by build_components; `apply_structure` alone rebuilds an
+LWS head so `lwr eval` can load an LWS checkpoint (whose head holds `scales`).
+"""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lwrcli.checkpoint import Checkpoint, load_checkpoint
+from lwrcli.config import TrainConfig
+from lwrcli.data.manifest import Manifest
+from lwrcli.errors import UserError
+from lwrcli.models import CosineLinear, get_classifier, head_path
+
+
+class LWSHead(nn.Module):
+    """Learnable weight scaling: logits_c = s_c (w_c . x + b_c), with w and b frozen and only
+    s (C,) trained (initialised to 1, so training starts at the stage-1 classifier). Keeps
+    the parameter names `weight` and `bias`, so the classifier key and LWR still find w."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.cosine = isinstance(head, CosineLinear)
+        self.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        bias = getattr(head, "bias", None)
+        self.bias = (
+            nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        )
+        self.scales = nn.Parameter(torch.ones(self.weight.shape[0], device=self.weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cosine:
+            z = nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=1).t()
+        else:
+            z = nn.functional.linear(x, self.weight, self.bias)
+        return z * self.scales
+
+
+def _set_head(model: nn.Module, module: nn.Module) -> None:
+    parent, _, name = head_path(model).rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def apply_structure(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """The head's structure for the config: an LWSHead around the classifier for LWS."""
+    if cfg.stage2.mode == "lws" and not isinstance(get_classifier(model), LWSHead):
+        _set_head(model, LWSHead(get_classifier(model)))
+    return model
+
+
+def _train_eval_only(self: nn.Module, mode: bool = True) -> nn.Module:
+    """`Module.train` of a frozen backbone part: always evaluation mode, so BatchNorm running
+    statistics stay those of stage 1 and dropout stays off."""
+    return nn.Module.train(self, False)
+
+
+def backbone_roots(model: nn.Module) -> list[nn.Module]:
+    """The largest submodules that hold no part of the classifier head."""
+    head = head_path(model)
+    roots: list[nn.Module] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            if path == head:
+                continue
+            if head.startswith(path + "."):
+                visit(child, path + ".")
+            else:
+                roots.append(child)
+
+    visit(model, "")
+    return roots
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Every parameter outside the head stops learning, and the backbone stays in eval mode
+    whatever `model.train()` says (the override is per instance; state dicts are unchanged)."""
+    head = head_path(model) + "."
+    for name, p in model.named_parameters():
+        if not name.startswith(head):
+            p.requires_grad_(False)
+    for root in backbone_roots(model):
+        for m in root.modules():
+            m.train = types.MethodType(_train_eval_only, m)  # type: ignore[method-assign]
+        root.eval()
+
+
+def reset_classifier(model: nn.Module) -> None:
+    """A freshly initialised head of the same shape (cRT), from the global RNG (seeded)."""
+    head = get_classifier(model)
+    if isinstance(head, CosineLinear):
+        fresh = CosineLinear(head.weight.shape[1], head.weight.shape[0]).to(head.weight.device)
+        _set_head(model, fresh)
+    elif hasattr(head, "reset_parameters"):
+        head.reset_parameters()
+    else:
+        raise UserError(f"Cannot re-initialise a {type(head).__name__} head for cRT.")
+
+
+def load_init(path: Path, manifest: Manifest, cfg: TrainConfig) -> Checkpoint:
+    """The init checkpoint, checked against the dataset (class list, fingerprint) and the
+    model config; every mismatch is a UserError naming what differs."""
+    ckpt = load_checkpoint(path)
+    if ckpt.class_names != manifest.class_names:
+        raise UserError(
+            f"init.checkpoint {path} was trained on another class list "
+            f"({len(ckpt.class_names)} classes) than {manifest.name} ({manifest.num_classes} "
+            "classes): a stage-2 run must use the dataset its stage-1 run was trained on."
+        )
+    fp = ckpt.meta.get("dataset_fingerprint")
+    if fp != manifest.fingerprint:
+        raise UserError(
+            f"init.checkpoint {path} was trained on another prepared dataset (fingerprint "
+            f"{(fp or 'none')[:12]}, this one {manifest.fingerprint[:12]}): a stage-2 run must "
+            "use the dataset its stage-1 run was trained on."
+        )
+    mine, theirs = cfg.model, ckpt.config.model
+    differ = [
+        f"model.{k}={getattr(theirs, k)}"
+        for k in ("name", "cosine_classifier", "width")
+        if getattr(mine, k) != getattr(theirs, k)
+    ]
+    if differ:
+        raise UserError(
+            f"init.checkpoint {path} holds a different model; add --set {' '.join(differ)} "
+            "so stage 2 builds the model it was trained with."
+        )
+    if ckpt.config.stage2.mode == "lws":
+        raise UserError(f"init.checkpoint {path} is an LWS run; start stage 2 from stage 1.")
+    return ckpt
+
+
+def prepare_stage2(
+    model: nn.Module, cfg: TrainConfig, manifest: Manifest, load: bool = True
+) -> nn.Module:
+    """Init weights (when `load`; a resumed run loads its own), classifier reset, frozen
+    backbone and LWS head, as the config says. Returns the model (its head may be new)."""
+    if cfg.init.checkpoint is not None and load:
+        ckpt = load_init(cfg.init.checkpoint, manifest, cfg)
+        try:
+            model.load_state_dict(ckpt.state)
+        except RuntimeError as exc:
+            raise UserError(
+                f"init.checkpoint {cfg.init.checkpoint} does not fit the model "
+                f"({str(exc).splitlines()[0]})."
+            ) from None
+    if cfg.init.reset_classifier:
+        reset_classifier(model)
+    if cfg.stage2.frozen_backbone:
+        freeze_backbone(model)
+    return apply_structure(model, cfg)
+
+
+def check_stage2_start(cfg: TrainConfig, manifest: Manifest) -> None:
+    """Before a run folder is created: a stage-2 recipe needs its init checkpoint, and that
+    checkpoint must belong to this dataset."""
+    if cfg.stage2.mode != "none" and cfg.init.checkpoint is None:
+        raise UserError(
+            f"'{cfg.name}' is a stage-2 recipe (stage2.mode={cfg.stage2.mode}): pass the "
+            "stage-1 weights with --init RUN/checkpoints/last.safetensors."
+        )
+    if cfg.init.checkpoint is not None:
+        load_init(cfg.init.checkpoint, manifest, cfg)
