@@ -102,41 +102,51 @@ def test_every_kind_returns_n_valid_indices_and_instance_is_a_randperm(kind: str
         assert torch.equal(idx, ref)
 
 
-def _device_loader(kind: str, rank: int, world: int, labels: torch.Tensor) -> DeviceImageLoader:
+def _device_loader(
+    kind: str, rank: int, world: int, labels: torch.Tensor, global_batch: int = 8
+) -> DeviceImageLoader:
     images = torch.zeros(len(labels), 3, 4, 4, dtype=torch.uint8)
     return DeviceImageLoader(
-        images, labels, 8, (0.5,) * 3, (0.25,) * 3, True, 0, False, seed=7,
+        images, labels, global_batch // world, (0.5,) * 3, (0.25,) * 3, True, 0, False, seed=7,
         rank=rank, world_size=world, sampler=kind, epochs=10,
     )  # fmt: skip
 
 
-def _epoch(loader: DeviceImageLoader, epoch: int) -> list[int]:
+def _batches(loader: DeviceImageLoader, epoch: int) -> list[list[int]]:
     loader.set_epoch(epoch)
-    return torch.cat(list(loader.batch_indices())).tolist()
+    return [b.tolist() for b in loader.batch_indices()]
+
+
+def _epoch(loader: DeviceImageLoader, epoch: int) -> list[int]:
+    return [i for b in _batches(loader, epoch) for i in b]
 
 
 def _sampled(kind: str, labels: torch.Tensor, epoch: int, rank: int, world: int) -> list[int]:
-    s = TrainSampler(len(labels), 5, rank, world, labels, kind, 4, epochs=10)
+    s = TrainSampler(len(labels), 5, 8 // world, rank, world, labels, kind, 4, epochs=10)
     s.set_epoch(epoch)
     return [i for i, _ in s]
 
 
 @pytest.mark.parametrize("kind", SAMPLERS)
 def test_ranks_take_disjoint_positions_of_one_stream_and_cover_it(kind: str) -> None:
-    """world_size 2: rank r takes positions r, r+2, ... of the single-process schedule (padded
-    to an even length), for the device loader and the worker pipeline's TrainSampler."""
+    """world_size 2, global batch 8: at every step the two processes' batches are the two
+    halves of the one-process batch, for the device loader and the worker pipeline's
+    TrainSampler (which drops the last partial global batch)."""
     labels = _labels()
-    n = len(labels)  # odd: one padded position
     for epoch in (0, 4):
-        full = _epoch(_device_loader(kind, 0, 1, labels), epoch)
-        padded = full + full[: (-n) % 2]
-        shards = [_epoch(_device_loader(kind, r, 2, labels), epoch) for r in (0, 1)]
-        assert shards == [padded[0::2], padded[1::2]]
+        full = _batches(_device_loader(kind, 0, 1, labels), epoch)
+        parts = [_batches(_device_loader(kind, r, 2, labels), epoch) for r in (0, 1)]
+        assert len(parts[0]) == len(parts[1]) == len(full)
+        for k, batch in enumerate(full):
+            assert parts[0][k] + parts[1][k] == batch
 
-        full = _sampled(kind, labels, epoch, 0, 1)
-        padded = full + full[: (-n) % 2]
+        one = _sampled(kind, labels, epoch, 0, 1)
         halves = [_sampled(kind, labels, epoch, r, 2) for r in (0, 1)]
-        assert halves == [padded[0::2], padded[1::2]]
+        steps = len(one) // 8
+        assert len(one) == steps * 8 == len(halves[0]) * 2
+        for k in range(steps):
+            got = halves[0][4 * k : 4 * k + 4] + halves[1][4 * k : 4 * k + 4]
+            assert got == one[8 * k : 8 * k + 8]
 
 
 def test_progressive_device_loader_moves_toward_balance_over_epochs() -> None:
