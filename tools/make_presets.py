@@ -7,6 +7,7 @@ after changing a recipe; a test checks the files match this script.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,12 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # LWR as the paper's best setting: theta 0.4, projection on, lambda(t) linear over the run.
 # lambda_max is not given in the paper's summary. R averages over C (C - 1) pairs, so the same
-# lambda pushes less per class as C grows. Measured on the synthetic source (README, "How
-# strong is LWR?"): LWR's share of the classifier gradient at the end of the ramp falls like
-# C^-LWR_EXPONENT. Rule: lambda_max = 10 (C / 100)^LWR_EXPONENT, anchored at CIFAR-100
-# (lambda 10), 2 significant digits, so every dataset sees about CIFAR-100's share.
-LWR_EXPONENT = 0.75
+# lambda pushes less per class as C grows. LWR's share of the classifier gradient at the end of
+# the ramp, measured on the synthetic source with lambda_max = 10 (README, "How strong is
+# LWR?"): C -> share. Rule: lambda_max = 10 * share(100) / share(C), the share interpolated
+# log-log between the measured C (extrapolated with the nearest segment's slope), 2
+# significant digits: every dataset sees about CIFAR-100's share (lambda 10 there).
+MEASURED_SHARE = {20: 0.060, 100: 0.018, 1000: 0.00143}
 NUM_CLASSES = {
     "cifar10": 10,
     "cifar100": 100,
@@ -41,8 +43,17 @@ NUM_CLASSES = {
 }
 
 
+def share_at(classes: int) -> float:
+    """The measured share at `classes`, log-log interpolated (or extrapolated)."""
+    points = sorted(MEASURED_SHARE.items())
+    k = next((i for i in range(1, len(points) - 1) if classes < points[i][0]), len(points) - 1)
+    (c0, s0), (c1, s1) = points[k - 1], points[k]
+    slope = math.log(s1 / s0) / math.log(c1 / c0)
+    return s0 * (classes / c0) ** slope
+
+
 def lwr_lambda_for(classes: int) -> float:
-    return float(f"{10.0 * (classes / 100) ** LWR_EXPONENT:.2g}")
+    return float(f"{10.0 * share_at(100) / share_at(classes):.2g}")
 
 
 LWR_LAMBDA = {family: lwr_lambda_for(c) for family, c in NUM_CLASSES.items()}
