@@ -21,7 +21,12 @@ from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer
-from lwrcli.models import build_model, is_convolutional_name, model_data_defaults
+from lwrcli.models import (
+    build_model,
+    get_classifier,
+    is_convolutional_name,
+    model_data_defaults,
+)
 from lwrcli.optim import build_optimizer
 from lwrcli.stage2 import prepare_stage2
 
@@ -120,6 +125,10 @@ class CompileFallback(nn.Module):
         object.__setattr__(self, "log", log)
         self.tried: set[tuple[bool, bool]] = set()
 
+    def no_sync(self) -> Any:
+        """DDP's no_sync of the wrapped model (gradient accumulation under torchrun)."""
+        return self.eager.no_sync()
+
     def forward(self, x: torch.Tensor) -> Any:
         compiled = self.compiled
         if compiled is None:
@@ -213,12 +222,14 @@ def build_components(
         model.load_state_dict(weights)
     counts = torch.tensor(data.class_counts, dtype=torch.float64)
     lr = cfg.effective_lr
+    # A frozen classifier (LWS trains only per-class scales) cannot be repelled: LWR is inert.
+    trainable_head = get_classifier(model).weight.requires_grad
     return Components(
         model=wrap_for_training(model, cfg, device, dist),
         raw_model=model,
         loss=build_loss(cfg.loss, counts).to(device),
         optimizer=build_optimizer(model, cfg.optim, lr),
-        regularizer=build_regularizer(cfg.lwr, cfg.epochs),
+        regularizer=build_regularizer(cfg.lwr, cfg.epochs) if trainable_head else None,
         data=data,
         base_lr=lr,
     )

@@ -137,3 +137,23 @@ def test_compile_failing_at_first_call(
     _two_steps(cfg, synthetic_data)
     err = capsys.readouterr().err
     assert err.count("torch.compile failed (RuntimeError: inductor: no C++ compiler") == 1
+
+
+def test_compile_wrapper_passes_no_sync_to_ddp() -> None:
+    """Gradient accumulation under torchrun calls model.no_sync(); with compile on, the model
+    is the fallback wrapper around DDP, which must hand the call through."""
+    import contextlib
+
+    from lwrcli.build import CompileFallback
+
+    calls = []
+
+    class FakeDDP(torch.nn.Linear):
+        def no_sync(self) -> contextlib.AbstractContextManager[None]:
+            calls.append("no_sync")
+            return contextlib.nullcontext()
+
+    wrapped = CompileFallback(FakeDDP(2, 2), lambda x: x)
+    with wrapped.no_sync():
+        pass
+    assert calls == ["no_sync"]

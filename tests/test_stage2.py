@@ -83,6 +83,20 @@ def test_lws_learns_only_the_scales_and_eval_applies_them(
 
 
 @pytest.mark.slow
+def test_lwr_in_stage_2_measures_its_share_and_is_inert_on_a_frozen_classifier(
+    lwr, tiny: Path, stage1: Path, tmp_path: Path
+) -> None:
+    every_step = ["log_every=1"]
+    _stage2(lwr, "synthetic-lt-crt-lwr", tiny, stage1, tmp_path / "crt", *every_step)
+    crt = [json.loads(x) for x in (tmp_path / "crt" / "metrics.jsonl").read_text().splitlines()]
+    assert crt[-1]["lwr_share"] is not None and crt[-1]["lwr"] is not None
+    lws = _stage2(lwr, "synthetic-lt-lws-lwr", tiny, stage1, tmp_path / "lws", *every_step)
+    rec = json.loads((tmp_path / "lws" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["lwr"] is None and rec["lwr_share"] is None  # the classifier w is frozen
+    assert torch.equal(lws["fc.weight"], load_file(stage1)["fc.weight"])
+
+
+@pytest.mark.slow
 def test_cached_features_train_the_same_classifier_as_the_image_path(
     lwr, tiny: Path, stage1: Path, tmp_path: Path
 ) -> None:
