@@ -73,9 +73,12 @@ def test_preset_builds_and_takes_one_step(
         weight = reweight_for_epoch(cfg.loss, data.class_counts, 10**6)
     terms = trainer.train_step(x, y, t, weight)
     assert math.isfinite(float(terms["loss"]))
-    # LWR contributes from the first step whenever it is on and its margin can bind.
+    # LWR contributes from the first step whenever it is on, its margin can bind and the
+    # classifier trains (LWS freezes it: LWR is inert there).
+    frozen = cfg.stage2.mode == "lws"
+    assert (trainer.regularizer is None) == (not cfg.lwr.enabled or frozen)
     assert ("lwr" in terms) == (
-        cfg.lwr.enabled and cfg.lwr.theta < 1.0 and trainer.regularizer.lam(t) > 0
+        trainer.regularizer is not None and cfg.lwr.theta < 1.0 and trainer.regularizer.lam(t) > 0
     )
     if cfg.stage2.mode == "lws":  # the classifier is frozen: only its scales learn
         assert torch.equal(before, head.weight) and not torch.equal(head.scales, torch.ones(5))
