@@ -295,6 +295,8 @@ class Trainer:
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         self._last_save = time.monotonic()
+        if getattr(self.progress, "stop_requested", False):
+            self._stop_signal = signal.SIGINT  # Ctrl-C came while the run was being set up
         try:
             for epoch in range(self.state.epoch, cfg.epochs):
                 record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}

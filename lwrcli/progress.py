@@ -34,6 +34,8 @@ class TrainProgress:
         self._progress: Progress | None = None
         self._task: Any = None
         self._t0 = time.perf_counter()
+        # Set by a caller (a sweep) that received Ctrl-C before the Trainer's handler was up.
+        self.stop_requested = False
 
     def start_epoch(self, epoch: int, steps: int) -> None:
         if not self.enabled:

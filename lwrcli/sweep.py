@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,6 +370,7 @@ class SweepProgress(TrainProgress):
 def run_sweep(out: Path, spec: SweepSpec, runs: list[PlannedRun]) -> dict[str, int]:
     """Execute the planned runs one after another in this process; returns counts by outcome.
     `Interrupted` (Ctrl-C) propagates after the current epoch's checkpoint, like `lwr train`."""
+    from lwrcli.engine import Interrupted
     from lwrcli.training import train_run
 
     check_or_write_record(out, sweep_record(spec, runs))
@@ -382,19 +384,34 @@ def run_sweep(out: Path, spec: SweepSpec, runs: list[PlannedRun]) -> dict[str, i
         f"Sweep of {len(runs)} runs in {out}: {counts['skipped']} finished already, "
         f"{states.count('resume')} to resume, {states.count('new')} to start."
     )
-    for k, (run, state) in enumerate(zip(runs, states), start=1):
-        if state == "done":
-            continue
-        run_dir = out / run.name
-        progress.begin(k, run.name, run.cfg.epochs)
-        if state == "resume":
-            progress.message(f"run {k}/{len(runs)} {run.name}: resuming")
-            train_run(None, run.data, resume=run_dir, progress=progress)  # type: ignore[arg-type]
-            counts["resumed"] += 1
-        else:
-            progress.message(f"run {k}/{len(runs)} {run.name}: starting")
-            clear_unstarted(run_dir)
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            train_run(run.cfg, run.data, run_dir, progress=progress)
-            counts["trained"] += 1
+    # Between runs (and while a run sets up) Ctrl-C only sets a flag checked before the next
+    # run; inside a run's loop the Trainer's own handler saves where the run stands.
+    stop: list[int] = []
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.append(signum)
+        progress.stop_requested = True  # a run still setting up stops after its first step
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for k, (run, state) in enumerate(zip(runs, states), start=1):
+            if state == "done":
+                continue
+            if stop:
+                raise Interrupted(f"the sweep before run {k}/{len(runs)}")
+            run_dir = out / run.name
+            progress.begin(k, run.name, run.cfg.epochs)
+            if state == "resume":
+                progress.message(f"run {k}/{len(runs)} {run.name}: resuming")
+                train_run(None, run.data, resume=run_dir, progress=progress)  # type: ignore[arg-type]
+                counts["resumed"] += 1
+            else:
+                progress.message(f"run {k}/{len(runs)} {run.name}: starting")
+                clear_unstarted(run_dir)
+                run_dir.parent.mkdir(parents=True, exist_ok=True)
+                train_run(run.cfg, run.data, run_dir, progress=progress)
+                counts["trained"] += 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return counts
