@@ -206,7 +206,7 @@ def build_components(
     dist = dist or DistInfo()
     cfg = resolve_speed_settings(cfg, device, data.manifest.storage)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes)
+    model = build_model(cfg.model, data.num_classes, class_names=data.manifest.class_names)
     if cfg.sync_bn:
         if device.type != "cuda":
             raise UserError(

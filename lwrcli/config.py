@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -43,6 +43,28 @@ class ModelConfig(Strict):
     # Normalisation of the built-in small_cnn and resnet32: batch statistics (the reference
     # recipes) or GroupNorm, which does not depend on the per-device batch.
     norm: Literal["batch", "group"] = "batch"
+    # Pretrained weights by name, fetched once into the hub cache of the model's library:
+    # a torchvision weight enum (IMAGENET1K_V2, DEFAULT), a timm pretrained tag, or an
+    # open_clip tag for clip:<arch> (openai, laion2b_s34b_b88k, ...). Offline, the cache is used.
+    weights: str | None = None
+    # Scale s of a cosine classifier's logits s * cos(x, w_c): 1 leaves the scale to the loss
+    # (LDAM); LIFT's cosine head from text embeddings uses 25.
+    cosine_scale: float = Field(1.0, gt=0.0, le=1000.0)
+    # Initial classifier rows: random, the class names' text embeddings (CLIP models; needs
+    # model.cosine_classifier), or the mean feature of each class's training images.
+    head_init: Literal["random", "text", "class_mean"] = "random"
+    # Prompt templates for head_init=text and zero-shot: open_clip's OpenAI ImageNet ensemble
+    # (80 templates) or the single "a photo of a {}.".
+    text_templates: Literal["openai", "single"] = "openai"
+    # What trains (LIFT compares these): everything, the head only, biases (BitFit),
+    # LayerNorm parameters, LoRA (peft), bottleneck adapters, AdaptFormer, visual prompts (VPT).
+    # All but `full` freeze the pretrained base; the head always trains.
+    tuning: Literal[
+        "full", "head", "bitfit", "layernorm", "lora", "adapter", "adaptformer", "vpt"
+    ] = "full"
+    # Bottleneck width (adapter, adaptformer), LoRA rank or prompt tokens per block (vpt);
+    # None: LIFT's rule, the largest power of two <= C / (2 * blocks), at least 1.
+    tuning_dim: int | None = Field(None, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _norm_only_for_builtin(self) -> ModelConfig:
@@ -53,11 +75,25 @@ class ModelConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _text_head_needs_clip(self) -> ModelConfig:
+        if self.head_init == "text" and not self.name.startswith("clip:"):
+            raise ValueError(
+                f"model.head_init=text needs a CLIP model (clip:<arch>), not {self.name}: "
+                "only CLIP has a text tower to encode the class names"
+            )
+        if self.head_init == "text" and not self.cosine_classifier:
+            raise ValueError(
+                "model.head_init=text sets unit rows from text embeddings: set "
+                "model.cosine_classifier=true (and model.cosine_scale, 25 in LIFT's recipe)"
+            )
+        return self
+
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        # Imported here: backbones imports torch(vision) lazily and must not import config.
-        from lwrcli.backbones import check_model_name
+        # Imported here: families imports torch(vision) lazily and must not import config.
+        from lwrcli.models.families import check_model_name
 
         return check_model_name(name)
 
@@ -84,7 +120,10 @@ class LWRScheduleConfig(Strict):
 class LWRConfig(Strict):
     enabled: bool = False
     lambda_max: float = Field(0.1, ge=0.0, le=1e4)
-    theta: float = Field(0.4, ge=-1.0, le=1.0)
+    # Margin on the projected cosine, or `init`: each pair is repelled only when it grows more
+    # similar than it was at initialisation (heads initialised from text embeddings start far
+    # above any fixed margin chosen for random heads).
+    theta: Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["init"] = 0.4
     power: Literal[1, 2] = 1
     proj: bool = True
     # Rows per block of the C x C similarity computation: memory O(block_size x C).
@@ -217,6 +256,9 @@ class TrainConfig(Strict):
     compile: Literal["auto"] | bool = "auto"
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
     eval_every: int = Field(1, ge=0, description="epochs; 0 = only at the end")
+    # Test-time ensemble (LIFT) in the evaluation pass of training: five crops of the image
+    # enlarged by 24 px, logits averaged (large-image datasets only).
+    eval_tte: bool = False
     save_every: int = Field(0, ge=0, description="epochs; 0 = only last/best")
     # Resumable checkpoints inside an epoch (loader position + every RNG); 0 = off. Under
     # torchrun the minutes rule is checked at log intervals, where all processes agree.

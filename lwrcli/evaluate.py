@@ -111,7 +111,10 @@ def check_compatible(ckpt: Checkpoint, manifest: Manifest, data_dir: Path) -> No
 def load_model(ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
     """The checkpoint's model as trained (an LWS run's head keeps its scales)."""
     model = apply_structure(
-        build_model(ckpt.config.model, ckpt.classifier_weight.shape[0]), ckpt.config
+        build_model(
+            ckpt.config.model, ckpt.classifier_weight.shape[0], class_names=ckpt.class_names
+        ),
+        ckpt.config,
     )
     try:
         model.load_state_dict(ckpt.state)

@@ -11,48 +11,19 @@ from __future__ import annotations
 import types
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from lwrcli.checkpoint import Checkpoint, load_checkpoint
 from lwrcli.config import TrainConfig
 from lwrcli.data.manifest import Manifest
 from lwrcli.errors import UserError
-from lwrcli.models import CosineLinear, get_classifier, head_path
-
-
-class LWSHead(nn.Module):
-    """Learnable weight scaling: logits_c = s_c (w_c . x + b_c), with w and b frozen and only
-    s (C,) trained (initialised to 1, so training starts at the stage-1 classifier). Keeps
-    the parameter names `weight` and `bias`, so the classifier key and LWR still find w."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.cosine = isinstance(head, CosineLinear)
-        self.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
-        bias = getattr(head, "bias", None)
-        self.bias = (
-            nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
-        )
-        self.scales = nn.Parameter(torch.ones(self.weight.shape[0], device=self.weight.device))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cosine:
-            z = nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=1).t()
-        else:
-            z = nn.functional.linear(x, self.weight, self.bias)
-        return z * self.scales
-
-
-def _set_head(model: nn.Module, module: nn.Module) -> None:
-    parent, _, name = head_path(model).rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
+from lwrcli.models import CosineLinear, LWSHead, get_classifier, head_path, set_head
 
 
 def apply_structure(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """The head's structure for the config: an LWSHead around the classifier for LWS."""
     if cfg.stage2.mode == "lws" and not isinstance(get_classifier(model), LWSHead):
-        _set_head(model, LWSHead(get_classifier(model)))
+        set_head(model, LWSHead(get_classifier(model)))
     return model
 
 
@@ -98,8 +69,9 @@ def reset_classifier(model: nn.Module) -> None:
     """A freshly initialised head of the same shape (cRT), from the global RNG (seeded)."""
     head = get_classifier(model)
     if isinstance(head, CosineLinear):
-        fresh = CosineLinear(head.weight.shape[1], head.weight.shape[0]).to(head.weight.device)
-        _set_head(model, fresh)
+        fresh = CosineLinear(head.weight.shape[1], head.weight.shape[0], head.scale)
+        fresh = fresh.to(head.weight.device)
+        set_head(model, fresh)
     elif hasattr(head, "reset_parameters"):
         head.reset_parameters()
     else:

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from conftest import REPO
 from safetensors.torch import save_file
 
-from lwrcli import backbones
 from lwrcli.analysis import weight_stats
 from lwrcli.checkpoint import load_checkpoint, save_checkpoint
 from lwrcli.config import ModelConfig, OptimConfig, TrainConfig, validate_config
@@ -26,6 +25,7 @@ from lwrcli.models import (
     get_classifier,
     model_data_defaults,
 )
+from lwrcli.models import families as backbones
 from lwrcli.optim import build_optimizer
 
 COUNTS = [40, 25, 12, 8, 5, 3, 2]  # 7 classes, long-tailed

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from lwrcli import backbones
 from lwrcli.build import build_components
 from lwrcli.config import list_presets, load_config
 from lwrcli.data.loading import build_data
@@ -17,6 +16,7 @@ from lwrcli.engine import Trainer
 from lwrcli.errors import UserError
 from lwrcli.losses import reweight_for_epoch
 from lwrcli.models import build_model, get_classifier
+from lwrcli.models import families as backbones
 
 CPU_TINY = [
     "dataset=any",

@@ -14,9 +14,9 @@ from torch import nn
 from lwrcli.config import load_config
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.losses import posthoc_logit_adjust, tau_normalize
-from lwrcli.models import build_model
+from lwrcli.models import LWSHead, build_model
 from lwrcli.posthoc import TAU_GRID, head_logits, search_posthoc, search_tau_norm
-from lwrcli.stage2 import LWSHead, freeze_backbone, prepare_stage2
+from lwrcli.stage2 import freeze_backbone, prepare_stage2
 
 TINY = ["model.width=8", "batch_size=16", "eval_every=0", "log_every=1000"]
 NO_AUG = ["data.crop_padding=0", "data.flip=false"]

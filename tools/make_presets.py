@@ -17,8 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lwrcli.backbones import model_data_defaults  # noqa: E402
 from lwrcli.config import TrainConfig  # noqa: E402
+from lwrcli.models.families import model_data_defaults  # noqa: E402
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2023, 0.1994, 0.2010]
@@ -135,7 +135,7 @@ def pretrained_model(name: str, cosine: bool) -> dict[str, Any]:
 
 
 def model_data(name: str) -> dict[str, Any]:
-    """Input size and normalisation the backbone was trained with (lwrcli.backbones)."""
+    """Input size and normalisation the backbone was trained with (lwrcli.models.families)."""
     d = model_data_defaults(name)
     assert d is not None, name
     return {k: d[k] for k in ("image_size", "resize", "mean", "std")}

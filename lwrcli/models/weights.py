@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lwrcli.backbones import AUX_PREFIXES
 from lwrcli.errors import UserError
+from lwrcli.models.families import AUX_PREFIXES
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 NESTED_KEYS = ("state_dict", "model", "module")  # training checkpoints that wrap the weights

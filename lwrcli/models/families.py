@@ -2,7 +2,7 @@
 torchvision/timm model with its default head, finding that head, listings and input defaults.
 
 Nothing here is downloaded: torchvision models are built with `weights=None` and timm models
-with `pretrained=False`; pretrained weights come only from local files (lwrcli.pretrained).
+with `pretrained=False`; pretrained weights come from lwrcli.models.weights.
 timm is optional and imported only when a `timm:` name is used.
 """
 
@@ -71,6 +71,11 @@ def check_model_name(name: str) -> str:
     if name in BUILTIN:
         return name
     family, _, arch = name.partition(":")
+    if family == "clip" and arch:
+        from lwrcli.models.clip import check_clip_name
+
+        check_clip_name(arch)
+        return name
     if family == "torchvision" and arch:
         names = torchvision_names()
         if arch not in names:
@@ -153,11 +158,6 @@ def _linear_or_error(model: nn.Module, path: str, name: str) -> str:
     return path
 
 
-def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, leaf = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
-
-
 # --- listing -------------------------------------------------------------------------------
 
 
@@ -198,7 +198,7 @@ def meta_backbone(name: str, **kwargs: Any) -> nn.Module:
 @dataclass
 class ModelInfo:
     name: str
-    family: str  # built-in, torchvision or timm
+    family: str  # built-in, torchvision, clip or timm
     params: int | None  # for 1000 classes (the default head); None when not computed
     head: str | None  # attribute path of the head; None when it is not a Linear
 
@@ -245,6 +245,16 @@ def list_backbones(
         if match(f"torchvision:{n}")
     ]
     try:
+        import open_clip
+
+        out += [
+            ModelInfo(f"clip:{n}", "clip", None, "head")
+            for n in open_clip.list_models()
+            if match(f"clip:{n}")
+        ]
+    except ImportError:
+        pass
+    try:
         import timm
     except ImportError:
         return out
@@ -258,6 +268,10 @@ def model_data_defaults(name: str) -> dict[str, Any] | None:
     pretrained_cfg, or the default torchvision weights' eval transforms (metadata only, no
     download). Keys: image_size, resize, mean, std. None for our own models."""
     family, _, arch = resolve(name).partition(":")
+    if family == "clip":
+        from lwrcli.models.clip import data_defaults
+
+        return data_defaults(arch)
     if family == "timm":
         cfg = import_timm().get_pretrained_cfg(arch)
         if cfg is None:
