@@ -20,10 +20,10 @@ import torch
 from rich.table import Table
 
 from lwrcli import plots
-from lwrcli.checkpoint import load_checkpoint
+from lwrcli.checkpoint import THETA_REFERENCE, load_checkpoint
 from lwrcli.data.manifest import GROUPS, read_manifest, shot_group, shot_groups
 from lwrcli.errors import UserError
-from lwrcli.lwr import lwr_penalty
+from lwrcli.lwr import Margin, lwr_penalty, resolve_margin
 
 FORMATS = ("png", "svg")
 
@@ -82,7 +82,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> float | None:
 def weight_stats(
     weight: torch.Tensor,
     class_counts: Sequence[int],
-    theta: float,
+    theta: Margin,
     power: int = 1,
     proj: bool = True,
 ) -> dict[str, Any]:
@@ -122,7 +122,8 @@ def weight_stats(
     with torch.no_grad():
         # Blockwise: never a (C, C) float64 matrix (530 MB at C = 8142).
         r = lwr_penalty(weight.detach().double().cpu(), theta, power, proj, block_size=512)
-    stats["r_lwr"] = {"value": float(r), "theta": theta, "power": power, "proj": proj}
+    shown = "init" if isinstance(theta, torch.Tensor) else theta
+    stats["r_lwr"] = {"value": float(r), "theta": shown, "power": power, "proj": proj}
     stats["norm_ratio_head_tail"] = _ratio(norms[groups["many"]], norms[groups["few"]])
     k = max(1, c // 10)
     stats["norm_ratio_top_bottom"] = _ratio(norms[order[:k]], norms[order[-k:]]) if c >= 2 else None
@@ -206,7 +207,10 @@ def analyze_checkpoints(
         counts = list(manifest.class_counts) if manifest else list(ck.class_counts)
         names = list(manifest.class_names) if manifest else list(ck.class_names)
         lw = ck.config.lwr
-        stats = weight_stats(ck.classifier_weight, counts, lw.theta, lw.power, lw.proj)
+        margin = lw.theta
+        if lw.theta == "init":  # each pair's margin is its cosine at initialisation
+            margin = resolve_margin("init", ck.extras.get(THETA_REFERENCE))
+        stats = weight_stats(ck.classifier_weight, counts, margin, lw.power, lw.proj)
         mat = stats.pop("cosine")
         order = np.asarray(stats["order"])
         files = []
@@ -261,8 +265,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
             str(e["num_classes"]),
             _fmt(e["overall"]["mean"]),
             _fmt(e["overall"]["max"]),
-            f"{e['r_lwr']['value']:.4g} ({e['r_lwr']['theta']:g})",
+            f"{e['r_lwr']['value']:.4g} ({_theta_text(e['r_lwr']['theta'])})",
             _fmt(e["norm_ratio_head_tail"]),
             _fmt(e["norm_ratio_top_bottom"]),
         )
     return table
+
+
+def _theta_text(theta: float | str) -> str:
+    return theta if isinstance(theta, str) else f"{theta:g}"

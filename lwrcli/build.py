@@ -14,13 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from lwrcli.checkpoint import THETA_REFERENCE
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.distributed import DistInfo
 from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.losses import build_loss
-from lwrcli.lwr import build_regularizer
+from lwrcli.lwr import build_regularizer, reference_rows
 from lwrcli.models import (
     build_model,
     get_classifier,
@@ -199,6 +200,7 @@ def build_components(
     device: torch.device,
     dist: DistInfo | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    theta_reference: torch.Tensor | None = None,
 ) -> Components:
     """Model (seeded with cfg.seed, so its initialisation does not depend on data loading),
     loss, optimizer and regularizer; `weights` restores a checkpoint's model state. Speed
@@ -224,12 +226,23 @@ def build_components(
     lr = cfg.effective_lr
     # A frozen classifier (LWS trains only per-class scales) cannot be repelled: LWR is inert.
     trainable_head = get_classifier(model).weight.requires_grad
+    if cfg.lwr.theta == "init" and theta_reference is None:
+        if weights is not None:
+            raise UserError(
+                "lwr.theta=init: this checkpoint holds no reference geometry "
+                f"({THETA_REFERENCE}); it was written before theta: init existed."
+            )
+        # The head as this run starts it (text, class means, cRT reset, ...): each pair's margin.
+        theta_reference = reference_rows(get_classifier(model).weight, cfg.lwr.proj)
     return Components(
         model=wrap_for_training(model, cfg, device, dist),
         raw_model=model,
         loss=build_loss(cfg.loss, counts).to(device),
         optimizer=build_optimizer(model, cfg.optim, lr),
-        regularizer=build_regularizer(cfg.lwr, cfg.epochs) if trainable_head else None,
+        regularizer=(
+            build_regularizer(cfg.lwr, cfg.epochs, theta_reference) if trainable_head else None
+        ),
+        theta_reference=theta_reference,
         data=data,
         base_lr=lr,
     )

@@ -31,6 +31,10 @@ from lwrcli.config import TrainConfig, validate_config
 from lwrcli.errors import UserError
 
 FORMAT = "lwr-checkpoint-1"
+# Tensors of a checkpoint file that belong to the run, not to the model's state dict.
+EXTRA_PREFIX = "lwr_state."
+# `theta: init`: the head's unit rows at initialisation, each pair's margin (C, d).
+THETA_REFERENCE = EXTRA_PREFIX + "theta_reference"
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -82,6 +86,8 @@ class Checkpoint:
     classifier_key: str
     meta: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    # Run tensors beside the model's (EXTRA_PREFIX keys), e.g. THETA_REFERENCE.
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def step(self) -> int:
@@ -114,9 +120,18 @@ def save_checkpoint(
     metrics: dict[str, Any],
     classifier_key: str,
     extra: dict[str, str] | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
     tensors, meta = checkpoint_payload(
-        model, config, class_counts, class_names, epoch, metrics, classifier_key, extra
+        model,
+        config,
+        class_counts,
+        class_names,
+        epoch,
+        metrics,
+        classifier_key,
+        extra,
+        extra_tensors,
     )
     atomic_save(tensors, path, meta)
 
@@ -130,8 +145,10 @@ def checkpoint_payload(
     metrics: dict[str, Any],
     classifier_key: str,
     extra: dict[str, str] | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The unwrapped weights and the metadata of a checkpoint file."""
+    """The unwrapped weights and the metadata of a checkpoint file; `extra_tensors` (keys
+    under EXTRA_PREFIX) are the run's own, stored beside the model's."""
     state = unwrap(model).state_dict()
     meta = {
         "format": FORMAT,
@@ -146,7 +163,12 @@ def checkpoint_payload(
     }
     if classifier_key not in state:
         raise ValueError(f"classifier key {classifier_key!r} not in the model's state")
-    return dict(state), meta
+    tensors = dict(state)
+    for key, value in (extra_tensors or {}).items():
+        if not key.startswith(EXTRA_PREFIX):
+            raise ValueError(f"extra checkpoint tensor {key!r} must start with {EXTRA_PREFIX}")
+        tensors[key] = value
+    return tensors, meta
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -177,8 +199,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         )
     try:
         config = validate_config(json.loads(meta["config"]), source=f"checkpoint {path}")
+        extras = {k: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
         return Checkpoint(
-            state=tensors,
+            state={k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)},
+            extras=extras,
             config=config,
             class_counts=json.loads(meta["class_counts"]),
             class_names=json.loads(meta["class_names"]),

@@ -18,7 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.checkpoint import RunState, atomic_save, checkpoint_payload, commit_resume_point
+from lwrcli.checkpoint import (
+    THETA_REFERENCE,
+    RunState,
+    atomic_save,
+    checkpoint_payload,
+    commit_resume_point,
+)
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.device import autocast_context
@@ -27,7 +33,7 @@ from lwrcli.errors import UserError
 from lwrcli.evaluate import score_splits
 from lwrcli.geometry import class_geometry, gradient_share
 from lwrcli.losses import CountsLoss, reweight_for_epoch
-from lwrcli.lwr import LWR
+from lwrcli.lwr import LWR, resolve_margin
 from lwrcli.models import classifier_key, get_classifier
 from lwrcli.optim import set_lr
 from lwrcli.progress import TrainProgress
@@ -58,6 +64,8 @@ class Components:
     regularizer: LWR | None
     data: DataBundle
     base_lr: float
+    # `lwr.theta: init`: the head's unit rows at initialisation (lwr.reference_rows), (C, d).
+    theta_reference: torch.Tensor | None = None
 
 
 class Trainer:
@@ -80,12 +88,15 @@ class Trainer:
         self.optimizer = parts.optimizer
         self.loss_fn = parts.loss
         self.regularizer = parts.regularizer
+        # θ, or each pair's cosine at initialisation (`theta: init`): what geometry reports.
+        self.margin = resolve_margin(cfg.lwr.theta, parts.theta_reference)
         self.classifier = get_classifier(parts.raw_model)
         self.class_counts = torch.tensor(self.data.class_counts, dtype=torch.float64)
         self.dist = dist or DistInfo()
         self.run_dir = run_dir
         self.state = RunState()
         self.history: list[dict[str, Any]] = []
+        self._initial_record: dict[str, Any] | None = None  # epoch 0, until the first save
         self.progress = progress or TrainProgress(cfg.epochs, enabled=self.dist.is_main)
         self.select_split = self._selection_split()
         self._stop_signal: int | None = None
@@ -168,7 +179,7 @@ class Trainer:
 
     def _lwr_share(self, lwr_grad: torch.Tensor) -> dict[str, torch.Tensor]:
         lw = self.cfg.lwr
-        return gradient_share(self.classifier.weight, lwr_grad, lw.theta, lw.proj, lw.block_size)
+        return gradient_share(self.classifier.weight, lwr_grad, self.margin, lw.proj, lw.block_size)
 
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -298,6 +309,8 @@ class Trainer:
         if getattr(self.progress, "stop_requested", False):
             self._stop_signal = signal.SIGINT  # Ctrl-C came while the run was being set up
         try:
+            if self.state.epoch == 0 and self.state.step == 0:
+                self._record_initial_geometry()
             for epoch in range(self.state.epoch, cfg.epochs):
                 record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
                 record.update(self._geometry())
@@ -319,8 +332,21 @@ class Trainer:
         lw = self.cfg.lwr
         weight = get_classifier(self.parts.raw_model).weight
         return class_geometry(
-            weight, self.data.class_counts, lw.theta, lw.proj, lw.block_size, lw.power
+            weight, self.data.class_counts, self.margin, lw.proj, lw.block_size, lw.power
         )
+
+    def _record_initial_geometry(self) -> None:
+        """An `epoch: 0` record of where the class vectors start (a text-initialised head
+        starts with similar classes close together; a random one near-orthogonal). It reaches
+        metrics.jsonl with the first save, so the file exists only beside a checkpoint."""
+        record = {"epoch": 0, **self._geometry()}
+        self.history.append(record)
+        self._initial_record = record
+
+    def _flush_initial_record(self) -> None:
+        if self._initial_record is not None and self.run_dir is not None:
+            append_metrics(self.run_dir / "metrics.jsonl", self._initial_record)
+        self._initial_record = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop_signal is not None:  # second Ctrl-C: stop now, but never mid-save
@@ -355,6 +381,11 @@ class Trainer:
                 "dataset_fingerprint": self.data.manifest.fingerprint,
                 "step": str(self.state.step),
             },
+            extra_tensors=(
+                {THETA_REFERENCE: self.parts.theta_reference}
+                if self.parts.theta_reference is not None
+                else None
+            ),
         )
 
     @contextlib.contextmanager
@@ -385,6 +416,7 @@ class Trainer:
             for name in names:
                 atomic_save(weights[0], ckpt_dir / f"{name}.safetensors", weights[1])
             commit_resume_point(ckpt_dir, weights, self.optimizer, self.data.train, self.state)
+            self._flush_initial_record()
             append_metrics(self.run_dir / "metrics.jsonl", record)
 
     def _save_mid_epoch(self, epoch: int, step: int, sums: torch.Tensor) -> None:
@@ -402,6 +434,7 @@ class Trainer:
                     self.state,
                     sums,
                 )
+                self._flush_initial_record()
             self.state.step = 0
         barrier(self.dist)
         self._last_save = time.monotonic()

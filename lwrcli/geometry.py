@@ -17,18 +17,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lwrcli.data.manifest import shot_groups
-from lwrcli.lwr import project_rows, shared_direction
+from lwrcli.lwr import Margin, margin_block, project_rows, shared_direction
 
 
 @torch.no_grad()
 def pair_stats(
-    weight: Tensor, theta: float, power: int = 1, proj: bool = True, block_size: int = 1024
+    weight: Tensor, theta: Margin, power: int = 1, proj: bool = True, block_size: int = 1024
 ) -> dict[str, Tensor]:
     """Blockwise statistics over ordered pairs i ≠ j of the (projected) unit rows of W (C, d).
 
     Returns 0-dim float64 tensors on W's device (no host sync): `sum` of cosines, `max`
     cosine, `above` (ordered pairs with s_ij > θ) and `hinge` (Σ max(0, s_ij - θ)^p).
-    Cosines are clamped to [-1, 1] like lwrcli.lwr, so `hinge / (C (C-1))` is R(W).
+    Cosines are clamped to [-1, 1] like lwrcli.lwr, so `hinge / (C (C-1))` is R(W). θ may be
+    reference rows (`theta: init`): each pair's margin is then its cosine at initialisation.
     """
     w = weight.detach()
     w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
@@ -43,11 +44,12 @@ def pair_stats(
         s = (v[r0:r1] @ v.t()).clamp_(-1.0, 1.0)
         # -2 lies below every cosine and every θ: the diagonal drops out of max/above/hinge.
         s.diagonal(offset=r0).fill_(-2.0)
-        h = (s - theta).clamp_min_(0.0)
+        m = margin_block(theta.to(v) if isinstance(theta, Tensor) else theta, r0, r1)
+        h = (s - m).clamp_min_(0.0)
         block = torch.stack(
             [
                 s.sum(dtype=torch.float64) + 2.0 * (r1 - r0),
-                (s > theta).sum().to(torch.float64),
+                (s > m).sum().to(torch.float64),
                 (h if power == 1 else h.pow_(power)).sum(dtype=torch.float64),
             ]
         )
@@ -56,7 +58,7 @@ def pair_stats(
     return {"sum": acc[0], "max": best, "above": acc[1], "hinge": acc[2]}
 
 
-def pairs_above(weight: Tensor, theta: float, proj: bool = True, block_size: int = 1024) -> Tensor:
+def pairs_above(weight: Tensor, theta: Margin, proj: bool = True, block_size: int = 1024) -> Tensor:
     """Unordered class pairs whose (projected) cosine exceeds θ: what LWR currently repels."""
     return pair_stats(weight, theta, 1, proj, block_size)["above"] / 2
 
@@ -65,7 +67,7 @@ def pairs_above(weight: Tensor, theta: float, proj: bool = True, block_size: int
 def class_geometry(
     weight: Tensor,
     class_counts: Sequence[int],
-    theta: float,
+    theta: Margin,
     proj: bool = True,
     block_size: int = 1024,
     power: int = 1,
@@ -101,13 +103,13 @@ def class_geometry(
     if many and few and float(norms[few].mean()) > 0:
         ratio = float(norms[many].mean() / norms[few].mean())
     out["geom_norm_ratio"] = ratio
-    out["geom_theta"] = float(theta)
+    out["geom_theta"] = "init" if isinstance(theta, Tensor) else float(theta)
     return out
 
 
 @torch.no_grad()
 def gradient_share(
-    weight: Tensor, lwr_grad: Tensor, theta: float, proj: bool = True, block_size: int = 1024
+    weight: Tensor, lwr_grad: Tensor, theta: Margin, proj: bool = True, block_size: int = 1024
 ) -> dict[str, Tensor]:
     """LWR's share of the classifier gradient, |λ ∇_W R| / |∇_W L_task| (Frobenius), read
     after backward, and the pairs LWR repels. The task gradient is the total minus LWR's

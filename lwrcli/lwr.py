@@ -19,15 +19,27 @@ from torch.autograd.function import once_differentiable
 from lwrcli.config import LWRConfig
 from lwrcli.device import no_autocast
 
+# A margin: the fixed θ, or (`theta: init`) the reference unit rows V̂⁰ (C, d) of the head at
+# initialisation, whose cosines s⁰_ij are each pair's own margin.
+Margin = float | Tensor
 
-def _block_hinge(v_hat: Tensor, r0: int, r1: int, theta: float) -> Tensor:
-    """max(0, s_ij - θ) for rows r0:r1 against all rows, diagonal zeroed. Shape (r1-r0, C).
+
+def margin_block(theta: Margin, r0: int, r1: int) -> float | Tensor:
+    """θ, or the reference cosines s⁰ of rows r0:r1 against all rows, (r1-r0, C)."""
+    if isinstance(theta, Tensor):
+        return (theta[r0:r1] @ theta.t()).clamp_(-1.0, 1.0)
+    return theta
+
+
+def _block_hinge(v_hat: Tensor, r0: int, r1: int, theta: Margin) -> Tensor:
+    """max(0, s_ij - θ_ij) for rows r0:r1 against all rows, diagonal zeroed. Shape (r1-r0, C).
 
     Cosines are clamped to [-1, 1]: rounding can push s_ii-like entries of duplicate rows just
-    above 1, and θ = 1 must give exactly zero value and gradient.
+    above 1, and θ = 1 must give exactly zero value and gradient. With reference rows as θ, the
+    same blocks of the same products are compared, so at initialisation h is exactly 0.
     """
     s = (v_hat[r0:r1] @ v_hat.t()).clamp_(-1.0, 1.0)
-    h = s.sub_(theta).clamp_min_(0.0)
+    h = s.sub_(margin_block(theta, r0, r1)).clamp_min_(0.0)
     h.diagonal(offset=r0).zero_()  # entries (i, r0 + i): a row against itself
     return h
 
@@ -40,7 +52,7 @@ class _BlockHingeSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, v_hat: Tensor, theta: float, power: int, block_size: int) -> Tensor:
+    def forward(ctx: Any, v_hat: Tensor, theta: Margin, power: int, block_size: int) -> Tensor:
         c = v_hat.shape[0]
         # Block sums accumulate in float64: at C = 8142 there are 66M terms.
         total = torch.zeros((), dtype=torch.float64, device=v_hat.device)
@@ -98,9 +110,27 @@ def project_rows(weight: Tensor, direction: Tensor) -> Tensor:
     return torch.where(keep, v, torch.zeros_like(v))
 
 
+def reference_rows(weight: Tensor, proj: bool = True, eps: float = 1e-12) -> Tensor:
+    """The unit rows V̂ (C, d) as LWR sees W now (projected on its own shared direction when
+    `proj`), detached: the margin of `theta: init`, kept from the head at initialisation."""
+    w = _rows(weight).detach()
+    if proj:
+        w = project_rows(w, shared_direction(w, eps))
+    return F.normalize(w, dim=1, eps=eps)
+
+
+def resolve_margin(theta: float | str, reference: Tensor | None) -> Margin:
+    """The margin a config's θ stands for: the number, or the reference rows for 'init'."""
+    if theta == "init":
+        if reference is None:
+            raise ValueError("lwr.theta=init needs the head's reference rows at initialisation")
+        return reference
+    return float(theta)
+
+
 def lwr_penalty(
     weight: Tensor,
-    theta: float,
+    theta: Margin,
     power: int = 1,
     proj: bool = True,
     block_size: int = 1024,
@@ -112,7 +142,9 @@ def lwr_penalty(
     Returns a float32 scalar (float64 for float64 input; bf16/fp16 are upcast). The C x C
     similarities are built `block_size` rows at a time and never saved for autograd.
     `direction` overrides the shared direction u (default `shared_direction(W)`); u is always a
-    constant for autograd. θ = 1 gives exactly 0 and an exactly zero gradient.
+    constant for autograd. θ = 1 gives exactly 0 and an exactly zero gradient. θ may be
+    reference unit rows (C, d) (`reference_rows`): pair (i, j)'s margin is then their cosine
+    at initialisation, so only pairs that grew more similar than they started are repelled.
     """
     if power < 1:
         raise ValueError(f"LWR power must be a positive integer, got {power}")
@@ -127,11 +159,12 @@ def lwr_penalty(
             u = shared_direction(w, eps) if direction is None else direction
             w = project_rows(w, u)
         v_hat = F.normalize(w, dim=1, eps=eps)
-        return _BlockHingeSum.apply(v_hat, float(theta), int(power), int(block_size))
+        margin = theta.to(v_hat) if isinstance(theta, Tensor) else float(theta)
+        return _BlockHingeSum.apply(v_hat, margin, int(power), int(block_size))
 
 
 def lwr_penalty_dense(
-    weight: Tensor, theta: float, power: int = 1, proj: bool = True, eps: float = 1e-12
+    weight: Tensor, theta: Margin, power: int = 1, proj: bool = True, eps: float = 1e-12
 ) -> Tensor:
     """The same R(W) with plain autograd over the full C x C matrix: the readable reference
     for tests and benchmarks (it keeps C x C alive for backward; use `lwr_penalty` to train)."""
@@ -142,6 +175,8 @@ def lwr_penalty_dense(
     if proj:
         w = project_rows(w, shared_direction(w, eps))
     v_hat = F.normalize(w, dim=1, eps=eps)
+    if isinstance(theta, Tensor):
+        theta = (theta.to(v_hat) @ theta.to(v_hat).t()).clamp(-1.0, 1.0)
     hinge = ((v_hat @ v_hat.t()).clamp(-1.0, 1.0) - theta).clamp_min(0.0).pow(power)
     off_diag = 1.0 - torch.eye(c, dtype=hinge.dtype, device=hinge.device)
     return (hinge * off_diag).sum() / (c * (c - 1))
@@ -176,14 +211,16 @@ def lwr_lambda(cfg: LWRConfig, t: float, total_epochs: int) -> float:
 
 
 class LWR:
-    """The built regularizer of a run: its config and the run length, so the train step asks
-    only `lwr(weight, t)`. Returns (λ(t) R(W), R(W)) as float32 scalars, or None when the term
+    """The built regularizer of a run: its config, the run length and its margin (θ, or the
+    head's reference rows at initialisation for `theta: init`), so the train step asks only
+    `lwr(weight, t)`. Returns (λ(t) R(W), R(W)) as float32 scalars, or None when the term
     cannot contribute (λ(t) = 0 or θ >= 1): R is then not computed at all and the step is
     bit-identical to the baseline's."""
 
-    def __init__(self, cfg: LWRConfig, total_epochs: int) -> None:
+    def __init__(self, cfg: LWRConfig, total_epochs: int, reference: Tensor | None = None) -> None:
         self.cfg = cfg
         self.total_epochs = total_epochs
+        self.margin = resolve_margin(cfg.theta, reference)
 
     def lam(self, t: float) -> float:
         """λ(t) at training progress t (epochs, fractional)."""
@@ -191,13 +228,16 @@ class LWR:
 
     def __call__(self, weight: Tensor, t: float) -> tuple[Tensor, Tensor] | None:
         lam = self.lam(t)
-        if lam == 0.0 or self.cfg.theta >= 1.0:
+        if lam == 0.0 or (isinstance(self.margin, float) and self.margin >= 1.0):
             return None
         cfg = self.cfg
-        r = lwr_penalty(weight, cfg.theta, cfg.power, cfg.proj, cfg.block_size)
+        r = lwr_penalty(weight, self.margin, cfg.power, cfg.proj, cfg.block_size)
         return lam * r, r.detach()
 
 
-def build_regularizer(cfg: LWRConfig, total_epochs: int) -> LWR | None:
-    """The LWR term for a run, or None when the config leaves it off."""
-    return LWR(cfg, total_epochs) if cfg.enabled else None
+def build_regularizer(
+    cfg: LWRConfig, total_epochs: int, reference: Tensor | None = None
+) -> LWR | None:
+    """The LWR term for a run, or None when the config leaves it off. `reference`: the
+    head's unit rows at initialisation (`reference_rows`), needed by `theta: init`."""
+    return LWR(cfg, total_epochs, reference) if cfg.enabled else None

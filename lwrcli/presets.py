@@ -27,7 +27,8 @@ def lwr_label(cfg: TrainConfig) -> str:
         return "-"
     lw = cfg.lwr
     proj = ", proj" if lw.proj else ""
-    return f"λ={lw.lambda_max:g} θ={lw.theta:g}{proj}, {lw.schedule.kind}"
+    theta = lw.theta if isinstance(lw.theta, str) else f"{lw.theta:g}"
+    return f"λ={lw.lambda_max:g} θ={theta}{proj}, {lw.schedule.kind}"
 
 
 def presets_table() -> Table:

@@ -24,7 +24,7 @@ from lwrcli.build import (
     speed_summary,
     with_model_data_defaults,
 )
-from lwrcli.checkpoint import Checkpoint, load_train_state, resume_point
+from lwrcli.checkpoint import THETA_REFERENCE, Checkpoint, load_train_state, resume_point
 from lwrcli.config import TrainConfig, config_to_yaml, read_yaml, validate_config
 from lwrcli.data.loading import build_data, check_dataset_matches
 from lwrcli.data.manifest import read_manifest
@@ -127,7 +127,8 @@ def train_run(
             _prepare_run_dir(run_dir)
         barrier(dist)
         weights = resume_ckpt.state if resume_ckpt is not None else None
-        parts = build_components(cfg, data, device, dist, weights)
+        reference = resume_ckpt.extras.get(THETA_REFERENCE) if resume_ckpt is not None else None
+        parts = build_components(cfg, data, device, dist, weights, reference)
         if cfg.stage2.cache_features:
             parts = use_cached_features(parts, cfg, device)
         progress = progress or TrainProgress(cfg.epochs, enabled=dist.is_main)

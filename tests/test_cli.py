@@ -31,7 +31,10 @@ def test_synthetic_flow_end_to_end(lwr, tmp_path: Path, synthetic_data: Path) ->
     )
     assert r.code == 0, r.err
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [x["epoch"] for x in lines] == [1, 2]
+    # epoch 0: the geometry the head starts from, written with the first checkpoint
+    assert [x["epoch"] for x in lines] == [0, 1, 2]
+    assert lines[0]["geom_cos_max"] is not None and "loss" not in lines[0]
+    lines = lines[1:]
     for key in (
         "loss",
         "task",

@@ -54,8 +54,10 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "weights differ"
     ra, rb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
     assert [r["epoch"] for r in rb] == [r["epoch"] for r in ra]
+    assert ra[0]["epoch"] == 0  # the initial geometry survives the interruption too
     for x, y in zip(ra, rb, strict=True):
-        assert x["loss"] == y["loss"] and x.get("test_top1") == y.get("test_top1")
+        assert x.get("loss") == y.get("loss") and x.get("test_top1") == y.get("test_top1")
+        assert x.get("geom_cos_max") == y.get("geom_cos_max")
 
 
 def _stop_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
@@ -102,7 +104,7 @@ def test_mid_epoch_resume_is_bit_exact(
     cfg = load_config(preset, overrides=[*TINY, *extra, "epochs=2", "checkpoint_every_steps=2"])
     train_run(cfg, data, tmp_path / "full")
     steps = len(read_metrics(tmp_path / "full" / "metrics.jsonl"))
-    assert steps == 2
+    assert steps == 3  # epochs 0 (initial geometry), 1, 2
     _stop_at_step(monkeypatch, 3)  # inside epoch 1, one step past a step checkpoint
     with pytest.raises(Interrupted, match="step 3"):
         train_run(cfg, data, tmp_path / "cut")

@@ -155,7 +155,7 @@ def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, 
         a, b = _weights(ref / n), _weights(cut / n)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), n
         lines = (cut / n / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+        assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
 
     # A different command on the same folder is refused, and nothing changes.
     before = (cut / "sweep.json").read_text()
