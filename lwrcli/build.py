@@ -221,7 +221,11 @@ def build_components(
     if cfg.channels_last is True:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if weights is not None:
-        model.load_state_dict(weights)
+        model.load_state_dict(weights)  # a resumed run: its head is already trained
+    elif cfg.model.head_init == "class_mean":
+        from lwrcli.head_init import init_head_class_mean
+
+        init_head_class_mean(model, cfg, data, device, dist, _stderr)
     counts = torch.tensor(data.class_counts, dtype=torch.float64)
     lr = cfg.effective_lr
     # A frozen classifier (LWS trains only per-class scales) cannot be repelled: LWR is inert.

@@ -115,6 +115,22 @@ def prepare_data(
             "arrays or lists.",
         ),
     ] = None,
+    class_names: Annotated[
+        Path | None,
+        typer.Option(
+            "--class-names",
+            help="Class names in label order: one per line, 'name id' lines "
+            "(categories_places365.txt) or JSON with id + name (iNaturalist categories.json).",
+        ),
+    ] = None,
+    eval_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--eval-only",
+            help="imagenet-lt/places-lt/inat2018: test split only (e.g. for --zero-shot); "
+            "no train images needed.",
+        ),
+    ] = None,
     benchmark: Annotated[
         bool, typer.Option("--benchmark", help="lists/folder: report loader images/s after.")
     ] = False,
@@ -141,13 +157,20 @@ def prepare_data(
         skip_bad=skip_bad,
         image_size=image_size,
         storage=storage,
+        class_names=class_names,
+        eval_only=eval_only,
     )
     manifest = prepare(options, out, overwrite=overwrite)
     groups = {k: len(v) for k, v in manifest.shot_groups.items()}
     sizes = ", ".join(f"{k} {v:,}" for k, v in manifest.splits.items())
+    counts = (
+        f"train counts max {max(manifest.class_counts):,} min {min(manifest.class_counts):,}"
+        if manifest.class_counts_known
+        else "train counts unknown (published shot groups)"
+    )
     err_console.print(
-        f"Prepared {manifest.name} in {out}: {manifest.num_classes} classes; {sizes} images; "
-        f"train counts max {max(manifest.class_counts):,} min {min(manifest.class_counts):,}; "
+        f"Prepared {manifest.name} in {out}: {manifest.num_classes} classes "
+        f"(names: {manifest.class_names_source}); {sizes} images; {counts}; "
         f"many/medium/few classes {groups['many']}/{groups['medium']}/{groups['few']}."
         + (" (synthetic data)" if manifest.synthetic else "")
         + (
@@ -216,8 +239,10 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint.")],
-    data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder.")],
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="A .safetensors checkpoint (none with --zero-shot).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for summary.json and per_class.csv.")
     ] = None,
@@ -243,28 +268,71 @@ def eval_cmd(
     ] = False,
     confusion: Annotated[bool, typer.Option("--confusion", help="Write confusion.csv.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    tte: Annotated[
+        bool,
+        typer.Option("--tte", help="LIFT's test-time ensemble: mean logits of five crops."),
+    ] = False,
+    zero_shot: Annotated[
+        str | None,
+        typer.Option("--zero-shot", help="Score a CLIP text head untrained: clip:<arch>."),
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="--zero-shot: open_clip weights tag.")
+    ] = None,
+    pretrained: Annotated[
+        Path | None, typer.Option("--pretrained", help="--zero-shot: a local weights file.")
+    ] = None,
+    templates: Annotated[
+        str, typer.Option("--templates", help="--zero-shot prompts: openai or single.")
+    ] = "openai",
 ) -> None:
-    """Top-1/top-5, many/medium/few and per-class accuracy of a checkpoint."""
+    """Top-1/top-5, many/medium/few and per-class accuracy of a checkpoint (or, with
+    --zero-shot, of a CLIP model's text head without training)."""
     from lwrcli.evaluate import default_eval_dir, evaluate_checkpoint
     from lwrcli.metrics import format_table
 
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device must be auto, cpu or cuda, got '{device}'.")
-    target = out or default_eval_dir(checkpoint, split)
-    summary = evaluate_checkpoint(
-        checkpoint,
-        data,
-        target,
-        split,
-        posthoc_tau,
-        tau_norm,
-        confusion,
-        device,
-        keep_bias=keep_bias,
-        tau_norm_search=tau_norm_search,
-        posthoc_tau_search=posthoc_tau_search,
-    )
+    if data is None:
+        raise UserError("lwr eval needs --data DATA_DIR, the prepared dataset to score.")
+    if zero_shot is not None:
+        from lwrcli.zeroshot import default_zero_shot_dir, evaluate_zero_shot
+
+        adjusting = posthoc_tau, tau_norm, tau_norm_search or None, posthoc_tau_search or None
+        if checkpoint is not None or any(v is not None for v in adjusting):
+            raise UserError(
+                "--zero-shot scores a CLIP model without training: give no checkpoint and no "
+                "τ option (--tau-norm, --posthoc-tau and their searches need a trained head)."
+            )
+        if templates not in ("openai", "single"):
+            raise UserError(f"--templates must be openai or single, got '{templates}'.")
+        target = out or default_zero_shot_dir(zero_shot, data)
+        summary = evaluate_zero_shot(
+            zero_shot, data, target, split, weights, pretrained, templates, tte, confusion, device
+        )
+    else:
+        if checkpoint is None:
+            raise UserError("lwr eval needs a CHECKPOINT, or --zero-shot clip:<arch>.")
+        if weights is not None or pretrained is not None:
+            raise UserError("--weights and --pretrained go with --zero-shot only.")
+        target = out or default_eval_dir(checkpoint, split)
+        summary = evaluate_checkpoint(
+            checkpoint,
+            data,
+            target,
+            split,
+            posthoc_tau,
+            tau_norm,
+            confusion,
+            device,
+            keep_bias=keep_bias,
+            tau_norm_search=tau_norm_search,
+            posthoc_tau_search=posthoc_tau_search,
+            tte=tte,
+        )
     title = f"{summary['dataset']} / {summary['split']} — {summary['adjustment']}"
+    if summary.get("tte"):
+        title += " — test-time ensemble"
     if as_json:
         out_console.file.write(json.dumps(summary) + "\n")
         err_console.print(format_table(summary, title))

@@ -35,12 +35,18 @@ SCORES = ("top1", "top5", "many", "medium", "few")
 def predict(
     model: nn.Module, loader: BatchLoader, device: torch.device, amp: str, dist: DistInfo
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C) float32 and targets (N,) for a whole split, gathered over ranks."""
+    """Logits (N, C) float32 and targets (N,) for a whole split, gathered over ranks. A
+    test-time-ensemble batch (B, K, 3, S, S) scores each image by its K crops' mean logits
+    (LIFT averages logits, not probabilities)."""
     model.eval()
     logits, targets = [], []
     with autocast_context(device, amp):
         for x, y in loader:
-            logits.append(model(x).float())
+            if x.dim() == 5:
+                out = model(x.flatten(0, 1)).float()
+                logits.append(out.view(x.shape[0], x.shape[1], -1).mean(1))
+            else:
+                logits.append(model(x).float())
             targets.append(y)
     out = torch.cat(logits), torch.cat(targets)
     return all_gather_cat(out[0], dist), all_gather_cat(out[1], dist)
@@ -81,7 +87,8 @@ def head_inputs(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(features (B, d) float32, labels (B,)) per batch: what the head receives, captured by
     a hook, so any backbone works without knowing where its features end. no_grad, not
-    inference_mode: cached features later enter autograd as a trained head's inputs."""
+    inference_mode: cached features later enter autograd as a trained head's inputs. Batches
+    of K crops (B, K, 3, S, S) give features (B, K, d)."""
     head = get_classifier(model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda m, args: captured.append(args[0].float()))
@@ -89,9 +96,12 @@ def head_inputs(
     model.eval()
     try:
         for x, y in batches:
+            crops = x.shape[1] if x.dim() == 5 else 0
             with autocast_context(x.device, amp):
-                model(x)
-            out.append((captured.pop(), y))
+                model(x.flatten(0, 1) if crops else x)
+            f = captured.pop()
+            # Test-time-ensemble crops: (B, K, d), the head's logits averaged later.
+            out.append((f.view(x.shape[0], crops, -1) if crops else f, y))
     finally:
         hook.remove()
     return out
@@ -131,6 +141,39 @@ def _features(model: nn.Module, loader: BatchLoader, amp: str) -> tuple[torch.Te
     return torch.cat([f for f, _ in batches]), torch.cat([y for _, y in batches])
 
 
+def crop_logits(
+    head: nn.Module, features: torch.Tensor, tau_norm: float | None, keep_bias: bool
+) -> torch.Tensor:
+    """head_logits of features (N, d), or of test-time-ensemble features (N, K, d) averaged
+    over the K crops."""
+    if features.dim() == 2:
+        return head_logits(head, features, tau_norm, keep_bias)
+    n, k, _ = features.shape
+    return head_logits(head, features.flatten(0, 1), tau_norm, keep_bias).view(n, k, -1).mean(1)
+
+
+def write_outputs(
+    out: Path,
+    summary: dict[str, Any],
+    per_class: Any,
+    manifest: Manifest,
+    counts: list[int],
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    confusion: bool,
+) -> None:
+    """per_class.csv, summary.json and (when asked) confusion.csv in `out`: what every
+    `lwr eval` mode writes."""
+    out.mkdir(parents=True, exist_ok=True)
+    test_counts = torch.bincount(targets, minlength=manifest.num_classes).tolist()
+    write_per_class_csv(out / "per_class.csv", per_class, manifest.class_names, counts, test_counts)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if confusion:
+        cm = confusion_matrix(logits.argmax(1), targets, manifest.num_classes)
+        lines = [",".join(map(str, row)) for row in cm.tolist()]
+        (out / "confusion.csv").write_text("\n".join(lines) + "\n")
+
+
 def _no_val_error(data_dir: Path, option: str) -> UserError:
     return UserError(
         f"{option} picks τ on the validation split, and dataset {data_dir} has none; τ is "
@@ -152,12 +195,19 @@ def evaluate_checkpoint(
     keep_bias: bool = False,
     tau_norm_search: bool = False,
     posthoc_tau_search: bool = False,
+    tte: bool = False,
 ) -> dict[str, Any]:
-    """Scores of `checkpoint` on a split; τ-norm and post-hoc τ fixed, or picked on val."""
+    """Scores of `checkpoint` on a split; τ-norm and post-hoc τ fixed, or picked on val;
+    `tte`: LIFT's test-time ensemble (large-image datasets)."""
     if tau_norm_search and tau_norm is not None:
         raise UserError("Give --tau-norm τ or --tau-norm-search, not both.")
     if posthoc_tau_search and posthoc_tau is not None:
         raise UserError("Give --posthoc-tau τ or --posthoc-tau-search, not both.")
+    if tte and tau_norm_search:
+        raise UserError(
+            "--tte with --tau-norm-search is not supported; pick τ without --tte, then pass "
+            "it with --tau-norm τ --tte."
+        )
     ckpt = load_checkpoint(checkpoint)
     manifest = read_manifest(data_dir)
     check_compatible(ckpt, manifest, data_dir)
@@ -178,6 +228,7 @@ def evaluate_checkpoint(
     cfg.device = device  # type: ignore[assignment]
     if batch_size is not None:
         cfg.eval_batch_size = batch_size
+    cfg.eval_tte = tte
     dev = resolve_device(cfg.device)
     splits = [split] + ([val] if searching and val != split else [])
     data = build_data(data_dir, cfg, dev, DistInfo(), train=False, splits=splits)  # type: ignore[arg-type]
@@ -191,7 +242,7 @@ def evaluate_checkpoint(
         if tau_norm_search:
             found = search_tau_norm(head, *feats[val], keep_bias)  # type: ignore[index]
             tau_norm, searches["tau_norm"] = found.tau, found.record(val)  # type: ignore[arg-type]
-        logits = {s: head_logits(head, f, tau_norm, keep_bias).cpu() for s, (f, _) in feats.items()}
+        logits = {s: crop_logits(head, f, tau_norm, keep_bias).cpu() for s, (f, _) in feats.items()}
     targets = {s: y.cpu() for s, (_, y) in feats.items()}
     if tau_norm is not None:
         picked = f" (picked on {val})" if tau_norm_search else ""
@@ -217,19 +268,13 @@ def evaluate_checkpoint(
             "tau_norm": tau_norm,
             "tau_norm_bias": bias_treatment(head, keep_bias) if tau_norm is not None else None,
             "posthoc_tau": posthoc_tau,
+            "tte": tte,
             **({"search": searches} if searches else {}),
         }
     )
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        test_counts = torch.bincount(targets[split], minlength=manifest.num_classes).tolist()
-        write_per_class_csv(
-            out / "per_class.csv", per_class, manifest.class_names, counts, test_counts
+        write_outputs(
+            out, summary, per_class, manifest, counts, logits[split], targets[split], confusion
         )
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if confusion:
-            cm = confusion_matrix(logits[split].argmax(1), targets[split], manifest.num_classes)
-            lines = [",".join(map(str, row)) for row in cm.tolist()]
-            (out / "confusion.csv").write_text("\n".join(lines) + "\n")
         summary["outputs"] = str(out)
     return summary

@@ -17,6 +17,9 @@ from lwrcli.errors import UserError
 
 def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manifest:
     """Build the prepared dataset `out` from one source's typed options."""
+    from lwrcli.data.classnames import read_names_file
+
+    names = None if options.class_names is None else read_names_file(options.class_names)
     if isinstance(options, CifarOptions):
         from lwrcli.data.cifar import prepare_cifar
 
@@ -29,6 +32,7 @@ def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manif
             seed=options.seed,
             download=options.download,
             overwrite=overwrite,
+            given_names=names,
         )
     if isinstance(options, SyntheticOptions):
         from lwrcli.data.synthetic import prepare_synthetic
@@ -40,6 +44,7 @@ def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manif
             profile=options.profile,
             seed=options.seed,
             overwrite=overwrite,
+            given_names=names,
         )
     if isinstance(options, ListOptions):
         from lwrcli.data.listfile import prepare_listfile
@@ -55,6 +60,8 @@ def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manif
             verify=options.verify,
             overwrite=overwrite,
             skip_bad=options.skip_bad,
+            eval_only=options.eval_only,
+            given_names=names,
         )
     from lwrcli.data.folder import prepare_folder
 
@@ -71,6 +78,7 @@ def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manif
         skip_bad=options.skip_bad,
         image_size=options.image_size,
         storage=options.storage,
+        given_names=names,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lwrcli.data.arrays import write_arrays
+from lwrcli.data.classnames import GivenNames
 from lwrcli.data.manifest import Manifest, make_manifest, staged_output, write_manifest
 from lwrcli.data.profiles import long_tailed_counts, select_long_tailed
 from lwrcli.data.sources import DEFAULT_IMBALANCE_FACTOR
@@ -238,6 +239,7 @@ def prepare_cifar(
     seed: int = 0,
     download: bool = False,
     overwrite: bool = False,
+    given_names: GivenNames | None = None,
 ) -> Manifest:
     """Long-tailed CIFAR train split (LDAM-DRW selection) + the whole test set -> `out`.
 
@@ -270,6 +272,8 @@ def prepare_cifar(
             source=variant,
             storage="arrays",
             class_names=names,
+            class_names_source=f"cifar meta file ({layout.meta}: {layout.names_key})",
+            given_names=given_names,
             class_counts=np.bincount(train_y[keep], minlength=layout.classes).tolist(),
             splits={"train": len(keep), "test": len(test_y)},
             imbalance_factor=float(imbalance_factor),

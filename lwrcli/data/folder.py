@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lwrcli.data.arrays import write_arrays
+from lwrcli.data.classnames import GivenNames
 from lwrcli.data.folder_arrays import auto_array_size, split_arrays
 from lwrcli.data.imagecheck import check_images, refuse_bad
 from lwrcli.data.manifest import Manifest, fingerprint, make_manifest, staged_output, write_manifest
@@ -124,6 +125,7 @@ def prepare_folder(
     progress: bool = True,
     image_size: int | None = None,
     storage: str = "auto",
+    given_names: GivenNames | None = None,
 ) -> Manifest:
     """Scan the tree, check every image decodes (`verify`; `skip_bad` leaves broken ones out),
     hold out test/val, subsample train long-tailed; write `out` atomically (lists of paths
@@ -237,6 +239,8 @@ def prepare_folder(
             source="folder",
             storage="arrays" if size is not None else "lists",
             class_names=names,
+            class_names_source="folder names",
+            given_names=given_names,
             class_counts=[len(ps) for ps in train],
             splits={s: sum(len(ps) for ps in v) for s, v in split_files.items()},
             test_split="test",

@@ -29,6 +29,7 @@ from lwrcli.data.transforms import (
     normalize,
     read_bytes,
     train_transform,
+    tte_transform,
 )
 from lwrcli.errors import UserError
 
@@ -269,19 +270,24 @@ def build_image_loader(
     device: torch.device | None = None,
     drop_last: bool | None = None,
     epochs: int = 1,
+    tte: bool = False,
 ) -> DataLoader:
     """A DataLoader of ImageBatch (or RawBatch with gpu_decode) for one split of a `lists`
     dataset; pass each batch through `to_device`. Training shuffles with seed + epoch (call
     `sampler.set_epoch`), seeds each image's augmentation by (seed, epoch, index), pads the
     shards so all ranks take as many steps, and drops the last partial batch unless
-    `drop_last=False`. Workers never exceed the cores this process may use."""
+    `drop_last=False`. Workers never exceed the cores this process may use. `tte` (evaluation
+    only): each item is LIFT's five crops, batches (B, 5, 3, S, S)."""
     device = device or torch.device("cpu")
     if manifest.image_root is None:
         raise UserError(f"{data_dir}/manifest.json has no image_root; prepare it again.")
     if split not in manifest.splits:
         raise UserError(f"Dataset {data_dir} has no '{split}' split.")
     paths, labels = read_split_list(data_dir, split)
-    transform = train_transform(data_cfg) if train else eval_transform(data_cfg)
+    if train:
+        transform = train_transform(data_cfg)
+    else:
+        transform = tte_transform(data_cfg) if tte else eval_transform(data_cfg)
     gpu_decode = data_cfg.gpu_decode and device.type == "cuda"
     dataset = ListDataset(Path(manifest.image_root), paths, labels, transform, raw=gpu_decode)
     sampler: Sampler[Any]

@@ -23,9 +23,23 @@ from typing import IO, Literal
 
 import numpy as np
 
+from lwrcli.data.classnames import OPEN_CLIP_IMAGENET, GivenNames, imagenet_class_names
 from lwrcli.data.imagecheck import check_images, keep_good, name_some, refuse_bad
-from lwrcli.data.manifest import Manifest, fingerprint, make_manifest, staged_output, write_manifest
-from lwrcli.data.shipped import STANDARD_FILES, Traversable, shipped_list
+from lwrcli.data.manifest import (
+    GROUPS,
+    Manifest,
+    fingerprint,
+    make_manifest,
+    staged_output,
+    write_manifest,
+)
+from lwrcli.data.shipped import (
+    DATASET_DIRS,
+    STANDARD_FILES,
+    Traversable,
+    read_shipped,
+    shipped_list,
+)
 from lwrcli.errors import UserError
 
 # A list is a user's file (Path) or one shipped inside the package (a Traversable).
@@ -110,9 +124,11 @@ def _lists_for(
     train_list: Path | None,
     val_list: Path | None,
     test_list: Path | None,
+    eval_only: bool = False,
 ) -> tuple[dict[str, ListPath], dict[str, str]]:
     """({split: list}, {split: where it came from}). Priority: a list given by path, then the
-    standard name (plain or .gz) in `split_dir`, then the copy shipped with lwr."""
+    standard name (plain or .gz) in `split_dir`, then the copy shipped with lwr. Only
+    `eval_only` lets the train list be missing."""
     if split_dir is not None and not Path(split_dir).is_dir():
         raise UserError(f"--split-dir {split_dir} is not a folder.")
     given = {"train": train_list, "val": val_list, "test": test_list}
@@ -133,13 +149,14 @@ def _lists_for(
     if test_list is not None and source == "inat2018":
         lists["test"] = Path(test_list)
         origins["test"] = str(Path(test_list).resolve())
-    if "train" not in lists:
+    if "train" not in lists and not eval_only:
         std = STANDARD_FILES[source]["train"]
         shipped = [s for s in ("val", "test") if origins.get(s, "").startswith("shipped")]
         also = {0: "", 1: " list ships", 2: " lists ship"}[len(shipped)]
         raise UserError(
             f"prepare-data {source} needs its train list {std}, which is too large to ship "
-            f"with lwr: pass it with --train-list PATH (or --split-dir DIR holding {std})."
+            f"with lwr: pass it with --train-list PATH (or --split-dir DIR holding {std}), or "
+            "pass --eval-only to prepare the test split alone (for zero-shot evaluation)."
             + (f" The {' and '.join(shipped)}{also} with lwr." if shipped else "")
         )
     return lists, origins
@@ -200,6 +217,64 @@ def _train_counts(
     return counts
 
 
+def _eval_only(
+    source: Source, counts_list: ListPath | None, num_classes: int, origins: dict[str, str]
+) -> tuple[np.ndarray, dict[str, list[int]] | None, int]:
+    """(train counts, shot groups or None, num_classes) of an evaluation-only dataset: counted
+    from the train list's labels when there is one (no image of it is read), else zeros with
+    the published shot groups shipped with lwr (ImageNet-LT's train list is too large to
+    ship; its groups are not)."""
+    if counts_list is not None:
+        _, labels = parse_list(counts_list)
+        num_classes = max(num_classes, int(labels.max()) + 1)
+        where = f"the train list {counts_list} (read for its counts only)"
+        return _train_counts(labels, num_classes, where, origins), None, num_classes
+    try:
+        text = read_shipped(source, f"{DATASET_DIRS[source]}_shot_groups.tsv")
+    except KeyError:
+        raise UserError(
+            f"prepare-data {source} --eval-only needs the train list for the shot groups "
+            f"(its labels only, no images): pass --train-list PATH."
+        ) from None
+    rows = [line.split("\t") for line in text.splitlines()[1:] if line.strip()]
+    groups: dict[str, list[int]] = {g: [] for g in GROUPS}
+    for class_id, group in rows:
+        groups[group].append(int(class_id))
+    total = len(rows)
+    if num_classes > total:
+        raise UserError(
+            f"The test list has labels up to {num_classes - 1}, but {source} has {total} classes."
+        )
+    return np.zeros(total, dtype=np.int64), groups, total
+
+
+def _eval_only_note(counts_list: ListPath | None, origins: dict[str, str]) -> str:
+    if counts_list is not None:
+        return f"evaluation only: no train split; train counts from {origins['train']}"
+    return (
+        "evaluation only: no train split; train counts unknown, shot groups from the "
+        "published groups shipped with lwr"
+    )
+
+
+def _list_class_names(
+    source: Source, parsed: dict[str, tuple[list[str], np.ndarray]], num_classes: int
+) -> tuple[list[str], str]:
+    """(names, where they came from): ImageNet's standard names (open_clip ships them, in the
+    label order ImageNet-LT uses), else the image folder names of the train (or test) list,
+    else class ids (iNaturalist's folders are the ids themselves)."""
+    if source == "imagenet-lt" and num_classes == EXPECTED_CLASSES[source]:
+        names = imagenet_class_names()
+        if names is not None:
+            return names, OPEN_CLIP_IMAGENET
+    ids = [f"class_{c:04d}" for c in range(num_classes)]
+    if source == "inat2018":
+        return ids, "class ids (pass --class-names categories.json for species names)"
+    split = "train" if "train" in parsed else next(iter(parsed))
+    names = class_names_from_paths(*parsed[split], num_classes)
+    return names, "class ids" if names == ids else f"image folder names ({split} list)"
+
+
 def prepare_listfile(
     source: Source,
     root: Path,
@@ -213,6 +288,8 @@ def prepare_listfile(
     overwrite: bool = False,
     progress: bool = True,
     skip_bad: bool = False,
+    eval_only: bool = False,
+    given_names: GivenNames | None = None,
 ) -> Manifest:
     """Normalise the split lists into `out/{split}.txt` + manifest.json (storage `lists`).
 
@@ -222,11 +299,20 @@ def prepare_listfile(
     under `root` and decode (checked in parallel, see imagecheck); with `skip_bad` as well,
     files that exist but do not decode are left out and named in the manifest's `skipped`.
     `out` is written atomically and refused when non-empty unless `overwrite`.
+
+    `eval_only` prepares the test split alone (plus a val list given by path or --split-dir):
+    only the images it names are checked, and train counts come from the train list without
+    its images (see `_eval_only`).
     """
     if skip_bad and not verify:
         raise UserError("--skip-bad needs the image check; drop --no-verify.")
-    lists, origins = _lists_for(source, split_dir, train_list, val_list, test_list)
+    lists, origins = _lists_for(source, split_dir, train_list, val_list, test_list, eval_only)
     notes: list[str] = []
+    counts_list: ListPath | None = None
+    if eval_only:
+        counts_list = lists.pop("train", None)
+        if "val" in lists and origins["val"].startswith("shipped") and source != "inat2018":
+            del lists["val"], origins["val"]  # its images are train images: not needed here
     if source == "inat2018" and "test" not in lists and "val" in lists:
         lists["test"] = lists.pop("val")  # the community convention: val is the test set
         origins["test"] = origins.pop("val")
@@ -238,8 +324,15 @@ def prepare_listfile(
     with staged_output(out, overwrite) as tmp:
         parsed = {split: parse_list(path) for split, path in lists.items()}
         num_classes = int(max(int(lab.max()) for _, lab in parsed.values()) + 1)
-        train_where = f"the train list {lists['train']}"
-        counts = _train_counts(parsed["train"][1], num_classes, train_where, origins)
+        known = True
+        if eval_only:
+            counts, groups, num_classes = _eval_only(source, counts_list, num_classes, origins)
+            known = counts_list is not None
+            notes.append(_eval_only_note(counts_list, origins))
+        else:
+            train_where = f"the train list {lists['train']}"
+            counts = _train_counts(parsed["train"][1], num_classes, train_where, origins)
+            groups = None
         expected = EXPECTED_CLASSES[source]
         if num_classes != expected:
             notes.append(f"{num_classes} classes, where standard {source} has {expected}")
@@ -252,11 +345,15 @@ def prepare_listfile(
             for split, (paths, labels) in parsed.items():
                 keep = keep_good(paths, skipped)
                 parsed[split] = ([paths[i] for i in keep], labels[keep])
-            counts = _train_counts(
-                parsed["train"][1],
-                num_classes,
-                f"the train split once --skip-bad left out {name_some(skipped, 5)}",
-                origins,
+            counts = (
+                counts
+                if eval_only
+                else _train_counts(
+                    parsed["train"][1],
+                    num_classes,
+                    f"the train split once --skip-bad left out {name_some(skipped, 5)}",
+                    origins,
+                )
             )
             notes.append(
                 f"{len(skipped)} corrupt or unreadable images left out (--skip-bad); "
@@ -266,16 +363,17 @@ def prepare_listfile(
         for split, (paths, labels) in parsed.items():
             blobs[split] = "".join(f"{p} {y}\n" for p, y in zip(paths, labels.tolist())).encode()
             (tmp / f"{split}.txt").write_bytes(blobs[split])
-        if source == "inat2018":  # its folders are the class ids themselves
-            class_names = [f"class_{c:04d}" for c in range(num_classes)]
-        else:
-            class_names = class_names_from_paths(*parsed["train"], num_classes)
+        class_names, names_source = _list_class_names(source, parsed, num_classes)
         manifest = make_manifest(
-            name=source,
+            name=source + ("-eval" if eval_only else ""),
             source=source,
             storage="lists",
             class_names=class_names,
+            class_names_source=names_source,
+            given_names=given_names,
             class_counts=counts.tolist(),
+            class_counts_known=known,
+            **({"shot_groups": groups} if groups is not None else {}),
             splits={split: len(paths) for split, (paths, _) in parsed.items()},
             test_split="test" if "test" in parsed else "val",
             val_split="val" if "val" in parsed and "test" in parsed else None,

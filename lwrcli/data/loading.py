@@ -67,7 +67,7 @@ class _ListLoader:
             sampler.start = self._position * self.loader.batch_size
         for batch in self.loader:
             x, y = to_device(batch, self.device)
-            if self.channels_last:
+            if self.channels_last and x.dim() == 4:  # (B, K, 3, S, S) crops: see predict
                 x = x.contiguous(memory_format=torch.channels_last)
             self._position += 1
             yield x, y
@@ -88,6 +88,9 @@ class DataBundle:
     manifest: Manifest
     train: TrainLoader | None
     evals: dict[str, BatchLoader] = field(default_factory=dict)  # split name -> loader
+    # The prepared dataset's folder: work that needs another pass over a split (class-mean
+    # head initialisation) builds its own loader from it.
+    data_dir: Path | None = None
 
     @property
     def class_counts(self) -> list[int]:
@@ -173,6 +176,14 @@ def build_data(
             raise UserError(
                 f"Dataset {data_dir} has no '{split}' split (it has {', '.join(manifest.splits)})."
             )
+    if cfg.eval_tte and manifest.storage == "arrays":
+        raise UserError(
+            f"The test-time ensemble (eval_tte / --tte: five crops of the image enlarged by 24 "
+            f"px) is for large-image datasets; {data_dir} stores {manifest.image_size}x"
+            f"{manifest.image_size} uint8 arrays that the model sees at their own size, where "
+            "enlarging by 24 px would be a different test-time transform from LIFT's. Evaluate "
+            "without it, or prepare a folder dataset with --storage lists."
+        )
     make = _arrays_loader if manifest.storage == "arrays" else _list_loader
     data_dir = Path(data_dir)
 
@@ -182,7 +193,7 @@ def build_data(
     if train:
         check_train_size(manifest.splits.get("train", 0), cfg.batch_size, data_dir)
     train_loader = loader("train", True) if train else None
-    return DataBundle(manifest, train_loader, {s: loader(s, False) for s in wanted})
+    return DataBundle(manifest, train_loader, {s: loader(s, False) for s in wanted}, data_dir)
 
 
 def _arrays_loader(
@@ -242,6 +253,7 @@ def _list_loader(
         world_size=dist.world_size,
         device=device,
         epochs=cfg.epochs,
+        tte=cfg.eval_tte and not is_train,
     )
     steps = len(dl) if not is_train else dl.sampler.steps
     return _ListLoader(dl, device, cfg.channels_last is True, steps)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lwrcli import __version__
+from lwrcli.data.classnames import GivenNames, choose_names
 from lwrcli.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -60,7 +61,14 @@ class Manifest(BaseModel):
     storage: Literal["arrays", "lists"]
     num_classes: int
     class_names: list[str]
-    class_counts: list[int]  # train images per class id
+    # Where the names came from (lwrcli.data.classnames): e.g. "cifar meta file",
+    # "open_clip ImageNet class names", "--class-names FILE", "folder names". None in
+    # manifests written before the field existed.
+    class_names_source: str | None = None
+    class_counts: list[int]  # train images per class id (zeros when not known, see below)
+    # False for an evaluation-only dataset prepared without its train list: class_counts are
+    # then zeros and shot_groups come from the published groups.
+    class_counts_known: bool = True
     splits: dict[str, int]  # split name -> number of images
     # Which split plays the test role (iNaturalist has no test list: its val list is the test).
     test_split: str = "test"
@@ -80,12 +88,30 @@ class Manifest(BaseModel):
     tool_version: str = __version__
 
 
-def make_manifest(**fields: Any) -> Manifest:
-    """Fill in the derived fields (shot groups) and validate."""
+def make_manifest(given_names: GivenNames | None = None, **fields: Any) -> Manifest:
+    """Fill in the derived fields (shot groups) and validate; `given_names` (a --class-names
+    file) replace the source's names, refused when their count differs."""
+    fields["class_names"], fields["class_names_source"] = choose_names(
+        given_names, fields["class_names"], fields.get("class_names_source") or "unknown"
+    )
     counts = fields["class_counts"]
     fields.setdefault("shot_groups", shot_groups(counts))
     fields.setdefault("num_classes", len(counts))
     return Manifest(**fields)
+
+
+def group_counts(manifest: Manifest) -> list[int]:
+    """Per-class counts that place each class in its shot group: the train counts when known,
+    else stand-ins (101 many, 20 medium, 0 few) built from the manifest's published groups,
+    for reports only (never a prior for logit adjustment)."""
+    if manifest.class_counts_known:
+        return list(manifest.class_counts)
+    stand_in = {"many": MANY_MIN, "medium": FEW_MAX + 1, "few": 0}
+    counts = [0] * manifest.num_classes
+    for group, classes in manifest.shot_groups.items():
+        for c in classes:
+            counts[c] = stand_in[group]
+    return counts
 
 
 def fingerprint(parts: dict[str, bytes]) -> str:

@@ -21,6 +21,10 @@ DEFAULT_SYNTHETIC_CLASSES = 20
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Class names in label order (one per line, `name id` lines, or JSON with id + name),
+    # replacing the source's own names; every source takes it.
+    class_names: Path | None = None
+
 
 class CifarOptions(_Options):
     """Official CIFAR python archives under `root`; LDAM-DRW's long-tailed selection."""
@@ -54,6 +58,10 @@ class ListOptions(_Options):
     test_list: Path | None = None
     verify: bool = True  # every listed file exists and decodes
     skip_bad: bool = False  # leave corrupt images out, recorded in the manifest
+    # Test (and a val list given by path) only, for evaluation such as zero-shot: no train
+    # images are needed; train counts come from the train list when available, else the
+    # published shot groups (ImageNet-LT).
+    eval_only: bool = False
 
 
 class FolderOptions(_Options):

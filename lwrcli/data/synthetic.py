@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lwrcli.data.arrays import write_arrays
+from lwrcli.data.classnames import GivenNames
 from lwrcli.data.manifest import Manifest, make_manifest, staged_output, write_manifest
 from lwrcli.data.profiles import long_tailed_counts
 from lwrcli.data.sources import DEFAULT_IMBALANCE_FACTOR, DEFAULT_SYNTHETIC_CLASSES
@@ -107,6 +108,7 @@ def prepare_synthetic(
     seed: int = 0,
     overwrite: bool = False,
     val_per_class: int = 0,
+    given_names: GivenNames | None = None,
 ) -> Manifest:
     """Generate a long-tailed train split and a balanced test split -> `out`, and a balanced
     val split when `val_per_class` > 0 (drawn last, so train and test do not change).
@@ -157,6 +159,8 @@ def prepare_synthetic(
             synthetic=True,
             storage="arrays",
             class_names=[f"group{group_of(c, num_classes)}-class{c}" for c in range(num_classes)],
+            class_names_source="synthetic generator (group and class ids)",
+            given_names=given_names,
             class_counts=[int(n) for n in counts],
             splits={"train": len(train_y), "test": len(test_y)}
             | ({"val": len(val["val"]["labels"])} if val else {}),

@@ -39,8 +39,35 @@ def eval_transform(cfg: DataConfig) -> v2.Compose:
     return v2.Compose([v2.Resize(cfg.resize, antialias=True), v2.CenterCrop(cfg.image_size)])
 
 
+# LIFT's test-time ensemble: the shorter side resized to image_size + TTE_EXPAND, then the
+# four corner crops and the centre crop of image_size (torchvision's FiveCrop; no flips).
+TTE_EXPAND = 24  # pixels
+TTE_CROPS = 5
+
+
+class StackCrops:
+    """A tuple of K uint8 (3, S, S) crops -> uint8 (K, 3, S, S) (a class, so spawn-started
+    workers can pickle it)."""
+
+    def __call__(self, crops: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.stack(list(crops))
+
+
+def tte_transform(cfg: DataConfig) -> v2.Compose:
+    """uint8 (3, H, W) -> uint8 (5, 3, S, S): LIFT's test-time ensemble (shorter side to
+    S + 24, FiveCrop S). The model's predictions over the crops are averaged by evaluation."""
+    return v2.Compose(
+        [
+            v2.Resize(cfg.image_size + TTE_EXPAND, antialias=True),
+            v2.FiveCrop(cfg.image_size),
+            StackCrops(),
+        ]
+    )
+
+
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 (x / 255 - mean) / std, on the images' device."""
+    """uint8 (..., 3, H, W) -> float32 (x / 255 - mean) / std, on the images' device (a
+    test-time-ensemble batch (B, K, 3, H, W) broadcasts the same way)."""
     scale = (1.0 / (255.0 * std)).to(images.device, torch.float32).view(1, 3, 1, 1)
     shift = (mean / std).to(images.device, torch.float32).view(1, 3, 1, 1)
     return images.float().mul_(scale).sub_(shift)

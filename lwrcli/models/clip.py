@@ -163,8 +163,11 @@ def encode_class_names(
 ) -> torch.Tensor:
     """(C, embed_dim) unit rows: each class name in every template, encoded, normalised,
     averaged, normalised again (CLIP's zero-shot head; open_clip's
-    build_zero_shot_classifier)."""
+    build_zero_shot_classifier). Names are made readable first (`aquarium_fish` ->
+    `aquarium fish`, as LIFT does), see lwrcli.data.classnames.prompt_name."""
     from open_clip import build_zero_shot_classifier
+
+    from lwrcli.data.classnames import prompt_name
 
     device = next(clip.parameters()).device
     was_training = clip.training
@@ -173,7 +176,7 @@ def encode_class_names(
         weights = build_zero_shot_classifier(
             clip,
             tokenizer=tokenizer,
-            classnames=class_names,
+            classnames=[prompt_name(n) for n in class_names],
             templates=templates(template_kind),
             num_classes_per_batch=batch_classes,
             device=device,
