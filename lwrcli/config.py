@@ -53,6 +53,10 @@ class ModelConfig(Strict):
     # Initial classifier rows: random, the class names' text embeddings (CLIP models; needs
     # model.cosine_classifier), or the mean feature of each class's training images.
     head_init: Literal["random", "text", "class_mean"] = "random"
+    # clip: models: the head on CLIP's joint image-text space (true: the zero-shot geometry)
+    # or, as LIFT does, on a ViT's features before the image projection (false; text rows
+    # reach that space through the transposed projection).
+    clip_projection: bool = False
     # Prompt templates for head_init=text and zero-shot: open_clip's OpenAI ImageNet ensemble
     # (80 templates) or the single "a photo of a {}.".
     text_templates: Literal["openai", "single"] = "openai"

@@ -50,6 +50,7 @@ def zero_shot_config(
             cosine_classifier=True,
             cosine_scale=ZERO_SHOT_SCALE,
             head_init="text",
+            clip_projection=True,  # CLIP's own zero-shot geometry: the joint space
             text_templates=templates,  # type: ignore[arg-type]
         )
         cfg = TrainConfig(name="zero-shot", model=model, device=device, eval_tte=tte)  # type: ignore[arg-type]

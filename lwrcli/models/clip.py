@@ -122,16 +122,29 @@ class ClipClassifier(nn.Module):
 
 
 def build_classifier(
-    clip: nn.Module, num_classes: int, cosine: bool, scale: float
-) -> ClipClassifier:
-    """The image tower of `clip` with a fresh (num_classes, embed_dim) head."""
-    embed_dim = int(clip.text_projection.shape[-1]) if hasattr(clip, "text_projection") else None
+    clip: nn.Module, num_classes: int, cosine: bool, scale: float, projected: bool = False
+) -> tuple[ClipClassifier, torch.Tensor | None]:
+    """The image tower of `clip` with a fresh head, and the map of text embeddings into the
+    head's feature space (None when that space is the joint one).
+
+    `projected`: the head sits on the joint image-text space (embed_dim, CLIP's zero-shot
+    geometry). Otherwise, as in LIFT, a ViT's head sits on the pooled features before the
+    tower's projection (width, 768 for ViT-B/16): the projection is dropped from the tower and
+    text embeddings t reach that space as normalize(t Pᵀ). CLIP ResNets always project."""
     visual = clip.visual
-    if embed_dim is None:
-        embed_dim = int(visual.output_dim)
-    model = ClipClassifier(visual, make_classifier(embed_dim, num_classes, cosine, scale))
+    proj = getattr(visual, "proj", None)
+    text_map = None
+    if not projected and isinstance(proj, torch.Tensor):
+        text_map = proj.detach().t().clone()  # (embed_dim, width): t -> t Pᵀ
+        visual.proj = None  # open_clip skips a missing projection
+        dim = int(text_map.shape[1])
+    elif hasattr(clip, "text_projection"):
+        dim = int(clip.text_projection.shape[-1])
+    else:
+        dim = int(visual.output_dim)
+    model = ClipClassifier(visual, make_classifier(dim, num_classes, cosine, scale))
     model.lwr_head = HEAD
-    return model
+    return model, text_map
 
 
 def templates(kind: str) -> list[Any]:

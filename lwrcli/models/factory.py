@@ -74,13 +74,17 @@ def _clip(
     whole = clip.create_clip(arch, cfg.weights)
     if cfg.pretrained is not None:
         log(load_pretrained(whole, cfg.pretrained, head="head").message())
-    model = clip.build_classifier(whole, num_classes, cfg.cosine_classifier, cfg.cosine_scale)
+    model, text_map = clip.build_classifier(
+        whole, num_classes, cfg.cosine_classifier, cfg.cosine_scale, cfg.clip_projection
+    )
     if cfg.head_init == "text":
         if class_names is None or len(class_names) != num_classes:
             raise UserError("model.head_init=text needs the dataset's class names (one per class).")
         rows = clip.encode_class_names(
             whole, clip.tokenizer_for(arch), class_names, cfg.text_templates
         )
+        if text_map is not None:  # into the un-projected feature space (LIFT)
+            rows = torch.nn.functional.normalize(rows @ text_map, dim=1)
         with torch.no_grad():
             model.head.weight.copy_(rows)
     return model
