@@ -196,6 +196,10 @@ class DataConfig(Strict):
     flip: bool = True
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
+    # Small images for a model made for larger inputs (a CLIP ViT at 224 px on CIFAR, as
+    # LIFT does): each batch is upsampled on the device (bilinear) to this size after the crop
+    # and flip; None keeps the stored size.
+    array_resize: int | None = Field(None, ge=8, le=1024)
     # Large images (list files / folders): DataLoader with workers.
     image_size: int = Field(224, ge=8, le=1024)
     resize: int = Field(256, ge=8, le=2048)

@@ -115,3 +115,34 @@ def test_state_inside_an_epoch_resumes_between_two_batches() -> None:
         assert len(got) == len(expected)
         for (x, y), (ex, ey) in zip(got, expected, strict=True):
             assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def test_array_resize_and_five_crops_match_torchvision() -> None:
+    """Small images for a model made for larger inputs: bicubic upsampling on the device, and
+    LIFT's five crops of the image upsampled to size + 24, against torchvision's own ops."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from lwrcli.data.device_loader import DeviceImageLoader
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.arange(5)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    plain = DeviceImageLoader(images, labels, 5, mean, std, train=False, resize=16)
+    (x, _), = list(plain)
+    up = TF.resize(images.float(), [16, 16], antialias=True)
+    expected = (up.clamp(0, 255) / 255 - m) / s
+    assert x.shape == (5, 3, 16, 16)
+    assert torch.allclose(x, expected, atol=1e-4)
+
+    tte = DeviceImageLoader(images, labels, 5, mean, std, train=False, resize=16, tte=True)
+    (x, _), = list(tte)
+    big = TF.resize(images.float(), [40, 40], antialias=True)
+    crops = torch.stack(TF.five_crop(big.clamp(0, 255), [16, 16]), dim=1)
+    assert x.shape == (5, 5, 3, 16, 16)
+    assert torch.allclose(x, (crops / 255 - m.unsqueeze(1)) / s.unsqueeze(1), atol=1e-4)
+    # Crop 0 is the top-left corner of the enlarged image, crop 4 its centre.
+    centre = big.clamp(0, 255)[..., 12:28, 12:28] / 255
+    assert torch.allclose(x[:, 4], (centre - m) / s, atol=1e-4)

@@ -11,8 +11,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from lwrcli.data.samplers import epoch_indices
+from lwrcli.data.transforms import TTE_EXPAND
 
 
 def draw_crop_flip(
@@ -85,8 +87,13 @@ class DeviceImageLoader:
         sampler: str = "instance",
         num_samples_cls: int = 4,
         epochs: int = 1,
+        resize: int | None = None,
+        tte: bool = False,
     ) -> None:
         self.images = images
+        # Upsampled size (None: as stored); `tte`: evaluation batches become LIFT's five crops
+        # of the image upsampled to resize + 24, shape (B, 5, 3, S, S).
+        self.resize, self.tte = resize, tte
         self.labels = labels
         self.batch_size = batch_size
         self.train = train
@@ -142,10 +149,25 @@ class DeviceImageLoader:
         )
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        x = (batch.float() - self.mean) / self.std
+        """uint8 (B, 3, H, W) -> float, upsampled to `resize` when set (bilinear, as
+        torchvision's Resize), normalised; LIFT's five crops when `tte`."""
+        x = batch.float()
+        if self.tte:
+            return self._five_crops(x)
+        if self.resize is not None and self.resize != x.shape[-1]:
+            x = _upsample(x, self.resize)
+        x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _five_crops(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 5, 3, S, S): corners and centre of the image upsampled to
+        S + 24 (torchvision's FiveCrop order), S = `resize` or the stored size."""
+        size = self.resize or x.shape[-1]
+        big = _upsample(x, size + TTE_EXPAND)
+        crops = TF.five_crop(big, [size, size])
+        return (torch.stack(crops, dim=1) - self.mean.unsqueeze(1)) / self.std.unsqueeze(1)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if not self.train:
@@ -203,3 +225,9 @@ class DeviceImageLoader:
         if "order" in state:
             self._order = state["order"].to(self.images.device)
             self._position = int(state["position"])
+
+
+def _upsample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Float (B, 3, H, W) in [0, 255] -> (B, 3, size, size): torchvision's Resize (bilinear,
+    antialiased), the transform LIFT applies to CIFAR images before a 224-px CLIP."""
+    return TF.resize(x, [size, size], antialias=True).clamp_(0.0, 255.0)

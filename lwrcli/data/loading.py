@@ -176,13 +176,14 @@ def build_data(
             raise UserError(
                 f"Dataset {data_dir} has no '{split}' split (it has {', '.join(manifest.splits)})."
             )
-    if cfg.eval_tte and manifest.storage == "arrays":
+    if cfg.eval_tte and manifest.storage == "arrays" and cfg.data.array_resize is None:
         raise UserError(
             f"The test-time ensemble (eval_tte / --tte: five crops of the image enlarged by 24 "
             f"px) is for large-image datasets; {data_dir} stores {manifest.image_size}x"
             f"{manifest.image_size} uint8 arrays that the model sees at their own size, where "
-            "enlarging by 24 px would be a different test-time transform from LIFT's. Evaluate "
-            "without it, or prepare a folder dataset with --storage lists."
+            "enlarging by 24 px would be a different test-time transform from LIFT's. Set "
+            "data.array_resize (e.g. 224 for a CLIP ViT: the crops then come from the image "
+            "upsampled to 248, as LIFT does on CIFAR), or evaluate without it."
         )
     make = _arrays_loader if manifest.storage == "arrays" else _list_loader
     data_dir = Path(data_dir)
@@ -226,6 +227,8 @@ def _arrays_loader(
         sampler=cfg.data.sampler,
         num_samples_cls=cfg.data.num_samples_cls,
         epochs=cfg.epochs,
+        resize=cfg.data.array_resize,
+        tte=cfg.eval_tte and not is_train,
     )
 
 
