@@ -16,9 +16,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 from lwrcli.config import TrainConfig  # noqa: E402
 from lwrcli.models.families import model_data_defaults  # noqa: E402
+from presets_lift import lift_presets  # noqa: E402
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2023, 0.1994, 0.2010]
@@ -471,6 +473,7 @@ def all_presets() -> dict[str, dict[str, Any]]:
         presets["inat2018-bs" + ("-lwr" if lwr else "")] = large("inat2018", "bs", lwr)
         presets["synthetic-lt-bs" + ("-lwr" if lwr else "")] = synthetic(lwr)
     presets.update(decoupled_presets())
+    presets.update(lift_presets(lwr_block, model_data, LARGE_CHECKPOINT_MINUTES))
     for name, body in presets.items():
         body["name"] = name
         if name in PAPER:
