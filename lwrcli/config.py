@@ -93,6 +93,21 @@ class ModelConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> ModelConfig:
+        if self.weights is None:
+            return self
+        if self.pretrained is not None:
+            raise ValueError(
+                f"model.weights ({self.weights}) and model.pretrained ({self.pretrained}) both "
+                "name the starting weights: keep one (--set model.weights=null to use your file)"
+            )
+        # Imported here, like families below: the hub module must not import config.
+        from lwrcli.models.hub import check_weights
+
+        check_weights(self.name, self.weights)
+        return self
+
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:

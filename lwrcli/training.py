@@ -32,7 +32,7 @@ from lwrcli.device import resolve_device
 from lwrcli.distributed import DistInfo, barrier, setup, teardown
 from lwrcli.engine import Trainer
 from lwrcli.errors import UserError
-from lwrcli.models import count_parameters
+from lwrcli.models import count_parameters, fetch_weights
 from lwrcli.progress import TrainProgress
 from lwrcli.runlog import METRICS, reconcile_metrics
 from lwrcli.stage2 import check_stage2_start
@@ -121,6 +121,7 @@ def train_run(
         cfg = resolve_speed_settings(cfg, device, manifest.storage)
         if resume is None:
             check_stage2_start(cfg, manifest)  # before the run folder exists
+            fetch_weights(cfg.model)  # likewise: a missing weights file leaves nothing behind
         torch.manual_seed(cfg.seed)
         data = build_data(data_dir, cfg, device, dist)
         if dist.is_main and resume is None:

@@ -25,6 +25,7 @@ CPU_TINY = [
     "device=cpu",
     "channels_last=false",
     "model.pretrained_required=false",
+    "model.weights=null",  # named weights are fetched: tests/test_weights_by_name.py
 ]
 
 
@@ -88,7 +89,8 @@ def test_preset_builds_and_takes_one_step(
         assert cfg.model.cosine_classifier
 
 
-def test_places_presets_need_a_local_pretrained_file(tiny: Path) -> None:
-    cfg = load_config("places-lt-bs-lwr")
-    with pytest.raises(UserError, match="model.pretrained="):
+def test_places_presets_need_pretrained_weights(tiny: Path) -> None:
+    """Places-LT fine-tunes an ImageNet ResNet-152: named weights (fetched) or a local file."""
+    cfg = load_config("places-lt-bs-lwr", overrides=["model.weights=null"])
+    with pytest.raises(UserError, match="model.weights=NAME.*model.pretrained="):
         build_model(cfg.model, 5)

@@ -136,6 +136,18 @@ def pretrained_model(name: str, cosine: bool) -> dict[str, Any]:
     }
 
 
+def named_weights_model(name: str, weights: str, cosine: bool) -> dict[str, Any]:
+    """A backbone fine-tuned from published weights, fetched once into the hub cache (a local
+    file instead: --set model.weights=null --set model.pretrained=PATH)."""
+    return {
+        "name": name,
+        "cosine_classifier": cosine,
+        "weights": weights,
+        "pretrained": None,
+        "pretrained_required": True,
+    }
+
+
 def model_data(name: str) -> dict[str, Any]:
     """Input size and normalisation the backbone was trained with (lwrcli.models.families)."""
     d = model_data_defaults(name)
@@ -192,14 +204,15 @@ def large(dataset: str, loss: str, lwr: bool) -> dict[str, Any]:
     }
     batch = 512
     if dataset == "places-lt":
-        model = pretrained_model("torchvision:resnet152", cosine)
+        # Kang et al. fine-tune torchvision's ImageNet ResNet-152 (the original weights, V1).
+        model = named_weights_model("torchvision:resnet152", "IMAGENET1K_V1", cosine)
         optim = {"lr": 0.05, "base_batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4}
         batch = 256
     return {
         "description": f"{dataset} {model['name']}, {loss}"
         + (" + LWR" if lwr else "")
         + (
-            "; set model.pretrained to a local ImageNet ResNet-152 file"
+            "; from torchvision's ImageNet ResNet-152 (IMAGENET1K_V1, fetched once)"
             if dataset == "places-lt"
             else ""
         ),
@@ -389,7 +402,8 @@ def stage2(stage1: dict[str, Any], dataset: str, mode: str, lwr: bool) -> dict[s
     body = {k: v for k, v in stage1.items() if k not in ("save_every", "reference")}
     what = {"crt": "cRT (classifier re-trained)", "lws": "LWS (per-class scales)"}[mode]
     if isinstance(body["model"], dict) and body["model"].get("pretrained_required"):
-        body["model"] = {**body["model"], "pretrained_required": False}  # --init gives weights
+        # --init gives the weights: nothing to fetch or pass
+        body["model"] = {**body["model"], "pretrained_required": False, "weights": None}
     body.update(
         {
             "description": f"{dataset} stage 2: {what} on the frozen CE backbone"

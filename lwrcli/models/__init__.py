@@ -7,6 +7,7 @@ from lwrcli.models.factory import (
     MODELS,
     build_model,
     count_parameters,
+    fetch_weights,
     freeze,
     is_convolutional,
     is_convolutional_name,
@@ -23,6 +24,7 @@ from lwrcli.models.heads import (
     make_classifier,
     set_head,
 )
+from lwrcli.models.weights import base_identity, base_of
 
 __all__ = [
     "CLASSIFIER_KEY",
@@ -31,9 +33,12 @@ __all__ = [
     "LWSHead",
     "ResNetCifar",
     "SmallCNN",
+    "base_identity",
+    "base_of",
     "build_model",
     "classifier_key",
     "count_parameters",
+    "fetch_weights",
     "freeze",
     "get_classifier",
     "head_path",

@@ -106,6 +106,25 @@ def create_clip(arch: str, weights: str | None = None) -> nn.Module:
     return open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
 
 
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Pretrained weights into the whole CLIP model by open_clip's own loader: it converts
+    third-party and old-format state dicts and resizes position embeddings; .bin files are
+    read with weights_only=True (a pickled object is refused with its name)."""
+    from open_clip.factory import load_checkpoint
+
+    from lwrcli.models.weights import refusing_pickles
+
+    with refusing_pickles(path):
+        try:
+            load_checkpoint(model, str(path), strict=True, weights_only=True)
+        except RuntimeError as exc:  # missing/unexpected keys or other shapes
+            first = str(exc).splitlines()[0] + " " + " ".join(str(exc).splitlines()[1:2])
+            raise UserError(
+                f"Pretrained weights {path} do not fit this CLIP model: {first.strip()} Is "
+                "the file for this architecture?"
+            ) from None
+
+
 class ClipClassifier(nn.Module):
     """CLIP image tower -> (B, embed_dim) features -> lwr's head (B, C)."""
 

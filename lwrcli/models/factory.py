@@ -1,14 +1,18 @@
 """Building a model from its config: the family registry (lwr's own architectures,
-torchvision, timm), pretrained weights, frozen parts, and the listings `lwr models` shows.
+torchvision, timm, clip), pretrained weights (by name or a local file), frozen parts, and the
+listings `lwr models` shows.
 
 `build_model` is the one entry the build layer calls; every model it returns records where its
-classifier lives (`model.lwr_head`, read through `lwrcli.models.heads`).
+classifier lives (`model.lwr_head`, read through `lwrcli.models.heads`) and which pretrained
+file it started from (`model.lwr_base`, see lwrcli.models.weights.base_of).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from rich.table import Table
@@ -16,20 +20,26 @@ from torch import nn
 
 from lwrcli.config import ModelConfig
 from lwrcli.errors import UserError, did_you_mean
-from lwrcli.models import families
+from lwrcli.models import families, hub
 from lwrcli.models.builtin import ResNetCifar, SmallCNN
 from lwrcli.models.heads import make_classifier, set_submodule
-from lwrcli.models.weights import load_pretrained
+from lwrcli.models.weights import base_identity, load_pretrained, refusing_pickles
 
 # Deprecated: the head of the built-in models only. Use classifier_key(model).
 CLASSIFIER_KEY = "fc.weight"
 
 
-def _external(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """A torchvision/timm model: build it with its default head, then swap that head for one
-    sized to the dataset (same random-number use as before `torchvision:` names existed, so
-    the ResNet-50 recipes initialise bit for bit as they did)."""
-    model = families.create_backbone(cfg.name)
+def _external(
+    cfg: ModelConfig, num_classes: int, log: Callable[[str], None] | None = None
+) -> nn.Module:
+    """A torchvision/timm model: build it with its default head (and named weights, which fit
+    it exactly), then swap that head for one sized to the dataset (same random-number use as
+    before `torchvision:` names existed, so the ResNet-50 recipes initialise bit for bit as
+    they did)."""
+    if cfg.weights is not None:
+        model = _named_backbone(cfg, log or _stderr)
+    else:
+        model = families.create_backbone(cfg.name)
     path = families.find_head(model, cfg.name)
     old = model.get_submodule(path)
     assert isinstance(old, nn.Linear)  # find_head guarantees it
@@ -63,6 +73,55 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+# torchvision DenseNet files predate its module names ('norm.1' is now 'norm1'): the same
+# renaming torchvision.models.densenet applies when it loads them.
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+
+
+def _named_backbone(cfg: ModelConfig, log: Callable[[str], None]) -> nn.Module:
+    """A torchvision/timm model with its default head and the weights `cfg.weights` names,
+    fetched into the hub cache if needed. timm loads its own files (its checkpoint filters
+    map keys of older files; weights_only=True); torchvision files go through
+    load_pretrained."""
+    assert cfg.weights is not None
+    named = hub.resolve(cfg.name, cfg.weights)
+    path = fetch_weights(cfg)
+    assert path is not None
+    if named.family == "timm":
+        with refusing_pickles(path):
+            try:
+                return families.create_backbone(
+                    f"timm:{named.arch}",
+                    pretrained=True,
+                    pretrained_cfg_overlay={"file": str(path)},
+                )
+            except RuntimeError as exc:  # timm's load_state_dict: keys or shapes differ
+                raise UserError(
+                    f"Pretrained weights {path} ({named.label}) do not fit the model: "
+                    f"{str(exc).splitlines()[0]}"
+                ) from None
+    model = families.create_backbone(cfg.name)
+    fix = _densenet_keys if named.arch.startswith("densenet") else None
+    result = load_pretrained(model, path, families.find_head(model, cfg.name), fix)
+    log(f"{named.label}: {result.message()}")
+    return model
+
+
+def fetch_weights(cfg: ModelConfig) -> Path | None:
+    """The local file of `cfg.weights`, downloaded into the hub cache if needed (None without
+    named weights). Training calls it before creating the run folder, so a missing file
+    leaves nothing behind."""
+    if cfg.weights is None:
+        return None
+    return hub.fetch(hub.resolve(cfg.name, cfg.weights))
+
+
 def _clip(
     cfg: ModelConfig, num_classes: int, class_names: list[str] | None, log: Callable[[str], None]
 ) -> nn.Module:
@@ -72,6 +131,10 @@ def _clip(
 
     arch = cfg.name.partition(":")[2]
     whole = clip.create_clip(arch, cfg.weights)
+    path = fetch_weights(cfg)
+    if path is not None:  # into the whole model: the text tower encodes the class names
+        clip.load_weights(whole, path)
+        log(f"clip:{arch}@{cfg.weights}: loaded {path}.")
     if cfg.pretrained is not None:
         log(load_pretrained(whole, cfg.pretrained, head="head").message())
     model, text_map = clip.build_classifier(
@@ -98,22 +161,27 @@ def build_model(
 ) -> nn.Module:
     """The model for `cfg` with a `num_classes` head, pretrained weights loaded from a local
     file and `cfg.freeze` applied. `log` receives one line about left-out pretrained keys;
-    `class_names` feed text-initialised heads."""
-    if cfg.pretrained_required and cfg.pretrained is None:
+    `class_names` feed text-initialised heads. The model records its pretrained base as
+    `model.lwr_base` (lwrcli.models.weights.base_of)."""
+    if cfg.pretrained_required and cfg.pretrained is None and cfg.weights is None:
         raise UserError(
-            f"This recipe fine-tunes a pretrained {cfg.name}: pass "
-            "--set model.pretrained=/path/to/weights (.safetensors or a torchvision/timm .pth "
-            "state dict); nothing is downloaded."
+            f"This recipe fine-tunes a pretrained {cfg.name}: name published weights "
+            "(--set model.weights=NAME, fetched once into the hub cache; 'lwr models list' shows "
+            "the names) or pass a local file (--set model.pretrained=/path/to/weights, "
+            ".safetensors or a torchvision/timm .pth state dict)."
         )
     if num_classes < 2:
         raise UserError(f"A classifier needs at least 2 classes, the dataset has {num_classes}.")
     if cfg.name.startswith("clip:"):
         model = _clip(cfg, num_classes, class_names, log)
+    elif cfg.weights is not None:  # never lwr's own names (the config refuses them)
+        model = _external(cfg, num_classes, log)
     else:
         model = MODELS.get(cfg.name, _external)(cfg, num_classes)
     if cfg.pretrained is not None and not cfg.name.startswith("clip:"):
         result = load_pretrained(model, cfg.pretrained, head=model.lwr_head)
         log(result.message())
+    model.lwr_base = base_identity(cfg)
     if cfg.freeze:
         freeze(model, cfg.freeze)
     return model
@@ -169,24 +237,45 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def list_models(pattern: str | None = None) -> list[families.ModelInfo]:
-    """Every buildable model name matching `pattern` (see families.list_backbones)."""
-    return families.list_backbones(
+    """Every buildable model name matching `pattern` (see families.list_backbones), with the
+    weight names each accepts."""
+    infos = families.list_backbones(
         pattern, build_own=lambda name: build_model(ModelConfig(name=name), 1000)
     )
+    for info in infos:
+        info.weights = hub.accepted(info.name)
+    return infos
+
+
+def short_list(names: list[str], width: int = 44) -> str:
+    """'a, b, c (+12 more)' within about `width` characters; '–' for none."""
+    shown: list[str] = []
+    for i, name in enumerate(names):
+        rest = len(names) - i - 1
+        tail = f" (+{rest} more)" if rest else ""
+        if shown and len(", ".join([*shown, name])) + len(tail) > width:
+            return ", ".join(shown) + f" (+{len(names) - len(shown)} more)"
+        shown.append(name)
+    return ", ".join(shown) or "–"
 
 
 model_data_defaults = families.model_data_defaults
 
 
 def models_table(infos: list[families.ModelInfo], pattern: str | None = None) -> Table:
-    """`lwr models list`: name, family, parameters, head path."""
+    """`lwr models list`: name, family, parameters, head path, accepted model.weights."""
     table = Table(title=f"{len(infos)} models" + (f" matching '{pattern}'" if pattern else ""))
-    for col in ("model.name", "family", "params (1000 classes)", "head"):
+    for col in ("model.name", "family", "params (1000 classes)", "head", "model.weights"):
         table.add_column(col, justify="right" if col.startswith("params") else "left")
+    width = 44 if len(infos) > 1 else 10**6  # one model: every name, wrapped by the table
     for info in infos:
         params = f"{info.params:,}" if info.params is not None else "–"
         head = info.head or ("–" if info.params is None else "not Linear: unsupported")
-        table.add_row(info.name, info.family, params, head)
-    if any(info.params is None for info in infos):
-        table.caption = "timm parameter counts appear when at most 60 timm names match."
+        table.add_row(info.name, info.family, params, head, short_list(info.weights, width))
+    notes = ["model.weights: a name fetched once into the hub cache (or model.pretrained: PATH)"]
+    if any(info.params is None and info.family == "timm" for info in infos):
+        notes.append("timm parameter counts appear when at most 60 timm names match")
+    if any(short_list(info.weights, width).endswith("more)") for info in infos):
+        notes.append("a pattern that matches one name shows all its weights")
+    table.caption = "; ".join(notes) + "."
     return table

@@ -14,7 +14,7 @@ import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -109,7 +109,8 @@ def check_model_name(name: str) -> str:
 
 def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     """A torchvision/timm model with random init and its default head (no download ever).
-    `kwargs` go to the constructor (e.g. image_size=32 for torchvision ViTs)."""
+    `kwargs` go to the constructor (e.g. image_size=32 for torchvision ViTs; for timm,
+    pretrained=True with pretrained_cfg_overlay={'file': PATH} loads a local file)."""
     family, _, arch = resolve(name).partition(":")
     if family == "torchvision":
         import torchvision
@@ -119,8 +120,8 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
             return torchvision.models.get_model(
                 arch, weights=None, **{**TORCHVISION_KWARGS.get(arch, {}), **kwargs}
             )
-    if family == "timm":
-        return import_timm().create_model(arch, pretrained=False, **kwargs)
+    if family == "timm":  # pretrained=True only with a local file (pretrained_cfg_overlay)
+        return import_timm().create_model(arch, **{"pretrained": False, **kwargs})
     raise ValueError(f"not a torchvision/timm name: {name!r}")
 
 
@@ -201,6 +202,7 @@ class ModelInfo:
     family: str  # built-in, torchvision, clip or timm
     params: int | None  # for 1000 classes (the default head); None when not computed
     head: str | None  # attribute path of the head; None when it is not a Linear
+    weights: list[str] = field(default_factory=list)  # names model.weights accepts
 
 
 def _info(
