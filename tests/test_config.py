@@ -100,7 +100,9 @@ def test_every_preset_validates_and_is_complete(name: str) -> None:
     # Complete: every field is written out, so the file alone documents the recipe.
     assert set(raw) == set(TrainConfig.model_fields)
     if name.endswith("-lwr"):
-        assert cfg.lwr.enabled and cfg.lwr.theta == 0.4 and cfg.lwr.proj
+        # θ 0.4 (the paper's), or each pair's initial cosine for heads from text embeddings
+        theta = "init" if cfg.model.head_init == "text" else 0.4
+        assert cfg.lwr.enabled and cfg.lwr.theta == theta and cfg.lwr.proj
         assert cfg.lwr.schedule.kind == "linear"
     else:
         assert not cfg.lwr.enabled

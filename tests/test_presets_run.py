@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from lwrcli.losses import reweight_for_epoch
 from lwrcli.models import build_model, get_classifier
 from lwrcli.models import families as backbones
 
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
+}
 CPU_TINY = [
     "dataset=any",
     "batch_size=4",
@@ -43,14 +49,22 @@ def test_preset_builds_and_takes_one_step(
     """The preset's own model builds and runs forward; its loss, LWR, optimizer and schedule
     then take one real training step on a small CNN with the preset's head (the suite's cost
     stays flat as ResNet-50/152 presets are added)."""
-    cfg = load_config(name, overrides=CPU_TINY)
+    overrides = list(CPU_TINY)
+    if load_config(name).model.name.startswith("clip:"):
+        # The preset's head, init and tuning on a tiny CLIP of the same family (a random
+        # ViT-L/14 takes seconds per forward on a CPU); the arch name itself is validated.
+        tiny_clip = tiny.parent / "tiny-clip.json"
+        tiny_clip.write_text(json.dumps(TINY_CLIP))
+        overrides += [f"model.name=clip:{tiny_clip}", "data.array_resize=32"]
+    cfg = load_config(name, overrides=overrides)
     device = torch.device("cpu")
     data = build_data(tiny, cfg, device)
     x, y = next(iter(data.train))
     arch = cfg.model.name.removeprefix("torchvision:")
     if arch.startswith("vit_"):  # torchvision ViTs take one input size; use the tiny images'
         monkeypatch.setitem(backbones.TORCHVISION_KWARGS, arch, {"image_size": x.shape[-1]})
-    real = build_model(cfg.model, data.num_classes).eval()
+    real = build_model(cfg.model, data.num_classes, class_names=data.manifest.class_names)
+    real.eval()
     with torch.no_grad():
         assert real(x).shape == (x.shape[0], data.num_classes)
 
@@ -62,6 +76,8 @@ def test_preset_builds_and_takes_one_step(
             "model.width=8",
             "model.freeze=[]",
             "optim.layer_decay=null",
+            "model.head_init=random",  # CLIP recipes: text init and adapters need CLIP
+            "model.tuning=full",
         ],
     )
     parts = build_components(cfg, data, device)
@@ -79,7 +95,9 @@ def test_preset_builds_and_takes_one_step(
     frozen = cfg.stage2.mode == "lws"
     assert (trainer.regularizer is None) == (not cfg.lwr.enabled or frozen)
     assert ("lwr" in terms) == (
-        trainer.regularizer is not None and cfg.lwr.theta < 1.0 and trainer.regularizer.lam(t) > 0
+        trainer.regularizer is not None
+        and (cfg.lwr.theta == "init" or cfg.lwr.theta < 1.0)
+        and trainer.regularizer.lam(t) > 0
     )
     if cfg.stage2.mode == "lws":  # the classifier is frozen: only its scales learn
         assert torch.equal(before, head.weight) and not torch.equal(head.scales, torch.ones(5))
