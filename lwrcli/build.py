@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lwrcli.checkpoint import Checkpoint, restore_weights
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.distributed import DistInfo
@@ -198,7 +199,7 @@ def build_components(
     data: DataBundle,
     device: torch.device,
     dist: DistInfo | None = None,
-    weights: dict[str, torch.Tensor] | None = None,
+    weights: Checkpoint | None = None,
 ) -> Components:
     """Model (seeded with cfg.seed, so its initialisation does not depend on data loading),
     loss, optimizer and regularizer; `weights` restores a checkpoint's model state. Speed
@@ -219,7 +220,7 @@ def build_components(
     if cfg.channels_last is True:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if weights is not None:
-        model.load_state_dict(weights)
+        restore_weights(model, weights)  # a frozen-base run's tensors onto its rebuilt base
     counts = torch.tensor(data.class_counts, dtype=torch.float64)
     lr = cfg.effective_lr
     # A frozen classifier (LWS trains only per-class scales) cannot be repelled: LWR is inert.

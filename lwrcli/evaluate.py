@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.checkpoint import Checkpoint, load_checkpoint
+from lwrcli.checkpoint import Checkpoint, load_checkpoint, restore_weights
 from lwrcli.data.loading import BatchLoader, build_data
 from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.device import autocast_context, eval_amp, resolve_device
@@ -117,7 +117,7 @@ def load_model(ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
         ckpt.config,
     )
     try:
-        model.load_state_dict(ckpt.state)
+        restore_weights(model, ckpt)
     except RuntimeError as exc:
         raise UserError(
             f"Checkpoint {ckpt.path} does not match its own model config "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from lwrcli.checkpoint import Checkpoint, load_checkpoint
+from lwrcli.checkpoint import Checkpoint, load_checkpoint, restore_weights
 from lwrcli.config import TrainConfig
 from lwrcli.data.manifest import Manifest
 from lwrcli.errors import UserError
@@ -98,7 +98,7 @@ def load_init(path: Path, manifest: Manifest, cfg: TrainConfig) -> Checkpoint:
     mine, theirs = cfg.model, ckpt.config.model
     differ = [
         f"model.{k}={getattr(theirs, k)}"
-        for k in ("name", "cosine_classifier", "width")
+        for k in ("name", "cosine_classifier", "width", "tuning", "tuning_dim")
         if getattr(mine, k) != getattr(theirs, k)
     ]
     if differ:
@@ -119,7 +119,7 @@ def prepare_stage2(
     if cfg.init.checkpoint is not None and load:
         ckpt = load_init(cfg.init.checkpoint, manifest, cfg)
         try:
-            model.load_state_dict(ckpt.state)
+            restore_weights(model, ckpt)
         except RuntimeError as exc:
             raise UserError(
                 f"init.checkpoint {cfg.init.checkpoint} does not fit the model "

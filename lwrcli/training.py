@@ -126,8 +126,7 @@ def train_run(
         if dist.is_main and resume is None:
             _prepare_run_dir(run_dir)
         barrier(dist)
-        weights = resume_ckpt.state if resume_ckpt is not None else None
-        parts = build_components(cfg, data, device, dist, weights)
+        parts = build_components(cfg, data, device, dist, resume_ckpt)
         if cfg.stage2.cache_features:
             parts = use_cached_features(parts, cfg, device)
         progress = progress or TrainProgress(cfg.epochs, enabled=dist.is_main)
@@ -151,7 +150,7 @@ def train_run(
                 f"Training '{cfg.name}'"
                 + (f" ({cfg.description})" if cfg.description else "")
                 + f" on {data.manifest.name} ({data.num_classes} classes) "
-                f"with {cfg.model.name} ({count_parameters(parts.raw_model):,} parameters) on "
+                f"with {cfg.model.name} ({_parameters_note(parts.raw_model)}) on "
                 f"{device}; "
                 + _batch_note(cfg, dist)
                 + f", lr {parts.base_lr:g}"
@@ -177,6 +176,19 @@ def train_run(
         return RunResult(run_dir, state.epoch, trainer.history, state.best_epoch, dist.is_main)
     finally:
         teardown()
+
+
+def _millions(n: int) -> str:
+    m = n / 1e6
+    return f"{m:.0f}" if m >= 10 else f"{m:.1f}" if m >= 1 else f"{m:.2g}"
+
+
+def _parameters_note(model: torch.nn.Module) -> str:
+    """'trainable 0.1 M of 86 M parameters' (a frozen base) or '11,220,132 parameters'."""
+    total, trainable = count_parameters(model), count_parameters(model, trainable=True)
+    if trainable == total:
+        return f"{total:,} parameters"
+    return f"trainable {_millions(trainable)} M of {_millions(total)} M parameters"
 
 
 def _batch_note(cfg: TrainConfig, dist: DistInfo) -> str:

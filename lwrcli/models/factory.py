@@ -19,7 +19,8 @@ from lwrcli.errors import UserError, did_you_mean
 from lwrcli.models import families
 from lwrcli.models.builtin import ResNetCifar, SmallCNN
 from lwrcli.models.heads import make_classifier, set_submodule
-from lwrcli.models.weights import load_pretrained
+from lwrcli.models.tuning import apply_tuning
+from lwrcli.models.weights import file_sha256, load_pretrained
 
 # Deprecated: the head of the built-in models only. Use classifier_key(model).
 CLASSIFIER_KEY = "fc.weight"
@@ -112,7 +113,18 @@ def build_model(
         log(result.message())
     if cfg.freeze:
         freeze(model, cfg.freeze)
-    return model
+    model.lwr_base = base_identity(cfg)
+    return apply_tuning(model, cfg, num_classes)
+
+
+def base_identity(cfg: ModelConfig) -> dict[str, str] | None:
+    """Name and sha256 of the pretrained base a frozen-base run (tuning other than `full`)
+    refers to: its checkpoints store only what trains and are refused over another base.
+    None when everything trains or the base is random (checkpoints then hold the whole
+    model)."""
+    if cfg.tuning == "full" or cfg.pretrained is None:
+        return None
+    return {"name": str(cfg.pretrained), "sha256": file_sha256(cfg.pretrained)}
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> int:
@@ -160,8 +172,9 @@ def is_convolutional_name(name: str) -> bool:
     return is_convolutional(families.meta_backbone(name))
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: nn.Module, trainable: bool = False) -> int:
+    """Parameter elements of `model`; only those that train (requires_grad) when `trainable`."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 
 def list_models(pattern: str | None = None) -> list[families.ModelInfo]:

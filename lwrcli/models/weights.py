@@ -10,6 +10,7 @@ badly without anyone noticing.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -129,3 +130,13 @@ def load_pretrained(model: nn.Module, path: Path, head: str) -> PretrainedLoad:
         )
     model.load_state_dict(keep, strict=False)
     return PretrainedLoad(Path(path), len(keep), skipped)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes: the identity of local base weights (`model.pretrained`)
+    that frozen-base checkpoints refer to."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
