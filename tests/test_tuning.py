@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_args
 from torch import nn
 
 pytest.importorskip("open_clip")
@@ -215,3 +216,115 @@ def test_random_base_stores_everything(tiny_json: Path) -> None:
     model = build_model(_cfg(tiny_json, "adapter"), C)
     tensors, meta = checkpoint_payload(model, cfg, [1] * C, ["c"] * C, 1, {}, "head.weight")
     assert set(tensors) == set(model.state_dict()) and "stored" not in meta
+
+
+# --- through the CLI --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 classes, about 100 train images: a few steps of 16 per epoch."""
+    from lwrcli.data.synthetic import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("small") / "data"
+    prepare_synthetic(out, num_classes=6, n_max=40, test_per_class=4, imbalance_factor=8, seed=1)
+    return out
+
+
+def _clip_sets(tiny_json: Path, base: Path, tuning: str, *more: str) -> list[str]:
+    return [
+        f"model.name=clip:{tiny_json}",
+        "model.cosine_classifier=true",
+        "model.cosine_scale=25",
+        "model.head_init=text",
+        "model.text_templates=single",
+        f"model.tuning={tuning}",
+        f"model.pretrained={base}",
+        "batch_size=16",
+        "eval_every=1",
+        "log_every=1",
+        "device=cpu",
+        *more,
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tuning", ["adaptformer", "lora"])
+def test_cli_train_eval_analyze_on_a_frozen_clip_base(
+    lwr, tiny_json: Path, base_file: Path, small: Path, tmp_path: Path, tuning: str
+) -> None:
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from lwrcli.runlog import read_metrics
+
+    base = tmp_path / "base.safetensors"
+    shutil.copy(base_file, base)
+    run = tmp_path / "run"
+    sets = _clip_sets(tiny_json, base, tuning, "epochs=1")
+    r = lwr(*train_args("synthetic-lt-bs-lwr", small, run, *sets))
+    assert r.code == 0, r.err[-2000:]
+    assert "trainable 0.0" in r.err + r.out and "M of 0.12 M parameters" in r.err + r.out
+    last = run / "checkpoints" / "last.safetensors"
+    ckpt = load_checkpoint(last)
+    assert ckpt.meta["base_sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
+    model = load_model(ckpt, torch.device("cpu"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(ckpt.state) == trainable and "head.weight" in trainable
+    # Every tensor the checkpoint left out is the base file's, bit for bit, after training.
+    pretrained = {k: v for k, v in load_file(str(base)).items() if k.startswith("visual.")}
+    frozen = {k: v for k, v in model.state_dict().items() if k not in ckpt.state}
+    assert len(frozen) == len(pretrained)
+    for key, value in frozen.items():
+        assert torch.equal(value, pretrained[key.replace(".base_layer", "")]), key
+
+    r = lwr("eval", last, "--data", small, "--json")
+    assert r.code == 0, r.err[-2000:]
+    final = read_metrics(run / "metrics.jsonl")[-1]
+    assert json.loads(r.out)["top1"] == pytest.approx(final["test_top1"], abs=1e-9)
+    r = lwr("analyze-weights", last, "--out", tmp_path / "analysis", "--data", small)
+    assert r.code == 0, r.err[-2000:]
+    assert (tmp_path / "analysis" / "summary.json").is_file()
+
+    base.write_bytes(base.read_bytes()[:-4] + b"\x01\x02\x03\x04")  # another base, same shape
+    r = lwr("eval", last, "--data", small)
+    assert r.code == 2
+    assert ckpt.meta["base_sha256"] in r.err
+    assert hashlib.sha256(base.read_bytes()).hexdigest() in r.err
+
+
+@pytest.mark.slow
+def test_resume_of_a_stopped_lora_run_ends_like_an_uninterrupted_one(
+    lwr, tiny_json: Path, base_file: Path, small: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import signal
+
+    from safetensors.torch import load_file
+
+    from lwrcli.engine import Interrupted, Trainer
+    from lwrcli.training import train_run
+
+    cfg = load_config(
+        "synthetic-lt-bs-lwr", overrides=_clip_sets(tiny_json, base_file, "lora", "epochs=2")
+    )
+    train_run(cfg, small, tmp_path / "full")
+    original, calls = Trainer.train_step, {"n": 0}
+
+    def step(self: Trainer, *args: object) -> object:  # as if Ctrl-C came in step 3
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self._stop_signal = signal.SIGINT
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    with pytest.raises(Interrupted):
+        train_run(cfg, small, tmp_path / "cut")
+    monkeypatch.undo()
+    r = lwr("train", "--resume", tmp_path / "cut")
+    assert r.code == 0, r.err[-2000:]
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "checkpoints" / "last.safetensors"))
+    assert a.keys() == b.keys() and any("lora_A" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
