@@ -218,6 +218,39 @@ def test_random_base_stores_everything(tiny_json: Path) -> None:
     assert set(tensors) == set(model.state_dict()) and "stored" not in meta
 
 
+def test_stage2_init_from_a_frozen_base_checkpoint(
+    tiny_json: Path, base_file: Path, small: Path, tmp_path: Path
+) -> None:
+    """--init (cRT) rebuilds the base, loads the stored adapters, re-initialises the head; its
+    own checkpoints keep storing the adapters (frozen now) and the head."""
+    from lwrcli.data.manifest import read_manifest
+    from lwrcli.stage2 import prepare_stage2
+
+    manifest = read_manifest(small)
+    sets = _clip_sets(tiny_json, base_file, "adaptformer")
+    cfg = load_config("synthetic-lt-bs-lwr", overrides=sets)
+    model = build_model(cfg.model, manifest.num_classes, class_names=manifest.class_names)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    path = tmp_path / "stage1.safetensors"
+    counts, names = manifest.class_counts, manifest.class_names
+    extra = {"dataset_fingerprint": manifest.fingerprint}
+    save_checkpoint(path, model, cfg, counts, names, 1, {}, "head.weight", extra)
+    cfg2 = load_config("synthetic-lt-crt", overrides=[*sets, f"init.checkpoint={path}"])
+    torch.manual_seed(5)
+    fresh = build_model(cfg2.model, manifest.num_classes, class_names=manifest.class_names)
+    fresh = prepare_stage2(fresh, cfg2, manifest)
+    adapters = set(model.lwr_tuned)
+    now, then = fresh.state_dict(), model.state_dict()
+    assert adapters and all(torch.equal(now[k], then[k]) for k in adapters)
+    assert not torch.equal(now["head.weight"], then["head.weight"])  # cRT: a new head
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == {"head.weight"}
+    tensors, _ = checkpoint_payload(fresh, cfg2, counts, names, 1, {}, "head.weight")
+    assert set(tensors) == adapters | {"head.weight"}
+
+
 # --- through the CLI --------------------------------------------------------------------------
 
 
