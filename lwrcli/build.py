@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.checkpoint import Checkpoint, restore_weights
+from lwrcli.checkpoint import Checkpoint
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.distributed import DistInfo
 from lwrcli.engine import Components
 from lwrcli.errors import UserError
+from lwrcli.frozen_base import restore_weights
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer
 from lwrcli.models import (

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.checkpoint import Checkpoint, load_checkpoint, restore_weights
+from lwrcli.checkpoint import Checkpoint, load_checkpoint
 from lwrcli.data.loading import BatchLoader, build_data
 from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.device import autocast_context, eval_amp, resolve_device
 from lwrcli.distributed import DistInfo, all_gather_cat
 from lwrcli.errors import UserError
+from lwrcli.frozen_base import restore_weights
 from lwrcli.losses import posthoc_logit_adjust
 from lwrcli.metrics import confusion_matrix, summarize, write_per_class_csv
 from lwrcli.models import build_model, get_classifier

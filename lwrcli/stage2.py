@@ -13,10 +13,11 @@ from pathlib import Path
 
 from torch import nn
 
-from lwrcli.checkpoint import Checkpoint, load_checkpoint, restore_weights
+from lwrcli.checkpoint import Checkpoint, load_checkpoint
 from lwrcli.config import TrainConfig
 from lwrcli.data.manifest import Manifest
 from lwrcli.errors import UserError
+from lwrcli.frozen_base import restore_weights
 from lwrcli.models import CosineLinear, LWSHead, get_classifier, head_path, set_head
 
 
