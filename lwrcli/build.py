@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.checkpoint import THETA_REFERENCE
+from lwrcli.checkpoint import THETA_REFERENCE, Checkpoint
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.distributed import DistInfo
 from lwrcli.engine import Components
 from lwrcli.errors import UserError
+from lwrcli.frozen_base import restore_weights
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer, reference_rows
 from lwrcli.models import (
@@ -199,8 +200,7 @@ def build_components(
     data: DataBundle,
     device: torch.device,
     dist: DistInfo | None = None,
-    weights: dict[str, torch.Tensor] | None = None,
-    theta_reference: torch.Tensor | None = None,
+    weights: Checkpoint | None = None,
 ) -> Components:
     """Model (seeded with cfg.seed, so its initialisation does not depend on data loading),
     loss, optimizer and regularizer; `weights` restores a checkpoint's model state. Speed
@@ -221,7 +221,7 @@ def build_components(
     if cfg.channels_last is True:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if weights is not None:
-        model.load_state_dict(weights)  # a resumed run: its head is already trained
+        restore_weights(model, weights)  # a frozen-base run's tensors onto its rebuilt base
     elif cfg.model.head_init == "class_mean":
         from lwrcli.head_init import init_head_class_mean
 
@@ -230,6 +230,7 @@ def build_components(
     lr = cfg.effective_lr
     # A frozen classifier (LWS trains only per-class scales) cannot be repelled: LWR is inert.
     trainable_head = get_classifier(model).weight.requires_grad
+    theta_reference = weights.extras.get(THETA_REFERENCE) if weights is not None else None
     if cfg.lwr.theta == "init" and theta_reference is None:
         if weights is not None:
             raise UserError(

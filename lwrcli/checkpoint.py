@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from lwrcli import __version__
 from lwrcli.config import TrainConfig, validate_config
 from lwrcli.errors import UserError
+from lwrcli.frozen_base import stored_state
 
 FORMAT = "lwr-checkpoint-1"
 # Tensors of a checkpoint file that belong to the run, not to the model's state dict.
@@ -147,9 +148,15 @@ def checkpoint_payload(
     extra: dict[str, str] | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The unwrapped weights and the metadata of a checkpoint file; `extra_tensors` (keys
-    under EXTRA_PREFIX) are the run's own, stored beside the model's."""
-    state = unwrap(model).state_dict()
+    """The unwrapped weights and the metadata of a checkpoint file.
+
+    A frozen-base run (a model with a base identity `lwr_base` and the keys that train outside
+    the head, `lwr_tuned`; see lwrcli.models.tuning) stores only those tensors and the whole
+    head, plus the base weights' name and sha256: the rest is rebuilt from the base file.
+    Every other model, including a tuned one on a random base (nothing to rebuild from), is
+    stored whole. `extra_tensors` (keys under EXTRA_PREFIX) are the run's own, stored beside
+    the model's."""
+    state, stored = stored_state(unwrap(model), classifier_key)
     meta = {
         "format": FORMAT,
         "tool_version": __version__,
@@ -159,6 +166,7 @@ def checkpoint_payload(
         "epoch": str(int(epoch)),
         "metrics": json.dumps(metrics),
         "classifier_key": classifier_key,
+        **stored,
         **(extra or {}),
     }
     if classifier_key not in state:

@@ -22,6 +22,7 @@ from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.device import autocast_context, eval_amp, resolve_device
 from lwrcli.distributed import DistInfo, all_gather_cat
 from lwrcli.errors import UserError
+from lwrcli.frozen_base import restore_weights
 from lwrcli.losses import posthoc_logit_adjust
 from lwrcli.metrics import confusion_matrix, summarize, write_per_class_csv
 from lwrcli.models import build_model, get_classifier
@@ -127,7 +128,7 @@ def load_model(ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
         ckpt.config,
     )
     try:
-        model.load_state_dict(ckpt.state)
+        restore_weights(model, ckpt)
     except RuntimeError as exc:
         raise UserError(
             f"Checkpoint {ckpt.path} does not match its own model config "

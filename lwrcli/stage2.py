@@ -17,6 +17,7 @@ from lwrcli.checkpoint import Checkpoint, load_checkpoint
 from lwrcli.config import TrainConfig
 from lwrcli.data.manifest import Manifest
 from lwrcli.errors import UserError
+from lwrcli.frozen_base import restore_weights
 from lwrcli.models import CosineLinear, LWSHead, get_classifier, head_path, set_head
 
 
@@ -98,7 +99,7 @@ def load_init(path: Path, manifest: Manifest, cfg: TrainConfig) -> Checkpoint:
     mine, theirs = cfg.model, ckpt.config.model
     differ = [
         f"model.{k}={getattr(theirs, k)}"
-        for k in ("name", "cosine_classifier", "width")
+        for k in ("name", "cosine_classifier", "width", "tuning", "tuning_dim")
         if getattr(mine, k) != getattr(theirs, k)
     ]
     if differ:
@@ -119,7 +120,7 @@ def prepare_stage2(
     if cfg.init.checkpoint is not None and load:
         ckpt = load_init(cfg.init.checkpoint, manifest, cfg)
         try:
-            model.load_state_dict(ckpt.state)
+            restore_weights(model, ckpt)
         except RuntimeError as exc:
             raise UserError(
                 f"init.checkpoint {cfg.init.checkpoint} does not fit the model "

@@ -24,7 +24,7 @@ from lwrcli.build import (
     speed_summary,
     with_model_data_defaults,
 )
-from lwrcli.checkpoint import THETA_REFERENCE, Checkpoint, load_train_state, resume_point
+from lwrcli.checkpoint import Checkpoint, load_train_state, resume_point
 from lwrcli.config import TrainConfig, config_to_yaml, read_yaml, validate_config
 from lwrcli.data.loading import build_data, check_dataset_matches
 from lwrcli.data.manifest import read_manifest
@@ -127,9 +127,7 @@ def train_run(
         if dist.is_main and resume is None:
             _prepare_run_dir(run_dir)
         barrier(dist)
-        weights = resume_ckpt.state if resume_ckpt is not None else None
-        reference = resume_ckpt.extras.get(THETA_REFERENCE) if resume_ckpt is not None else None
-        parts = build_components(cfg, data, device, dist, weights, reference)
+        parts = build_components(cfg, data, device, dist, resume_ckpt)
         if cfg.stage2.cache_features:
             parts = use_cached_features(parts, cfg, device)
         progress = progress or TrainProgress(cfg.epochs, enabled=dist.is_main)
@@ -153,7 +151,7 @@ def train_run(
                 f"Training '{cfg.name}'"
                 + (f" ({cfg.description})" if cfg.description else "")
                 + f" on {data.manifest.name} ({data.num_classes} classes) "
-                f"with {cfg.model.name} ({count_parameters(parts.raw_model):,} parameters) on "
+                f"with {cfg.model.name} ({_parameters_note(parts.raw_model)}) on "
                 f"{device}; "
                 + _batch_note(cfg, dist)
                 + f", lr {parts.base_lr:g}"
@@ -179,6 +177,19 @@ def train_run(
         return RunResult(run_dir, state.epoch, trainer.history, state.best_epoch, dist.is_main)
     finally:
         teardown()
+
+
+def _millions(n: int) -> str:
+    m = n / 1e6
+    return f"{m:.0f}" if m >= 10 else f"{m:.1f}" if m >= 1 else f"{m:.2g}"
+
+
+def _parameters_note(model: torch.nn.Module) -> str:
+    """'trainable 0.1 M of 86 M parameters' (a frozen base) or '11,220,132 parameters'."""
+    total, trainable = count_parameters(model), count_parameters(model, trainable=True)
+    if trainable == total:
+        return f"{total:,} parameters"
+    return f"trainable {_millions(trainable)} M of {_millions(total)} M parameters"
 
 
 def _batch_note(cfg: TrainConfig, dist: DistInfo) -> str:

@@ -23,6 +23,7 @@ from lwrcli.errors import UserError, did_you_mean
 from lwrcli.models import families, hub
 from lwrcli.models.builtin import ResNetCifar, SmallCNN
 from lwrcli.models.heads import make_classifier, set_submodule
+from lwrcli.models.tuning import apply_tuning
 from lwrcli.models.weights import base_identity, load_pretrained, refusing_pickles
 
 # Deprecated: the head of the built-in models only. Use classifier_key(model).
@@ -181,10 +182,11 @@ def build_model(
     if cfg.pretrained is not None and not cfg.name.startswith("clip:"):
         result = load_pretrained(model, cfg.pretrained, head=model.lwr_head)
         log(result.message())
-    model.lwr_base = base_identity(cfg)
     if cfg.freeze:
         freeze(model, cfg.freeze)
-    return model
+    # The base a frozen-base checkpoint refers to (name and sha256 of the file loaded).
+    model.lwr_base = base_identity(cfg)
+    return apply_tuning(model, cfg, num_classes)
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> int:
@@ -232,8 +234,9 @@ def is_convolutional_name(name: str) -> bool:
     return is_convolutional(families.meta_backbone(name))
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: nn.Module, trainable: bool = False) -> int:
+    """Parameter elements of `model`; only those that train (requires_grad) when `trainable`."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 
 def list_models(pattern: str | None = None) -> list[families.ModelInfo]:
