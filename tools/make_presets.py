@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from presets_lift import lift_presets  # noqa: E402
+
 from lwrcli.config import TrainConfig  # noqa: E402
 from lwrcli.models.families import model_data_defaults  # noqa: E402
-from presets_lift import lift_presets  # noqa: E402
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2023, 0.1994, 0.2010]
