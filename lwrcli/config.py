@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -83,7 +83,9 @@ class LWRScheduleConfig(Strict):
 
 class LWRConfig(Strict):
     enabled: bool = False
-    lambda_max: float = Field(0.1, ge=0.0, le=1e4)
+    # A number, or `auto`: resolved at start-up from the dataset's class count C by the
+    # measured rule (lwrcli.lwr.lambda_for_classes) and saved in config.yaml as that number.
+    lambda_max: Annotated[float, Field(ge=0.0, le=1e4)] | Literal["auto"] = 0.1
     theta: float = Field(0.4, ge=-1.0, le=1.0)
     power: Literal[1, 2] = 1
     proj: bool = True

@@ -27,7 +27,8 @@ def lwr_label(cfg: TrainConfig) -> str:
         return "-"
     lw = cfg.lwr
     proj = ", proj" if lw.proj else ""
-    return f"λ={lw.lambda_max:g} θ={lw.theta:g}{proj}, {lw.schedule.kind}"
+    lam = lw.lambda_max if lw.lambda_max == "auto" else f"{lw.lambda_max:g}"
+    return f"λ={lam} θ={lw.theta:g}{proj}, {lw.schedule.kind}"
 
 
 def presets_table() -> Table:
