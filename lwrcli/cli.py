@@ -115,6 +115,13 @@ def prepare_data(
             "arrays or lists.",
         ),
     ] = None,
+    min_per_class: Annotated[
+        int | None,
+        typer.Option(
+            "--min-per-class",
+            help="folder: keep at least N train images per class (clips the profile).",
+        ),
+    ] = None,
     benchmark: Annotated[
         bool, typer.Option("--benchmark", help="lists/folder: report loader images/s after.")
     ] = False,
@@ -141,6 +148,7 @@ def prepare_data(
         skip_bad=skip_bad,
         image_size=image_size,
         storage=storage,
+        min_per_class=min_per_class,
     )
     manifest = prepare(options, out, overwrite=overwrite)
     groups = {k: len(v) for k, v in manifest.shot_groups.items()}

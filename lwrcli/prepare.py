@@ -71,6 +71,7 @@ def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manif
         skip_bad=options.skip_bad,
         image_size=options.image_size,
         storage=options.storage,
+        min_per_class=options.min_per_class,
     )
 
 
