@@ -206,6 +206,9 @@ def test_plan_and_slurm_scripts_name_every_run(lwr, tmp_path: Path, small: Path)
     assert r.code == 0, r.err
     script = (out / "sweep.sbatch").read_text()
     assert f"--array=0-{len(NAMES) - 1}" in script and "torchrun" in script
+    # SLURM's warning two minutes before the limit reaches the run, which saves and requeues.
+    assert "#SBATCH --signal=B:USR1@120" in script and "trap 'kill -TERM" in script
+    assert script.count(" --requeue;") == 2 * len(NAMES)  # fresh and resume commands
     assert not any(p.name == "metrics.jsonl" for p in out.rglob("*"))
 
 
