@@ -20,7 +20,7 @@ from lwrcli.distributed import DistInfo
 from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.losses import build_loss
-from lwrcli.lwr import build_regularizer
+from lwrcli.lwr import build_regularizer, resolve_lambda_max
 from lwrcli.models import (
     build_model,
     get_classifier,
@@ -202,9 +202,11 @@ def build_components(
 ) -> Components:
     """Model (seeded with cfg.seed, so its initialisation does not depend on data loading),
     loss, optimizer and regularizer; `weights` restores a checkpoint's model state. Speed
-    settings still `auto` are resolved here (train_run resolves them earlier, for the data)."""
+    settings and `lwr.lambda_max: auto` are resolved here too (train_run resolves them
+    earlier, for the data and the run folder)."""
     dist = dist or DistInfo()
     cfg = resolve_speed_settings(cfg, device, data.manifest.storage)
+    cfg = resolve_lambda_max(cfg, data.num_classes)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes)
     if cfg.sync_bn:
