@@ -22,7 +22,7 @@ from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.frozen_base import restore_weights
 from lwrcli.losses import build_loss
-from lwrcli.lwr import build_regularizer, reference_rows
+from lwrcli.lwr import build_regularizer, reference_rows, resolve_lambda_max
 from lwrcli.models import (
     build_model,
     get_classifier,
@@ -204,9 +204,11 @@ def build_components(
 ) -> Components:
     """Model (seeded with cfg.seed, so its initialisation does not depend on data loading),
     loss, optimizer and regularizer; `weights` restores a checkpoint's model state. Speed
-    settings still `auto` are resolved here (train_run resolves them earlier, for the data)."""
+    settings and `lwr.lambda_max: auto` are resolved here too (train_run resolves them
+    earlier, for the data and the run folder)."""
     dist = dist or DistInfo()
     cfg = resolve_speed_settings(cfg, device, data.manifest.storage)
+    cfg = resolve_lambda_max(cfg, data.num_classes)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, class_names=data.manifest.class_names)
     if cfg.sync_bn:

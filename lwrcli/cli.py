@@ -131,6 +131,13 @@ def prepare_data(
             "no train images needed.",
         ),
     ] = None,
+    min_per_class: Annotated[
+        int | None,
+        typer.Option(
+            "--min-per-class",
+            help="folder: keep at least N train images per class (clips the profile).",
+        ),
+    ] = None,
     benchmark: Annotated[
         bool, typer.Option("--benchmark", help="lists/folder: report loader images/s after.")
     ] = False,
@@ -159,6 +166,7 @@ def prepare_data(
         storage=storage,
         class_names=class_names,
         eval_only=eval_only,
+        min_per_class=min_per_class,
     )
     manifest = prepare(options, out, overwrite=overwrite)
     groups = {k: len(v) for k, v in manifest.shot_groups.items()}
@@ -205,8 +213,17 @@ def train(
         Path | None,
         typer.Option("--init", help="Stage 2: start from this checkpoint (init.checkpoint)."),
     ] = None,
+    requeue: Annotated[
+        bool,
+        typer.Option(
+            "--requeue",
+            help="SLURM: on the scheduler's warning (SIGUSR1/SIGTERM) save, then "
+            "'scontrol requeue $SLURM_JOB_ID'; the requeued job continues the run.",
+        ),
+    ] = False,
 ) -> None:
-    """Train a model (CPU, one GPU, or many via torchrun) into a run folder."""
+    """Train a model (CPU, one GPU, or many via torchrun) into a run folder. Run again with
+    the same arguments, it continues the run folder where it stopped."""
     from lwrcli.config import load_config
     from lwrcli.training import train_run
 
@@ -216,7 +233,7 @@ def train(
                 "--resume RUN_DIR continues a run with its saved config; do not combine it "
                 "with --preset, --config, --set, --init or --out."
             )
-        result = train_run(None, data, resume=resume)  # type: ignore[arg-type]
+        result = train_run(None, data, resume=resume, requeue=requeue)  # type: ignore[arg-type]
     else:
         if data is None or out is None:
             raise UserError("lwr train needs --data DATA_DIR and --out RUN_DIR.")
@@ -224,8 +241,10 @@ def train(
         if init is not None:  # a shortcut for --set init.checkpoint=PATH
             sets.append(f"init.checkpoint={json.dumps(str(init))}")
         cfg = load_config(preset, config, sets)
-        result = train_run(cfg, data, out)
+        result = train_run(cfg, data, out, requeue=requeue)
     if not result.is_main:
+        if result.stopped_late:
+            sys.exit(130)
         return
     last = result.history[-1] if result.history else {}
     tops = {k: v for k, v in last.items() if k.endswith("_top1") and v is not None}
@@ -235,6 +254,12 @@ def train(
         f"Checkpoints in {result.run_dir / 'checkpoints'}.",
         highlight=False,
     )
+    if result.stopped_late:
+        _fail(
+            "the stop came too late to matter: it arrived after the run's last step, and the "
+            "run is complete and saved.",
+            130,
+        )
 
 
 @app.command("eval")

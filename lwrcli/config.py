@@ -138,7 +138,9 @@ class LWRScheduleConfig(Strict):
 
 class LWRConfig(Strict):
     enabled: bool = False
-    lambda_max: float = Field(0.1, ge=0.0, le=1e4)
+    # A number, or `auto`: resolved at start-up from the dataset's class count C by the
+    # measured rule (lwrcli.lwr.lambda_for_classes) and saved in config.yaml as that number.
+    lambda_max: Annotated[float, Field(ge=0.0, le=1e4)] | Literal["auto"] = 0.1
     # Margin on the projected cosine, or `init`: each pair is repelled only when it grows more
     # similar than it was at initialisation (heads initialised from text embeddings start far
     # above any fixed margin chosen for random heads).

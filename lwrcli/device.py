@@ -7,6 +7,7 @@ another for it.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,30 @@ def resolve_device(kind: str, local_rank: int = 0) -> torch.device:
     if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without them PyTorch
+    emulates bf16 matmuls and convolutions, many times slower than fp32."""
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    if "AMX" in str(capability).upper():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # not Linux: cannot tell; the warning names the check
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_warning(device: torch.device, amp: str) -> str | None:
+    """One start-up line when bf16 is asked for on a CPU that would emulate it."""
+    if device.type != "cpu" or amp != "bf16" or cpu_bf16_native():
+        return None
+    return (
+        "Warning: amp=bf16 on a CPU without bf16 instructions (no AVX512-BF16 or AMX in "
+        "/proc/cpuinfo): PyTorch emulates bf16 here, many times slower than fp32 (ResNet-32: "
+        "~8 against ~150 images/s). Use amp=auto (fp32 on CPU) unless you need bf16 numerics."
+    )
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:

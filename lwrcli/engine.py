@@ -32,6 +32,7 @@ from lwrcli.distributed import DistInfo, all_reduce_sum, barrier
 from lwrcli.errors import UserError
 from lwrcli.evaluate import score_splits
 from lwrcli.geometry import class_geometry, gradient_share
+from lwrcli.hooks import hook_point
 from lwrcli.losses import CountsLoss, reweight_for_epoch
 from lwrcli.lwr import LWR, resolve_margin
 from lwrcli.models import classifier_key, get_classifier
@@ -106,6 +107,9 @@ class Trainer:
         self._saving = False
         self._abort_after_save = False
         self._last_save = time.monotonic()
+        # A stop asked for after the last step: the run finished whole; callers (a sweep, the
+        # CLI) still stop, and say so.
+        self.stopped_late = False
         # Set by train_epoch on log steps: train_step then also measures LWR's gradient share.
         self._measure_share = False
 
@@ -228,6 +232,7 @@ class Trainer:
                 self._check_finite(loss_now, epoch)
                 info = {"loss": loss_now, "lr": self.lr, **share}
             self.progress.step(epoch, step, steps, info)
+            hook_point("step", until=lambda: self._stop_signal is not None)
             save, stop = self._pause_point(epoch * steps + step + 1, step + 1)
             if save and (stop or step + 1 < steps):  # the epoch's end saves anyway
                 self._check_finite(float(terms["loss"]), epoch)
@@ -301,10 +306,13 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------
     def fit(self) -> RunState:
+        """Train the remaining epochs. A stop asked for at any instant is acted on: inside an
+        epoch at the next step (`_pause_point`), during an evaluation or save at the epoch's
+        end (after the save); after the last step it is recorded in `stopped_late` and handed
+        on through `progress.stop_requested`, so a sweep stops before its next run."""
         cfg = self.cfg
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
+        signals = (signal.SIGINT, signal.SIGTERM, *_warning_signals())
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in signals}
         self._last_save = time.monotonic()
         if getattr(self.progress, "stop_requested", False):
             self._stop_signal = signal.SIGINT  # Ctrl-C came while the run was being set up
@@ -316,16 +324,36 @@ class Trainer:
                 record.update(self._geometry())
                 last = epoch + 1 == cfg.epochs
                 if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+                    if last:  # tests stop the process here: the window of issue 17
+                        hook_point("last-eval", until=lambda: self._stop_signal is not None)
                     record.update(self.evaluate())
                 self.state.epoch, self.state.step = epoch + 1, 0
                 self._maybe_select(record)
                 self.history.append(record)
                 self._save(record)
                 self.progress.end_epoch(epoch, _brief(record))
+                if not last and self._stop_agreed():
+                    raise Interrupted(f"epoch {epoch + 1}, after its last step")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if self._stop_signal is not None:
+            self.stopped_late = True
+            self.progress.stop_requested = True
         return self.state
+
+    def _stop_agreed(self) -> bool:
+        """At an epoch's end: did any process receive a stop? (All processes call this.)"""
+        stop = self._stop_signal is not None
+        if self.dist.enabled:
+            flag = torch.tensor([float(stop)], device=self.device)
+            stop = bool(all_reduce_sum(flag, self.dist).item() > 0)
+        return stop
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal that asked this run to stop (SIGINT, SIGTERM, SIGUSR1), if any."""
+        return self._stop_signal
 
     def _geometry(self) -> dict[str, Any]:
         """Class-vector geometry at the run's θ (also without LWR): see lwrcli.geometry."""
@@ -349,13 +377,16 @@ class Trainer:
         self._initial_record = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None:  # second Ctrl-C: stop now, but never mid-save
-            if self._saving:
+        if self._stop_signal is not None:
+            if signum != signal.SIGINT:  # a scheduler repeating itself: already stopping
+                return
+            if self._saving:  # second Ctrl-C: stop now, but never mid-save
                 self._abort_after_save = True
                 return
             raise KeyboardInterrupt
         self._stop_signal = signum
-        self.progress.message("Stopping after this step; saving where the run stands ...")
+        why = "the scheduler's warning signal" if signum != signal.SIGINT else "Ctrl-C"
+        self.progress.message(f"Stopping ({why}): saving where the run stands ...")
 
     def _maybe_select(self, record: dict[str, Any]) -> None:
         key = f"{self.select_split}_top1"
@@ -438,6 +469,11 @@ class Trainer:
             self.state.step = 0
         barrier(self.dist)
         self._last_save = time.monotonic()
+
+
+def _warning_signals() -> tuple[int, ...]:
+    """SLURM's warning before the time limit (`--signal=B:USR1@120`), where the OS has it."""
+    return (signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ()
 
 
 def _brief(record: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lwrcli.config import LWRConfig
+from lwrcli.config import LWRConfig, TrainConfig
 from lwrcli.device import no_autocast
 
 # A margin: the fixed θ, or (`theta: init`) the reference unit rows V̂⁰ (C, d) of the head at
@@ -201,10 +201,42 @@ def schedule_factor(t: float, kind: str, start: float, end: float) -> float:
     return (1.0 - math.cos(math.pi * x)) / 2.0
 
 
+# R averages over C (C - 1) pairs, so the same λ pushes less per class as C grows. LWR's share
+# of the classifier gradient at the end of the ramp, measured on the synthetic source with
+# λ_max = 10 (README, "How strong is LWR?"): C -> share.
+MEASURED_SHARE = {20: 0.060, 100: 0.018, 1000: 0.00143}
+
+
+def share_at(classes: int) -> float:
+    """The measured share at `classes`, log-log interpolated (extrapolated with the nearest
+    segment's slope outside the measured range)."""
+    points = sorted(MEASURED_SHARE.items())
+    k = next((i for i in range(1, len(points) - 1) if classes < points[i][0]), len(points) - 1)
+    (c0, s0), (c1, s1) = points[k - 1], points[k]
+    slope = math.log(s1 / s0) / math.log(c1 / c0)
+    return s0 * (classes / c0) ** slope
+
+
+def lambda_for_classes(classes: int) -> float:
+    """λ_max = 10 · share(100) / share(C), two significant digits: every dataset sees about
+    the share CIFAR-100 sees at λ 10 (the rule of the presets and of `lambda_max: auto`)."""
+    return float(f"{10.0 * share_at(100) / share_at(max(classes, 2)):.2g}")
+
+
+def resolve_lambda_max(cfg: TrainConfig, num_classes: int) -> TrainConfig:
+    """The config with `lwr.lambda_max: auto` made the number used for C = num_classes."""
+    if cfg.lwr.lambda_max != "auto":
+        return cfg
+    lwr = cfg.lwr.model_copy(update={"lambda_max": lambda_for_classes(num_classes)})
+    return cfg.model_copy(update={"lwr": lwr})
+
+
 def lwr_lambda(cfg: LWRConfig, t: float, total_epochs: int) -> float:
     """λ(t) = lambda_max * s(t); the schedule's end defaults to the end of training."""
     if not cfg.enabled:
         return 0.0
+    if cfg.lambda_max == "auto":
+        raise ValueError("lwr.lambda_max 'auto' must be resolved first (resolve_lambda_max)")
     sched = cfg.schedule
     end = float(total_epochs) if sched.end is None else sched.end
     return cfg.lambda_max * schedule_factor(t, sched.kind, sched.start, end)

@@ -79,6 +79,7 @@ def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manif
         image_size=options.image_size,
         storage=options.storage,
         given_names=names,
+        min_per_class=options.min_per_class,
     )
 
 

@@ -27,8 +27,9 @@ def lwr_label(cfg: TrainConfig) -> str:
         return "-"
     lw = cfg.lwr
     proj = ", proj" if lw.proj else ""
+    lam = lw.lambda_max if lw.lambda_max == "auto" else f"{lw.lambda_max:g}"
     theta = lw.theta if isinstance(lw.theta, str) else f"{lw.theta:g}"
-    return f"λ={lw.lambda_max:g} θ={theta}{proj}, {lw.schedule.kind}"
+    return f"λ={lam} θ={theta}{proj}, {lw.schedule.kind}"
 
 
 def presets_table() -> Table:

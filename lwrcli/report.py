@@ -2,8 +2,13 @@
 
 Reads only run folders (config.yaml, run.json, metrics.jsonl, eval/*/summary.json); never
 trains or loads a model. Runs are grouped when their resolved configs differ only by seed
-(name-only fields `reference` and `description` aside) and their prepared datasets have the
-same fingerprint. Unfinished runs are listed and left out of every mean.
+(name-only fields `reference` and `description`, and settings that do not act, such as λ with
+LWR off, aside) and their prepared datasets have the same fingerprint. Unfinished runs are
+listed and left out of every mean.
+
+n counts seeds, not runs: runs of the same config and seed (a torchrun and a single-process
+run of one recipe, a run copied twice) are not independent replicates. Each seed is counted
+once, with its most recently finished run, and the others are named under the table.
 
 Which checkpoint is scored: the epoch with the best validation top-1 when the run selected
 on a validation split (as the engine's `best` checkpoint), else the last epoch. Selection on
@@ -53,6 +58,8 @@ class Group:
     label: str = ""
     stats: dict[str, dict[str, float | None]] = field(default_factory=dict)
     delta: dict[str, float | None] = field(default_factory=dict)
+    # Runs left out because another run of the same seed finished later: (kept, left out).
+    duplicates: list[tuple[Run, Run]] = field(default_factory=list)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -117,9 +124,52 @@ def score(run: Run, split: str) -> None:
                 run.scored = {m: s.get(m) for m in METRICS}
 
 
+# Settings that act only when another setting has a value: key prefix -> (switch, values).
+CONDITIONAL = {
+    "lwr.": ("lwr.enabled", (True,)),
+    "loss.focal_gamma": ("loss.name", ("focal",)),
+    "loss.ldam_": ("loss.name", ("ldam",)),
+    "loss.la_tau": ("loss.name", ("la",)),
+    "loss.drw_epoch": ("loss.reweight", ("drw",)),
+    "loss.beta": ("loss.reweight", ("cb", "drw")),
+}
+
+
+def acting(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened settings that change what a run trains: name-only fields and settings
+    switched off by another (λ and θ without LWR, τ without logit adjustment) left out."""
+    flat = flatten({k: v for k, v in config.items() if k not in NOT_SETTINGS})
+    out = {}
+    for key, value in flat.items():
+        rule = next((r for p, r in CONDITIONAL.items() if key.startswith(p)), None)
+        if rule is not None and key != rule[0] and flat.get(rule[0]) not in rule[1]:
+            continue
+        out[key] = value
+    return out
+
+
 def _group_key(run: Run) -> str:
-    settings = {k: v for k, v in run.config.items() if k not in NOT_SETTINGS}
+    settings = {k: v for k, v in acting(run.config).items() if k != "name"}
     return run.fingerprint + "|" + json.dumps(settings, sort_keys=True)
+
+
+def _finished_at(run: Run) -> float:
+    """When the run wrote its last epoch (metrics.jsonl's modification time)."""
+    path = run.path / "metrics.jsonl"
+    return path.stat().st_mtime if path.is_file() else 0.0
+
+
+def one_run_per_seed(group: Group) -> None:
+    """Keep each seed's most recently finished run; the others become `group.duplicates`."""
+    by_seed: dict[Any, list[Run]] = {}
+    for run in group.runs:
+        by_seed.setdefault(run.config.get("seed"), []).append(run)
+    kept = []
+    for same in by_seed.values():
+        same.sort(key=_finished_at, reverse=True)
+        kept.append(same[0])
+        group.duplicates += [(same[0], other) for other in same[1:]]
+    group.runs = sorted(kept, key=lambda r: str(r.path))
 
 
 def _value(key: str, v: Any) -> str:
@@ -130,11 +180,15 @@ def _value(key: str, v: Any) -> str:
 
 def label_groups(groups: list[Group]) -> None:
     """Name each group by the settings in which the groups differ (θ=0.4, loss=bs, lwr=on)."""
-    flat = [flatten({k: v for k, v in g.config.items() if k not in NOT_SETTINGS}) for g in groups]
+    flat = [acting(g.config) for g in groups]
     keys = sorted({k for f in flat for k in f})
-    differ = [k for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1 and k != "name"]
+    # Compared only among the groups where the setting acts.
+    differ = [
+        k for k in keys if len({json.dumps(f[k]) for f in flat if k in f}) > 1 and k != "name"
+    ]
     for g, f in zip(groups, flat):
-        parts = [f"{SHORT.get(k, k.split('.')[-1])}={_value(k, f.get(k))}" for k in differ]
+        # A setting that does not act in this group (λ with LWR off) is not named.
+        parts = [f"{SHORT.get(k, k.split('.')[-1])}={_value(k, f[k])}" for k in differ if k in f]
         g.label = ", ".join(parts) or str(g.config.get("name", g.runs[0].path.name))
     labels = [g.label for g in groups]
     for g in groups:
@@ -165,6 +219,8 @@ def build_report(paths: list[Path], split: str = "test", baseline: str | None = 
         score(r, split)
         by_key.setdefault(_group_key(r), Group(_group_key(r), [])).runs.append(r)
     groups = list(by_key.values())
+    for g in groups:
+        one_run_per_seed(g)
     if groups:
         label_groups(groups)
     for g in groups:
@@ -233,6 +289,7 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
         row["checkpoint"] = "; ".join(sorted({r.checkpoint.split(" (")[0] for r in g.runs}))
         row["runs"] = [str(r.path) for r in g.runs]
+        row["duplicates"] = [str(other.path) for _, other in g.duplicates]
         out.append(row)
     return out
 
@@ -306,10 +363,17 @@ def notes(report: dict[str, Any]) -> str:
     checkpoints = sorted({r["checkpoint"] for r in rows(report)})
     text = [
         "",
-        f"Top-1 % on the {report['split']} split, mean ± sample std over seeds (n runs); "
+        f"Top-1 % on the {report['split']} split, mean ± sample std over seeds (n seeds; "
+        "runs of the same config and seed are counted once); "
         f"checkpoint scored: {', '.join(checkpoints) or '–'} (never selected on test). "
         f"Δ against: {report['baseline'] or 'no baseline (give --baseline)'}.",
     ]
+    for g in report["groups"]:
+        for kept, other in g.duplicates:
+            text.append(
+                f"Same config and seed {other.config.get('seed')} as {kept.path}, counted once "
+                f"(the most recently finished is used): {other.path}."
+            )
     for inc in report["incomplete"]:
         text.append(
             f"Incomplete, excluded: {inc['path']} ({inc['epochs_done']}/{inc['epochs']} epochs)."

@@ -373,6 +373,8 @@ def run_sweep(out: Path, spec: SweepSpec, runs: list[PlannedRun]) -> dict[str, i
     from lwrcli.engine import Interrupted
     from lwrcli.training import train_run
 
+    # What this command creates, so a first run that fails to start can take it away again.
+    fresh_folder = None if (out / SWEEP_FILE).is_file() else out.exists()
     check_or_write_record(out, sweep_record(spec, runs))
     states = [run_state(out / r.name, r.cfg.epochs) for r in runs]
     left = sum(
@@ -384,8 +386,10 @@ def run_sweep(out: Path, spec: SweepSpec, runs: list[PlannedRun]) -> dict[str, i
         f"Sweep of {len(runs)} runs in {out}: {counts['skipped']} finished already, "
         f"{states.count('resume')} to resume, {states.count('new')} to start."
     )
-    # Between runs (and while a run sets up) Ctrl-C only sets a flag checked before the next
-    # run; inside a run's loop the Trainer's own handler saves where the run stands.
+    # Ctrl-C at any instant stops the sweep once the current run has saved: between runs (and
+    # while a run sets up) it only sets a flag; inside a run's loop the Trainer's own handler
+    # saves where the run stands, and a stop that reached it after the run's last step comes
+    # back through `progress.stop_requested`, checked before every run.
     stop: list[int] = []
 
     def request_stop(signum: int, frame: object) -> None:
@@ -397,7 +401,7 @@ def run_sweep(out: Path, spec: SweepSpec, runs: list[PlannedRun]) -> dict[str, i
         for k, (run, state) in enumerate(zip(runs, states), start=1):
             if state == "done":
                 continue
-            if stop:
+            if stop or progress.stop_requested:
                 raise Interrupted(f"the sweep before run {k}/{len(runs)}")
             run_dir = out / run.name
             progress.begin(k, run.name, run.cfg.epochs)
@@ -408,10 +412,31 @@ def run_sweep(out: Path, spec: SweepSpec, runs: list[PlannedRun]) -> dict[str, i
             else:
                 progress.message(f"run {k}/{len(runs)} {run.name}: starting")
                 clear_unstarted(run_dir)
-                run_dir.parent.mkdir(parents=True, exist_ok=True)
-                train_run(run.cfg, run.data, run_dir, progress=progress)
+                try:
+                    train_run(run.cfg, run.data, run_dir, progress=progress)
+                except UserError:
+                    _remove_unstarted(out, run_dir, fresh_folder)
+                    raise
                 counts["trained"] += 1
+        if stop or progress.stop_requested:  # the last run had finished when the stop came
+            raise Interrupted("the sweep after its last run")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return counts
+
+
+def _remove_unstarted(out: Path, run_dir: Path, fresh_folder: bool | None) -> None:
+    """A run that failed to start (train_run removed its own folder): remove the empty
+    folders above it and, when this command created the sweep folder and no run of it holds
+    anything yet, the sweep record (and the folder, if it made that) too, so the corrected
+    command can start there."""
+    clear_unstarted(run_dir)
+    parent = run_dir.parent
+    while parent != out and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    if fresh_folder is not None and {p.name for p in out.iterdir()} <= {SWEEP_FILE}:
+        (out / SWEEP_FILE).unlink(missing_ok=True)
+        if not fresh_folder:  # the folder did not exist before this command
+            out.rmdir()

@@ -136,10 +136,10 @@ def _launch(
     return proc, run, k, time.perf_counter(), log
 
 
-def _line(run: PlannedRun, out: Path, launcher: list[str]) -> str:
+def _line(run: PlannedRun, out: Path, launcher: list[str], extra: tuple[str, ...] = ()) -> str:
     run_dir = out / run.name
-    fresh = shlex.join([*launcher, *train_command(run, run_dir)])
-    again = shlex.join([*launcher, *train_command(run, run_dir, resume=True)])
+    fresh = shlex.join([*launcher, *train_command(run, run_dir), *extra])
+    again = shlex.join([*launcher, *train_command(run, run_dir, resume=True), *extra])
     done = shlex.quote(str(run_dir / "checkpoints" / "last.safetensors"))
     return f"if [ -f {done} ]; then {again}; else {fresh}; fi"
 
@@ -166,8 +166,16 @@ def write_plan(out: Path, spec: SweepSpec, runs: list[PlannedRun], gpus_per_run:
 
 def write_slurm(out: Path, spec: SweepSpec, runs: list[PlannedRun], gpus_per_run: int) -> Path:
     """SWEEP_DIR/sweep.sbatch: one array task per run (`sbatch sweep.sbatch`); with more than
-    one GPU per run the task starts torchrun. Add your partition/account lines at the top."""
+    one GPU per run the task starts torchrun. Add your partition/account lines at the top.
+
+    Two minutes before the time limit SLURM sends SIGUSR1 to the batch shell
+    (`--signal=B:USR1@120`), which passes it on to the run (to torchrun as SIGTERM, which
+    torchrun forwards to its workers): the run saves and requeues its task (`--requeue`), and
+    the requeued task continues it."""
     check_or_write_record(out, sweep_record(spec, runs))
+    # The shell runs the command in the background: a foreground child would delay the trap
+    # until the child ended, i.e. until the time limit had killed it.
+    forward = "TERM" if gpus_per_run > 1 else "USR1"
     lines = [
         "#!/usr/bin/env bash",
         f"#SBATCH --job-name=lwr-sweep-{out.name}",
@@ -176,14 +184,26 @@ def write_slurm(out: Path, spec: SweepSpec, runs: list[PlannedRun], gpus_per_run
         f"#SBATCH --gres=gpu:{gpus_per_run}",
         f"#SBATCH --cpus-per-task={4 * gpus_per_run}",
         f"#SBATCH --output={out.resolve()}/logs/slurm-%A_%a.log",
+        "#SBATCH --signal=B:USR1@120",
+        "#SBATCH --requeue",
         "set -euo pipefail",
         f"mkdir -p {shlex.quote(str(out.resolve() / 'logs'))}",
+        'forward() {  # run "$@" in the background; pass SLURM\'s warning on to it',
+        '  "$@" &',
+        "  child=$!",
+        f"  trap 'kill -{forward} $child 2>/dev/null || true' USR1",
+        "  while true; do",
+        '    set +e; wait "$child"; status=$?; set -e',
+        '    kill -0 "$child" 2>/dev/null || return "$status"',
+        "  done",
+        "}",
         'case "$SLURM_ARRAY_TASK_ID" in',
     ]
     for i, run in enumerate(runs):
         lines.append(f"  {i})  # {run.name}")
         lines.append(f"    mkdir -p {shlex.quote(str((out / run.name).parent))}")
-        lines.append(f"    {_line(run, out, _launcher(gpus_per_run))} ;;")
+        line = _line(run, out, ["forward", *_launcher(gpus_per_run)], ("--requeue",))
+        lines.append(f"    {line} ;;")
     lines.append("esac")
     path = out / "sweep.sbatch"
     path.write_text("\n".join(lines) + "\n")

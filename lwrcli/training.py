@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import signal
 import subprocess
 import sys
 import warnings
@@ -28,17 +29,18 @@ from lwrcli.checkpoint import Checkpoint, load_train_state, resume_point
 from lwrcli.config import TrainConfig, config_to_yaml, read_yaml, validate_config
 from lwrcli.data.loading import build_data, check_dataset_matches
 from lwrcli.data.manifest import read_manifest
-from lwrcli.device import resolve_device
+from lwrcli.device import bf16_warning, resolve_device
 from lwrcli.distributed import DistInfo, barrier, setup, teardown
-from lwrcli.engine import Trainer
+from lwrcli.engine import Interrupted, Trainer
 from lwrcli.errors import UserError
-from lwrcli.models import count_parameters, fetch_weights
+from lwrcli.lwr import resolve_lambda_max
+from lwrcli.models import count_parameters
 from lwrcli.progress import TrainProgress
+from lwrcli.rundir import RUN_INFO, Created, inspect_run_dir, prepare_run_dir, read_run_info
 from lwrcli.runlog import METRICS, reconcile_metrics
+from lwrcli.slurm import requeue_job
 from lwrcli.stage2 import check_stage2_start
 from lwrcli.stage2_cache import use_cached_features
-
-RUN_INFO = "run.json"
 
 
 def environment_record(device: torch.device) -> dict[str, Any]:
@@ -81,15 +83,8 @@ class RunResult:
     history: list[dict[str, Any]]
     best_epoch: int | None
     is_main: bool = True  # rank 0 (the one process that reports)
-
-
-def _prepare_run_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(
-            f"Run folder {out} already exists and is not empty; nothing was changed. Continue "
-            f"it with 'lwr train --resume {out}' or choose a new --out."
-        )
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    # A stop (Ctrl-C, SIGTERM) that came after the last step: the run is complete anyway.
+    stopped_late: bool = False
 
 
 def train_run(
@@ -98,8 +93,16 @@ def train_run(
     out: Path | None = None,
     resume: Path | None = None,
     progress: TrainProgress | None = None,
+    requeue: bool = False,
 ) -> RunResult:
-    """Train from scratch into `out`, or continue the run in `resume` from its last epoch."""
+    """Train from scratch into `out` (or continue it when it holds this same run), or
+    continue the run in `resume` from its last save.
+
+    Everything that can fail at start-up (data, model, pretrained weights, optimizer) is built
+    before the run folder is created; a folder this call created and that holds no checkpoint
+    when the call ends is removed again. `requeue`: after a stop by the scheduler's signal
+    (SIGUSR1/SIGTERM) the SLURM job is requeued (lwrcli.slurm)."""
+    continuing = False
     if resume is not None:
         cfg, data_dir, resume_ckpt, resume_state = _load_resume(resume, data_dir)
         run_dir = resume
@@ -113,25 +116,42 @@ def train_run(
     dist = setup(dist_kind, cfg.dist_timeout_minutes)
     if not dist.is_main:  # everything a user reads comes once, from rank 0
         warnings.filterwarnings("ignore")
+    created: Created | None = None
     try:
         device = resolve_device(cfg.device, dist.local_rank)
         manifest = read_manifest(data_dir)
         check_dataset_matches(cfg, manifest, data_dir)  # before any loader
         requested = speed_summary(cfg)
         cfg = resolve_speed_settings(cfg, device, manifest.storage)
+        lambda_auto = cfg.lwr.enabled and cfg.lwr.lambda_max == "auto"
+        cfg = resolve_lambda_max(cfg, manifest.num_classes)
         if resume is None:
-            check_stage2_start(cfg, manifest)  # before the run folder exists
-            fetch_weights(cfg.model)  # likewise: a missing weights file leaves nothing behind
+            # Every process looks before rank 0 writes anything (the barrier below).
+            found = inspect_run_dir(run_dir, cfg, manifest.fingerprint)
+            if found == "finished":
+                if dist.is_main:
+                    _message(
+                        progress,
+                        f"{run_dir} already finished all {cfg.epochs} epochs "
+                        "of this same run; nothing to do.",
+                    )
+                return RunResult(run_dir, cfg.epochs, [], None, dist.is_main)
+            if found == "continue":
+                _, data_dir, resume_ckpt, resume_state = _load_resume(run_dir, data_dir)
+                continuing = True
+            else:
+                check_stage2_start(cfg, manifest)  # before the run folder exists
+        barrier(dist)
         torch.manual_seed(cfg.seed)
         data = build_data(data_dir, cfg, device, dist)
-        if dist.is_main and resume is None:
-            _prepare_run_dir(run_dir)
-        barrier(dist)
         parts = build_components(cfg, data, device, dist, resume_ckpt)
         if cfg.stage2.cache_features:
             parts = use_cached_features(parts, cfg, device)
         progress = progress or TrainProgress(cfg.epochs, enabled=dist.is_main)
         trainer = Trainer(cfg, parts, device, run_dir, dist, progress)
+        warning = bf16_warning(device, cfg.amp)
+        if warning:
+            progress.message(warning)
         if resume_ckpt is not None:
             trainer.state, sums = load_train_state(
                 resume_state, parts.optimizer, data.train, device
@@ -141,40 +161,56 @@ def train_run(
             if dist.is_main:
                 end_of_epoch = resume_ckpt.metrics if resume_ckpt.step == 0 else None
                 reconcile_metrics(run_dir / METRICS, trainer.state.epoch, end_of_epoch)
-            where = f"after epoch {trainer.state.epoch}"
-            if trainer.state.step:
-                where = f"in epoch {trainer.state.epoch + 1} after step {trainer.state.step}"
-            progress.message(f"Resuming {run_dir} {where}.")
+            if continuing:
+                progress.message(
+                    f"continuing {run_dir} from epoch {trainer.state.epoch + 1}, step "
+                    f"{trainer.state.step} (same config and dataset as its saved run)."
+                )
+            else:
+                where = f"after epoch {trainer.state.epoch}"
+                if trainer.state.step:
+                    where = f"in epoch {trainer.state.epoch + 1} after step {trainer.state.step}"
+                progress.message(f"Resuming {run_dir} {where}.")
         elif dist.is_main:
+            created = prepare_run_dir(run_dir)
             _write_run_files(run_dir, cfg, data_dir, data.manifest.fingerprint, device, requested)
-            progress.message(
-                f"Training '{cfg.name}'"
-                + (f" ({cfg.description})" if cfg.description else "")
-                + f" on {data.manifest.name} ({data.num_classes} classes) "
-                f"with {cfg.model.name} ({_parameters_note(parts.raw_model)}) on "
-                f"{device}; "
-                + _batch_note(cfg, dist)
-                + f", lr {parts.base_lr:g}"
-                + _scaling_note(cfg)
-                + f"; model selection on: {trainer.select_split or 'none (last epoch)'}; "
-                + speed_summary(cfg)
-                + (f" (asked: {requested})" if requested != speed_summary(cfg) else "")
-                + "."
-            )
+            progress.message(_start_line(cfg, data, parts, trainer, dist, device, requested))
+            if lambda_auto:
+                progress.message(
+                    f"lwr.lambda_max auto: {cfg.lwr.lambda_max:g} for {data.num_classes} "
+                    "classes (10 · share(100) / share(C), README 'How strong is LWR?'); "
+                    "saved in config.yaml."
+                )
             if trainer.select_split == data.manifest.test_split:
                 progress.message(
                     "Note: selecting the best checkpoint on the TEST split, as configured "
                     "(data.select_on=test); its test accuracy is optimistic."
                 )
+        barrier(dist)
         try:
             state = trainer.fit()
+        except Interrupted:
+            if requeue and dist.is_main and trainer.stop_signal != signal.SIGINT:
+                requeue_job(progress.message)
+            raise
         except Exception as exc:
             exc.lwr_rank = dist.rank  # type: ignore[attr-defined]  # raised inside the loop
             raise
         # Leave together: a process tearing down its group while rank 0 still writes the last
         # checkpoint can abort in gloo's shutdown.
         barrier(dist)
-        return RunResult(run_dir, state.epoch, trainer.history, state.best_epoch, dist.is_main)
+        return RunResult(
+            run_dir,
+            state.epoch,
+            trainer.history,
+            state.best_epoch,
+            dist.is_main,
+            trainer.stopped_late,
+        )
+    except BaseException:
+        if created is not None and not created.has_checkpoint():
+            created.remove()  # a start that saved nothing leaves nothing behind
+        raise
     finally:
         teardown()
 
@@ -190,6 +226,35 @@ def _parameters_note(model: torch.nn.Module) -> str:
     if trainable == total:
         return f"{total:,} parameters"
     return f"trainable {_millions(trainable)} M of {_millions(total)} M parameters"
+
+
+def _message(progress: TrainProgress | None, text: str) -> None:
+    (progress or TrainProgress(1)).message(text)
+
+
+def _start_line(
+    cfg: TrainConfig,
+    data: Any,
+    parts: Any,
+    trainer: Trainer,
+    dist: DistInfo,
+    device: torch.device,
+    requested: str,
+) -> str:
+    return (
+        f"Training '{cfg.name}'"
+        + (f" ({cfg.description})" if cfg.description else "")
+        + f" on {data.manifest.name} ({data.num_classes} classes) "
+        f"with {cfg.model.name} ({_parameters_note(parts.raw_model)}) on "
+        f"{device}; "
+        + _batch_note(cfg, dist)
+        + f", lr {parts.base_lr:g}"
+        + _scaling_note(cfg)
+        + f"; model selection on: {trainer.select_split or 'none (last epoch)'}; "
+        + speed_summary(cfg)
+        + (f" (asked: {requested})" if requested != speed_summary(cfg) else "")
+        + "."
+    )
 
 
 def _batch_note(cfg: TrainConfig, dist: DistInfo) -> str:
@@ -232,18 +297,6 @@ def _write_run_files(
     (run_dir / "environment.json").write_text(json.dumps(environment_record(device), indent=2))
 
 
-def _read_run_info(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"Cannot read {path}: {exc}. It is written by 'lwr train'.") from None
-    if not isinstance(info, dict):
-        raise UserError(f"{path} is damaged: it should hold a JSON object.")
-    return info
-
-
 def _load_resume(
     run_dir: Path, data_dir: Path | None
 ) -> tuple[TrainConfig, Path, Checkpoint, Path]:
@@ -258,7 +311,7 @@ def _load_resume(
             "checkpoint_every_steps / checkpoint_every_minutes)."
         )
     cfg = validate_config(read_yaml(cfg_path), str(cfg_path))
-    info = _read_run_info(run_dir / RUN_INFO)
+    info = read_run_info(run_dir / RUN_INFO)
     data_dir = Path(data_dir or info.get("data_dir", ""))
     ckpt, state = resume_point(run_dir / "checkpoints")
     if ckpt.epoch >= cfg.epochs:

@@ -167,7 +167,7 @@ def test_nothing_is_overwritten(lwr, tmp_path: Path, synthetic_data: Path) -> No
     run.mkdir()
     (run / "notes.txt").write_text("mine")
     r = lwr("train", "--preset", "synthetic-lt-bs", "--data", synthetic_data, "--out", run)
-    assert r.code == 2 and "--resume" in r.err
+    assert r.code == 2 and "already exists" in r.err and "new --out" in r.err
     assert _files(run) == {"notes.txt": b"mine"}
     before = _files(synthetic_data)
     r = lwr("prepare-data", "synthetic", "--out", synthetic_data)

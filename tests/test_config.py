@@ -139,3 +139,69 @@ def test_ldam_requires_a_cosine_classifier() -> None:
     with pytest.raises(UserError, match="cosine_classifier"):
         validate_config({"loss": {"name": "ldam"}})
     assert validate_config({"loss": {"name": "ldam"}, "model": {"cosine_classifier": True}})
+
+
+# --- issue 17: lambda_max auto, bf16 on a CPU that emulates it -------------------------------
+
+
+def test_lambda_max_auto_follows_the_measured_rule() -> None:
+    from lwrcli.lwr import lambda_for_classes, resolve_lambda_max
+
+    # The rule's anchors (README, "How strong is LWR?"): 10 at C = 100, 130 at C = 1000.
+    assert [lambda_for_classes(c) for c in (10, 20, 100, 365, 1000)] == [
+        1.8,
+        3.0,
+        10.0,
+        42.0,
+        130.0,
+    ]
+    cfg = load_config("folder-bs-lwr")
+    assert cfg.lwr.lambda_max == "auto"
+    assert resolve_lambda_max(cfg, 1000).lwr.lambda_max == 130.0
+    explicit = load_config("folder-bs-lwr", overrides=["lwr.lambda_max=7"])
+    assert resolve_lambda_max(explicit, 1000).lwr.lambda_max == 7.0
+
+
+def test_every_preset_without_a_fixed_class_count_uses_auto() -> None:
+    for name in list_presets():
+        cfg = load_config(name)
+        assert (cfg.lwr.lambda_max == "auto") == (cfg.dataset == "folder"), name
+
+
+def test_lambda_auto_is_printed_and_saved_as_the_number(
+    lwr, tmp_path: Path, synthetic_data: Path
+) -> None:
+    run = tmp_path / "run"
+    sets = ["epochs=1", "model.width=8", "lwr.lambda_max=auto", "device=cpu"]
+    r = lwr(
+        "train",
+        "--preset",
+        "synthetic-lt-bs-lwr",
+        "--data",
+        synthetic_data,
+        "--out",
+        run,
+        *[a for s in sets for a in ("--set", s)],
+    )
+    assert r.code == 0, r.err
+    assert "lwr.lambda_max auto: 3 for 20 classes" in " ".join(r.err.split())
+    assert yaml.safe_load((run / "config.yaml").read_text())["lwr"]["lambda_max"] == 3.0
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(
+    lwr, tmp_path: Path, synthetic_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lwrcli.device as device
+
+    base = ["train", "--preset", "synthetic-lt-bs", "--data", synthetic_data]
+    sets = ["--set", "epochs=1", "--set", "model.width=8", "--set", "device=cpu"]
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
+    r = lwr(*base, "--out", tmp_path / "a", *sets, "--set", "amp=bf16")
+    assert r.code == 0, r.err
+    warnings = [ln for ln in r.err.splitlines() if ln.startswith("Warning: amp=bf16")]
+    assert len(warnings) == 1 and "AVX512-BF16" in warnings[0] and "emulates" in warnings[0]
+    r = lwr(*base, "--out", tmp_path / "b", *sets)  # amp auto: fp32 on CPU, no warning
+    assert r.code == 0 and "amp=bf16" not in r.err
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: True)
+    r = lwr(*base, "--out", tmp_path / "c", *sets, "--set", "amp=bf16")
+    assert r.code == 0 and "Warning: amp=bf16" not in r.err

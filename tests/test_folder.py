@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -121,3 +122,22 @@ def test_errors(tree: Path, tmp_path: Path) -> None:
         prepare_folder(tree, tmp_path / "used")
     assert (tmp_path / "used" / "x").read_text() == "keep"
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_profile_that_empties_classes_is_refused_with_the_fix(
+    lwr, tree: Path, tmp_path: Path
+) -> None:
+    """5 x 60 images, 10 held out for test: n_max 50 and IF 100 leave the last class empty."""
+    out = tmp_path / "d"
+    args = ["prepare-data", "folder", "--root", tree, "--out", out, "--test-per-class", "10"]
+    r = lwr(*args, "--imbalance-factor", "100")
+    assert r.code == 2 and "Traceback" not in r.err, r.err
+    text = " ".join(r.err.split())
+    assert "0 training images for 1 of 5 classes" in text
+    assert "--imbalance-factor 50 or less" in text and "--min-per-class 1" in text
+    assert not out.exists()
+    r = lwr(*args, "--imbalance-factor", "100", "--min-per-class", "1")
+    assert r.code == 0, r.err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["min_per_class"] == 1 and min(m["class_counts"]) == 1
+    assert any("clipped at 1" in n for n in m["notes"])

@@ -130,3 +130,40 @@ def test_best_on_val_scored_never_test_and_paper_delta(tmp_path: Path, lwr) -> N
     assert r.code == 2 and "matches no group" in r.err
     r = lwr("report", tmp_path / "missing")
     assert r.code == 2 and "Traceback" not in r.err
+
+
+def test_same_seed_twice_counts_once_and_inert_settings_are_not_named(tmp_path: Path) -> None:
+    """A single-process run and a torchrun run of one config and seed are one replicate."""
+    import os
+
+    rng = np.random.default_rng(1)
+    first, again, other = _scores(rng), _scores(rng), _scores(rng)
+    a = make_run(tmp_path, "single/seed=0", "synthetic-lt-bs-lwr", 0, first)
+    b = make_run(tmp_path, "torchrun/seed=0", "synthetic-lt-bs-lwr", 0, again)
+    make_run(tmp_path, "single/seed=1", "synthetic-lt-bs-lwr", 1, other)
+    os.utime(a / "metrics.jsonl", (1_000, 1_000))  # b finished later: b is the one used
+    os.utime(b / "metrics.jsonl", (2_000, 2_000))
+    # LWR off with a λ the run never used: grouped with the same baseline, λ not named.
+    for s, lam in ((0, "10"), (1, "30")):
+        make_run(
+            tmp_path,
+            f"bs/l{lam}/seed={s}",
+            "synthetic-lt-bs",
+            s,
+            _scores(rng),
+            sets=(f"lwr.lambda_max={lam}",),
+        )
+
+    report = build_report([tmp_path], "test")
+    lwr_group = next(g for g in report["groups"] if g.config["lwr"]["enabled"])
+    assert lwr_group.stats["top1"]["n"] == 2  # seeds, not runs
+    assert sorted(r.path for r in lwr_group.runs) == sorted([b, tmp_path / "single/seed=1"])
+    mean = (again["top1"] + other["top1"]) / 2
+    assert lwr_group.stats["top1"]["mean"] == pytest.approx(mean, abs=1e-12)
+    assert [(k.path, o.path) for k, o in lwr_group.duplicates] == [(b, a)]
+    text = render(report, "md")
+    assert f"counted once (the most recently finished is used): {a}" in " ".join(text.split())
+    labels = sorted(g.label for g in report["groups"])
+    assert labels == ["lwr=off", "lwr=on"], labels  # one baseline group, no inert λ_max
+    base = next(g for g in report["groups"] if not g.config["lwr"]["enabled"])
+    assert base.stats["top1"]["n"] == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 from lwrcli.config import list_presets, load_config
+from lwrcli.hooks import PAUSE_ENV
 from lwrcli.sweep import list_sweeps, load_sweep_file, parse_grid, split_values
 
 SETS = ["epochs=2", "model.width=8", "batch_size=16", "eval_every=1", "log_every=2"]
@@ -121,9 +121,12 @@ def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, 
     saved = yaml.safe_load((ref / "bs-lwr/theta=0.6/seed=1/config.yaml").read_text())
     assert saved["lwr"]["theta"] == 0.6 and saved["seed"] == 1 and saved["lwr"]["enabled"]
 
-    # A real SIGINT to a subprocess sweep after its third run has finished an epoch.
+    # A real SIGINT to a subprocess sweep while its third run evaluates its last epoch (the
+    # window of issue 17: the trainer's handler takes it after the last step). The process
+    # holds at that point until its handler has run, so the test never races the clock.
     cut = tmp_path / "cut"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ready = tmp_path / "paused"
+    env = {**os.environ, "PYTHONPATH": str(REPO), PAUSE_ENV: f"last-eval#3:{ready}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lwrcli", *_args(small, cut)],
         stdout=subprocess.PIPE,
@@ -132,24 +135,22 @@ def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, 
         cwd=REPO,
         env=env,
     )
-    third = cut / NAMES[2] / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (third.is_file() and third.read_text().strip()):
-        time.sleep(0.05)
+    _wait_for(ready, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "same command" in err
     finished = [n for n in NAMES if (cut / n / "metrics.jsonl").is_file()]
-    assert 3 <= len(finished) < len(NAMES)
+    assert finished == NAMES[:3], err[-2000:]  # the third run completed; no fourth began
+    assert not (cut / NAMES[3]).exists()
     stamps = {
-        n: (cut / n / "checkpoints" / "last.safetensors").stat().st_mtime_ns for n in NAMES[:2]
+        n: (cut / n / "checkpoints" / "last.safetensors").stat().st_mtime_ns for n in NAMES[:3]
     }
 
     r = lwr(*_args(small, cut))
     assert r.code == 0, r.err
-    assert re.search(r"[23] finished already", r.err), r.err
-    for n in NAMES[:2]:  # finished runs were not touched
+    assert "3 finished already" in r.err, r.err
+    for n in NAMES[:3]:  # finished runs were not touched
         assert (cut / n / "checkpoints" / "last.safetensors").stat().st_mtime_ns == stamps[n]
     for n in NAMES:
         a, b = _weights(ref / n), _weights(cut / n)
@@ -162,6 +163,14 @@ def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, 
     r = lwr(*_args(small, cut, "--set", "optim.lr=0.01"))
     assert r.code == 2 and "different sweep" in r.err and "Traceback" not in r.err
     assert (cut / "sweep.json").read_text() == before
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
+    """Until the process announces it holds at its pause point (or has ended)."""
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} before the pause point")
+        time.sleep(0.02)
 
 
 def test_bad_sweep_inputs_are_user_errors(lwr, tmp_path: Path, small: Path) -> None:
@@ -197,6 +206,9 @@ def test_plan_and_slurm_scripts_name_every_run(lwr, tmp_path: Path, small: Path)
     assert r.code == 0, r.err
     script = (out / "sweep.sbatch").read_text()
     assert f"--array=0-{len(NAMES) - 1}" in script and "torchrun" in script
+    # SLURM's warning two minutes before the limit reaches the run, which saves and requeues.
+    assert "#SBATCH --signal=B:USR1@120" in script and "trap 'kill -TERM" in script
+    assert script.count(" --requeue;") == 2 * len(NAMES)  # fresh and resume commands
     assert not any(p.name == "metrics.jsonl" for p in out.rglob("*"))
 
 

@@ -7,7 +7,6 @@ after changing a recipe; a test checks the files match this script.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from presets_lift import lift_presets  # noqa: E402
 
 from lwrcli.config import TrainConfig  # noqa: E402
+from lwrcli.lwr import lambda_for_classes  # noqa: E402
 from lwrcli.models.families import model_data_defaults  # noqa: E402
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
@@ -29,13 +29,9 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # LWR as the paper's best setting: theta 0.4, projection on, lambda(t) linear over the run.
-# lambda_max is not given in the paper's summary. R averages over C (C - 1) pairs, so the same
-# lambda pushes less per class as C grows. LWR's share of the classifier gradient at the end of
-# the ramp, measured on the synthetic source with lambda_max = 10 (README, "How strong is
-# LWR?"): C -> share. Rule: lambda_max = 10 * share(100) / share(C), the share interpolated
-# log-log between the measured C (extrapolated with the nearest segment's slope), 2
-# significant digits: every dataset sees about CIFAR-100's share (lambda 10 there).
-MEASURED_SHARE = {20: 0.060, 100: 0.018, 1000: 0.00143}
+# lambda_max is not given in the paper's summary: it follows the class count C by the measured
+# rule of lwrcli.lwr.lambda_for_classes (README, "How strong is LWR?"), so every dataset sees
+# about CIFAR-100's share of the gradient (lambda 10 there).
 NUM_CLASSES = {
     "cifar10": 10,
     "cifar100": 100,
@@ -44,23 +40,8 @@ NUM_CLASSES = {
     "places": 365,
     "synthetic": 20,
 }
-
-
-def share_at(classes: int) -> float:
-    """The measured share at `classes`, log-log interpolated (or extrapolated)."""
-    points = sorted(MEASURED_SHARE.items())
-    k = next((i for i in range(1, len(points) - 1) if classes < points[i][0]), len(points) - 1)
-    (c0, s0), (c1, s1) = points[k - 1], points[k]
-    slope = math.log(s1 / s0) / math.log(c1 / c0)
-    return s0 * (classes / c0) ** slope
-
-
-def lwr_lambda_for(classes: int) -> float:
-    return float(f"{10.0 * share_at(100) / share_at(classes):.2g}")
-
-
-LWR_LAMBDA = {family: lwr_lambda_for(c) for family, c in NUM_CLASSES.items()}
-LWR_LAMBDA["folder"] = 10.0  # users' own data: C unknown here; the CIFAR-100 anchor
+LWR_LAMBDA: dict[str, float | str] = {f: lambda_for_classes(c) for f, c in NUM_CLASSES.items()}
+LWR_LAMBDA["folder"] = "auto"  # users' own data: C is known only at start-up
 
 # The paper's top-1 (%) for the rows it reports: all / many / medium / few.
 PAPER: dict[str, dict[str, float]] = {

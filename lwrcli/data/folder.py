@@ -111,6 +111,26 @@ def _hold_out(
     return held, rest
 
 
+def _clip_profile(
+    targets: list[int], n_max: int, imbalance_factor: float, profile: str, floor: int | None
+) -> list[int]:
+    """The profile's counts, at least `floor` each; refuses a profile that keeps no image of
+    some class (such a class is never trained on: Balanced Softmax stops, CE ignores it)."""
+    if floor is not None:
+        return [max(n, floor) for n in targets]
+    empty = [c for c, n in enumerate(targets) if n == 0]
+    if empty:
+        raise UserError(
+            f"--imbalance-factor {imbalance_factor:g} with the {profile} profile keeps 0 "
+            f"training images for {len(empty)} of {len(targets)} classes (the largest class "
+            f"has {n_max} train images, and n_max / IF = {n_max / imbalance_factor:.3g} < 1); "
+            "those classes could never be learned. Use --imbalance-factor "
+            f"{n_max} or less, or --min-per-class 1 to keep at least one image of every class "
+            "(recorded in the manifest)."
+        )
+    return targets
+
+
 def prepare_folder(
     root: Path,
     out: Path,
@@ -126,6 +146,7 @@ def prepare_folder(
     image_size: int | None = None,
     storage: str = "auto",
     given_names: GivenNames | None = None,
+    min_per_class: int | None = None,
 ) -> Manifest:
     """Scan the tree, check every image decodes (`verify`; `skip_bad` leaves broken ones out),
     hold out test/val, subsample train long-tailed; write `out` atomically (lists of paths
@@ -146,6 +167,8 @@ def prepare_folder(
         raise UserError("--val-per-class and --test-per-class must be >= 0.")
     if imbalance_factor is not None:  # fail on a bad profile before scanning a large tree
         long_tailed_counts(100, 2, imbalance_factor, profile)
+    if min_per_class is not None and imbalance_factor is None:
+        raise UserError("--min-per-class clips a long-tailed profile: give --imbalance-factor.")
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     split_files: dict[str, list[list[str]]] = {}
@@ -197,6 +220,12 @@ def prepare_folder(
         if imbalance_factor is not None:
             n_max = max(len(ps) for ps in train)
             targets = long_tailed_counts(n_max, len(names), imbalance_factor, profile)
+            targets = _clip_profile(targets, n_max, imbalance_factor, profile, min_per_class)
+            if min_per_class is not None:
+                notes.append(
+                    f"the {profile} profile is clipped at {min_per_class} image(s) per class "
+                    "(--min-per-class)"
+                )
             short = [c for c, (ps, n) in enumerate(zip(train, targets)) if len(ps) < n]
             if short:
                 notes.append(
@@ -248,6 +277,7 @@ def prepare_folder(
             imbalance_factor=imbalance_factor,
             profile=profile if imbalance_factor is not None else None,
             seed=seed,
+            min_per_class=min_per_class,
             image_root=str(root),
             image_size=size,
             fingerprint=fps[0],

@@ -76,6 +76,7 @@ class Manifest(BaseModel):
     imbalance_factor: float | None = None
     profile: str | None = None
     seed: int | None = None
+    min_per_class: int | None = None  # folder: the profile clipped at this many images
     image_size: int | None = None  # arrays: H = W
     image_root: str | None = None  # lists: absolute root of the relative paths
     shot_groups: dict[str, list[int]]

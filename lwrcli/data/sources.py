@@ -81,6 +81,9 @@ class FolderOptions(_Options):
     # <= 64 px (stored as they are), else lists.
     image_size: int | None = Field(None, ge=8, le=1024)
     storage: Literal["auto", "arrays", "lists"] = "auto"
+    # Clip the long-tailed profile at this many train images per class (else a profile that
+    # leaves a class empty is refused).
+    min_per_class: int | None = Field(None, ge=1)
 
 
 SourceOptions = Annotated[
