@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from lwrcli.build import with_model_data_defaults
 from lwrcli.config import ModelConfig, TrainConfig
 from lwrcli.data.loading import build_data
@@ -54,8 +56,9 @@ def zero_shot_config(
             text_templates=templates,  # type: ignore[arg-type]
         )
         cfg = TrainConfig(name="zero-shot", model=model, device=device, eval_tte=tte)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise UserError(f"--zero-shot {name}: {exc}") from None
+    except ValidationError as exc:
+        why = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise UserError(f"--zero-shot {name}: {why.rstrip('.?!')}.") from None
     return with_model_data_defaults(cfg)
 
 

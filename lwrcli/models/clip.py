@@ -10,7 +10,10 @@ No CLIP code is vendored: architectures, tokenizers, templates and class names a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +106,20 @@ def create_clip(arch: str, weights: str | None = None) -> nn.Module:
             cfg["quick_gelu"] = True
         cls = open_clip.CustomTextCLIP if "hf_model_name" in cfg["text_cfg"] else open_clip.CLIP
         return cls(**cfg)
-    return open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+    # open_clip logs "No pretrained weights loaded ... initialized randomly" here: true but
+    # misleading, since lwr loads the weights right after (lwrcli.models.weights).
+    with _quiet_logging():
+        return open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

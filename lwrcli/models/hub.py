@@ -213,7 +213,8 @@ def _hand_placement(
         f"Pretrained weights {named.label} are not in the cache and cannot be downloaded "
         f"({why}). Expected {expected}. Run once with network access (the file is cached for "
         f"later offline runs), or download {source} yourself and {place}, or pass the file "
-        "directly: --set model.weights=null --set model.pretrained=PATH."
+        "directly: --set model.weights=null --set model.pretrained=PATH (lwr eval --zero-shot: "
+        "--pretrained PATH)."
     )
 
 
@@ -265,7 +266,7 @@ def _from_hf(named: NamedWeights) -> Path:
             why = str(exc).splitlines()[0]
             break
     folder = hf_cache() / f"models--{named.repo.replace('/', '--')}"
-    expected = folder / "snapshots" / "<commit>" / named.files[-1]
+    expected = folder / "snapshots" / "<commit>" / named.files[0]  # the one we prefer
     source = f"https://huggingface.co/{named.repo}/resolve/main/{named.files[0]}"
     place = f"put it there, with {folder / 'refs' / 'main'} holding the <commit> folder's name"
     raise _hand_placement(named, expected, source, why, place)
