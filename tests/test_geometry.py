@@ -72,7 +72,8 @@ def test_epoch_record_geometry_equals_analyze_weights(tmp_path: Path, synthetic_
     seen = weight_stats(project_rows(w, shared_direction(w)), ck.class_counts, 0.4, 1, False)
     assert last["geom_cos_max"] == pytest.approx(seen["overall"]["max"], abs=1e-5)
     assert last["geom_cos_mean"] == pytest.approx(seen["overall"]["mean"], abs=1e-5)
-    for r in rec:
+    assert rec[0]["epoch"] == 0 and "lwr_share" not in rec[0]  # geometry before training
+    for r in rec[1:]:
         assert r["lwr_share"] is not None and r["lwr_share"] > 0
         assert r["lwr_pairs_above"] >= 0
 

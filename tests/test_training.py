@@ -198,4 +198,4 @@ def test_ctrl_c_keeps_last_epoch_and_resume_finishes(tmp_path: Path, synthetic_d
         env={**os.environ},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(metrics.read_text().splitlines()) == done + 1
+    assert len(metrics.read_text().splitlines()) == done + 2  # epochs 0 .. done + 1
