@@ -1,17 +1,18 @@
 # The two commands a user needs: `make demo` and `make test`. Both create .venv if missing.
+# `make docs` builds the documentation site into site/.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo-output
 
-.PHONY: demo test lint clean
+.PHONY: demo test docs lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[dev,timm,clip]'
+	$(BIN)/python -m pip install -q -e '.[dev,timm,clip,docs]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -29,8 +30,13 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
+# The site from docs/ (mkdocs.yml): --strict, so a broken link or a page left out of nav fails.
+docs: $(BIN)/python
+	@$(BIN)/python -c 'import mkdocs, material' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check lwrcli tests benchmarks
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache site
