@@ -58,8 +58,8 @@ def resolve_speed_settings(
 
     amp: bf16 on CUDA where the GPU supports it, none (fp32) on CPU. channels_last: on for
     convolutional models on every device. compile: on for CUDA; off on CPU, where compiling
-    ResNet-32's training step takes longer than it saves within the first epoch (README,
-    'Speed'). compile_mode: default. `reduce-overhead` (CUDA graphs, for launch-bound
+    ResNet-32's training step takes longer than it saves within the first epoch (docs/training.md,
+    'Speed settings'). compile_mode: default. `reduce-overhead` (CUDA graphs, for launch-bound
     ResNet-32 at batch 128) is one setting away but stays out of `auto` until it has been
     measured on a GPU. Concrete values are kept as given; resolving a resolved config changes
     nothing.

@@ -274,7 +274,7 @@ class TrainConfig(Strict):
     # and the concrete values are what config.yaml and checkpoints record:
     # amp auto -> bf16 on CUDA where supported, none (fp32) on CPU; channels_last auto -> on
     # for convolutional models; compile auto -> on for CUDA, off on CPU (there the compile time
-    # outweighs the gain within the first epoch, see README); compile_mode auto ->
+    # outweighs the gain within the first epoch, see docs/training.md); compile_mode auto ->
     # reduce-overhead (CUDA graphs) on CUDA for device-resident small images, else default.
     amp: Literal["auto", "none", "bf16"] = "auto"
     channels_last: Literal["auto"] | bool = "auto"

@@ -203,7 +203,7 @@ def schedule_factor(t: float, kind: str, start: float, end: float) -> float:
 
 # R averages over C (C - 1) pairs, so the same λ pushes less per class as C grows. LWR's share
 # of the classifier gradient at the end of the ramp, measured on the synthetic source with
-# λ_max = 10 (README, "How strong is LWR?"): C -> share.
+# λ_max = 10 (docs/lwr.md, "How strong is LWR?"): C -> share.
 MEASURED_SHARE = {20: 0.060, 100: 0.018, 1000: 0.00143}
 
 

@@ -178,7 +178,7 @@ def train_run(
             if lambda_auto:
                 progress.message(
                     f"lwr.lambda_max auto: {cfg.lwr.lambda_max:g} for {data.num_classes} "
-                    "classes (10 · share(100) / share(C), README 'How strong is LWR?'); "
+                    "classes (10 · share(100) / share(C), docs/lwr.md 'How strong is LWR?'); "
                     "saved in config.yaml."
                 )
             if trainer.select_split == data.manifest.test_split:

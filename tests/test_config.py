@@ -147,7 +147,7 @@ def test_ldam_requires_a_cosine_classifier() -> None:
 def test_lambda_max_auto_follows_the_measured_rule() -> None:
     from lwrcli.lwr import lambda_for_classes, resolve_lambda_max
 
-    # The rule's anchors (README, "How strong is LWR?"): 10 at C = 100, 130 at C = 1000.
+    # The rule's anchors (docs/lwr.md, "How strong is LWR?"): 10 at C = 100, 130 at C = 1000.
     assert [lambda_for_classes(c) for c in (10, 20, 100, 365, 1000)] == [
         1.8,
         3.0,

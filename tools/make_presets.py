@@ -30,7 +30,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # LWR as the paper's best setting: theta 0.4, projection on, lambda(t) linear over the run.
 # lambda_max is not given in the paper's summary: it follows the class count C by the measured
-# rule of lwrcli.lwr.lambda_for_classes (README, "How strong is LWR?"), so every dataset sees
+# rule of lwrcli.lwr.lambda_for_classes (docs/lwr.md, "How strong is LWR?"), so every dataset sees
 # about CIFAR-100's share of the gradient (lambda 10 there).
 NUM_CLASSES = {
     "cifar10": 10,

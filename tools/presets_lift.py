@@ -17,7 +17,7 @@ from typing import Any
 # Top-1 (%) LIFT reports, with the test-time ensemble (its main-results script evaluates each
 # trained model with `tte True`). Checked against two public summaries of the paper's tables;
 # many/medium/few, the rows without TTE and iNaturalist could not be checked here and are left
-# out rather than guessed (README, "Foundation models").
+# out rather than guessed (docs/foundation-models.md).
 LIFT_PAPER: dict[str, dict[str, float]] = {
     "imagenet-lt-clip-vit-b16-lift": {"all": 78.3},
     "places-lt-clip-vit-b16-lift": {"all": 52.2},
