@@ -30,6 +30,7 @@ from lwrcli import __version__
 from lwrcli.config import TrainConfig, validate_config
 from lwrcli.errors import UserError
 from lwrcli.frozen_base import stored_state
+from lwrcli.runname import run_name
 
 FORMAT = "lwr-checkpoint-1"
 # Tensors of a checkpoint file that belong to the run, not to the model's state dict.
@@ -102,12 +103,14 @@ class Checkpoint:
 
     @property
     def label(self) -> str:
-        """A short name for plots and tables: the run folder's name, else the file's."""
+        """A short name for plots and tables: the run's name within its sweep
+        (`bs-lwr/theta=0.4/seed=0`, not just `seed=0`) or its folder's name; for a file
+        outside a run folder, the file's name."""
         if self.path is None:
             return self.config.name
         parent = self.path.parent
         if parent.name == "checkpoints":
-            return parent.parent.name
+            return run_name(parent.parent)
         return self.path.stem
 
 

@@ -15,6 +15,7 @@ import typer
 
 from lwrcli import __version__
 from lwrcli.cli_studies import models_list, presets_list, presets_show, report, sweep
+from lwrcli.cli_use import predict
 from lwrcli.console import err_console, out_console
 from lwrcli.console import fail as _fail
 from lwrcli.data.sources import SOURCES
@@ -384,7 +385,9 @@ def analyze_weights(
     out_console.print(f"Plots and summary.json in {out}", highlight=False)
 
 
-# The study commands live in cli_studies; registered here so `lwr --help` lists them last.
+# predict lives in cli_use, the study commands in cli_studies; registered here so `lwr --help`
+# lists them after eval and analyze-weights.
+app.command()(predict)
 app.command()(sweep)
 app.command()(report)
 presets_app.command("list")(presets_list)

@@ -410,6 +410,10 @@ class Trainer:
             extra={
                 "selected_on": self.select_split or "none",
                 "dataset_fingerprint": self.data.manifest.fingerprint,
+                # What the model was fed, so `lwr predict` prepares new images the same way
+                # without the prepared dataset (lwrcli.predict.input_spec).
+                "dataset_storage": self.data.manifest.storage,
+                "dataset_image_size": str(self.data.manifest.image_size or ""),
                 "step": str(self.state.step),
             },
             extra_tensors=(

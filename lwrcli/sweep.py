@@ -26,8 +26,8 @@ from lwrcli.data.loading import check_dataset_matches
 from lwrcli.data.manifest import read_manifest
 from lwrcli.errors import UserError
 from lwrcli.progress import TrainProgress
+from lwrcli.runname import SWEEP_FILE
 
-SWEEP_FILE = "sweep.json"
 # Recipe names start with their dataset; a lone preset is named by what follows it.
 DATASET_PREFIX = re.compile(r"^(cifar\d+-lt-ir\d+|imagenet-lt|places-lt|inat2018|synthetic-lt)-")
 

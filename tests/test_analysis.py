@@ -213,3 +213,33 @@ def test_bad_out_and_inputs(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         analyze_checkpoints([tmp_path / "missing.safetensors"], tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_sweep_runs_are_named_within_their_sweep(tmp_path: Path, synthetic_data: Path) -> None:
+    """Every seed folder of a sweep is called seed=N; the label is the sweep's own run name."""
+    from lwrcli.sweep import build_spec, check_or_write_record, plan_sweep, sweep_record
+
+    spec = build_spec(
+        ["synthetic-lt-bs", "synthetic-lt-bs-lwr"], [], None, "0", ["lwr.theta=0.2,0.4"], None
+    )
+    runs = plan_sweep(spec, {"": synthetic_data})
+    sweep = tmp_path / "sweep"
+    check_or_write_record(sweep, sweep_record(spec, runs))
+    paths = []
+    for run in runs:
+        ckpt_dir = sweep / run.name / "checkpoints"
+        ckpt_dir.mkdir(parents=True)
+        paths.append(_ckpt(ckpt_dir / "last.safetensors", 6, True))
+    loose = tmp_path / "loose-run" / "checkpoints"
+    loose.mkdir(parents=True)
+    paths.append(_ckpt(loose / "best.safetensors", 6, False))
+    stray = sweep / "extra" / "checkpoints"  # under the sweep but not one of its runs
+    stray.mkdir(parents=True)
+    paths.append(_ckpt(stray / "last.safetensors", 6, False))
+    summary = analyze_checkpoints(paths, tmp_path / "out")
+    labels = [e["label"] for e in summary["checkpoints"]]
+    names = [r.name for r in runs]
+    assert "bs/theta=0.2/seed=0" in names and "bs-lwr/theta=0.4/seed=0" in names
+    assert labels == [*names, "loose-run", "extra"]
+    # Plot file names stay flat: the slashes of a run name become underscores.
+    assert (tmp_path / "out" / "cosine_bs-lwr_theta_0.4_seed_0.png").is_file()
