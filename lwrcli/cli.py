@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from lwrcli import __version__
+from lwrcli.cli_export import export
 from lwrcli.cli_studies import models_list, presets_list, presets_show, report, sweep
 from lwrcli.console import err_console, out_console
 from lwrcli.console import fail as _fail
@@ -385,6 +386,7 @@ def analyze_weights(
 
 
 # The study commands live in cli_studies; registered here so `lwr --help` lists them last.
+app.command()(export)
 app.command()(sweep)
 app.command()(report)
 presets_app.command("list")(presets_list)
