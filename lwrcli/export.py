@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -96,13 +97,22 @@ def require_onnx() -> None:
 def _quiet() -> Iterator[io.StringIO]:
     """The exporters print progress lines and warn; keep the command's output clean."""
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+    with (
+        contextlib.redirect_stdout(buf),
+        contextlib.redirect_stderr(buf),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         yield buf
 
 
 def first_line(exc: BaseException) -> str:
-    lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
+    """The first line of the innermost cause (the exporters wrap the real reason, e.g. a
+    missing ONNX function, in generic 'step 3/3' errors), without terminal colours."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [s.strip() for s in text.splitlines() if s.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
