@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[dev,timm,clip,docs]'
+	$(BIN)/python -m pip install -q -e '.[dev,timm,clip,docs,export]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from lwrcli import __version__
+from lwrcli.cli_export import export
 from lwrcli.cli_studies import models_list, presets_list, presets_show, report, sweep
 from lwrcli.cli_use import predict
 from lwrcli.console import err_console, out_console
@@ -385,9 +386,10 @@ def analyze_weights(
     out_console.print(f"Plots and summary.json in {out}", highlight=False)
 
 
-# predict lives in cli_use, the study commands in cli_studies; registered here so `lwr --help`
-# lists them after eval and analyze-weights.
+# predict and export live in cli_use and cli_export, the study commands in cli_studies;
+# registered here so `lwr --help` lists them after eval and analyze-weights.
 app.command()(predict)
+app.command()(export)
 app.command()(sweep)
 app.command()(report)
 presets_app.command("list")(presets_list)
