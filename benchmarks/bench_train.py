@@ -133,12 +133,20 @@ def reference_runner(
 # --- lwr's engine ------------------------------------------------------------------------
 
 
-def write_dataset(folder: Path, images: np.ndarray, labels: np.ndarray, counts: list[int]) -> None:
-    """A prepared `arrays` dataset (as prepare-data writes it) of the generated images."""
+def write_dataset(
+    folder: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    counts: list[int],
+    test_images: int = 256,
+) -> None:
+    """A prepared `arrays` dataset (as prepare-data writes it) of the generated images; its
+    test split repeats the train images up to `test_images` (10,000 gives CIFAR's eval cost)."""
     nchw = images.transpose(0, 3, 1, 2)
+    test = np.arange(test_images) % len(labels)
     splits = {
         "train": {"images": nchw, "labels": labels},
-        "test": {"images": nchw[:256], "labels": labels[:256]},
+        "test": {"images": nchw[test], "labels": labels[test]},
     }
     fp, per_split = write_arrays(folder, splits)
     manifest = make_manifest(
@@ -148,7 +156,7 @@ def write_dataset(folder: Path, images: np.ndarray, labels: np.ndarray, counts: 
         storage="arrays",
         class_names=[f"c{c}" for c in range(len(counts))],
         class_counts=counts,
-        splits={"train": len(labels), "test": 256},
+        splits={"train": len(labels), "test": test_images},
         image_size=32,
         fingerprint=fp,
         split_fingerprints=per_split,
