@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[dev,timm,clip]'
+	$(BIN)/python -m pip install -q -e '.[dev,timm,clip,logging]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -48,8 +48,9 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs."""
-    fa, fb = _flat(a.model_dump(mode="json")), _flat(b.model_dump(mode="json"))
+    """Dotted keys whose values differ between two configs, except `log` (where a run is
+    logged does not change the run: a continuation may add or drop a tracker)."""
+    fa, fb = (_flat(c.model_dump(mode="json", exclude={"log"})) for c in (a, b))
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
