@@ -59,7 +59,8 @@ def sweep(
         return
     try:
         # Live logging groups the runs (MLflow parent run, W&B group), subprocesses included.
-        with sweep_group(out, [r.cfg for r in runs], warn=lambda t: err_console.print(t, highlight=False)):
+        warn = lambda text: err_console.print(text, highlight=False)  # noqa: E731
+        with sweep_group(out, [r.cfg for r in runs], warn=warn):
             if parallel > 1:
                 counts = sweep_launch.run_parallel(out, spec, runs, parallel)
             else:
