@@ -3,6 +3,7 @@ the listings of presets and backbones. Plain typed functions, registered by lwrc
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -59,7 +60,7 @@ def sweep(
         return
     try:
         # Live logging groups the runs (MLflow parent run, W&B group), subprocesses included.
-        warn = lambda text: err_console.print(text, highlight=False)  # noqa: E731
+        warn = functools.partial(err_console.print, highlight=False)
         with sweep_group(out, [r.cfg for r in runs], warn=warn):
             if parallel > 1:
                 counts = sweep_launch.run_parallel(out, spec, runs, parallel)
