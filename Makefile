@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[dev,timm,clip,docs,export]'
+	$(BIN)/python -m pip install -q -e '.[dev,timm,clip,docs,export,logging,wandb]'
 	touch $@
 
 demo: $(VENV)/.installed

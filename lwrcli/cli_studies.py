@@ -3,6 +3,7 @@ the listings of presets and backbones. Plain typed functions, registered by lwrc
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +44,7 @@ def sweep(
     """Presets x grid values x seeds into SWEEP_DIR; re-run to continue; --plan/--slurm."""
     from lwrcli import sweep_launch
     from lwrcli.engine import Interrupted
+    from lwrcli.live_log import sweep_group
     from lwrcli.sweep import build_spec, parse_data, plan_sweep, run_sweep
 
     spec = build_spec(preset or [], [str(c) for c in config or []], file, seeds, grid, overrides)
@@ -57,10 +59,13 @@ def sweep(
                 err_console.print(f"Wrote {path} ({len(runs)} runs).", highlight=False)
         return
     try:
-        if parallel > 1:
-            counts = sweep_launch.run_parallel(out, spec, runs, parallel)
-        else:
-            counts = run_sweep(out, spec, runs)
+        # Live logging groups the runs (MLflow parent run, W&B group), subprocesses included.
+        warn = functools.partial(err_console.print, highlight=False)
+        with sweep_group(out, [r.cfg for r in runs], warn=warn):
+            if parallel > 1:
+                counts = sweep_launch.run_parallel(out, spec, runs, parallel)
+            else:
+                counts = run_sweep(out, spec, runs)
     except Interrupted:
         _fail(
             "sweep interrupted; finished runs and the last complete epoch of the current run "

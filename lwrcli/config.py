@@ -252,6 +252,21 @@ class Stage2Config(Strict):
         return self.freeze == "backbone" or self.mode != "none"
 
 
+class LogConfig(Strict):
+    """Live logging to experiment trackers (lwrcli.live_log). Where a run is watched, not
+    what it trains: `lwr report` and a run's continuation ignore this block."""
+
+    # Each tracker is an optional extra (`lwrcli[logging]`, `lwrcli[wandb]`); one that cannot
+    # start or fails later warns once and the run goes on without it.
+    to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    # None: MLFLOW_TRACKING_URI, else MLflow's own default. `file:PATH` is a local file store.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str | None = Field(None, description="None: MLflow's default experiment")
+    # None: WANDB_PROJECT, else W&B's default ("uncategorized").
+    wandb_project: str | None = None
+    wandb_mode: Literal["online", "offline"] = "online"
+
+
 class TrainConfig(Strict):
     name: str = "custom"
     description: str = ""
@@ -298,6 +313,7 @@ class TrainConfig(Strict):
     data: DataConfig = DataConfig()
     init: InitConfig = InitConfig()
     stage2: Stage2Config = Stage2Config()
+    log: LogConfig = LogConfig()
     # The paper's numbers for this recipe (top-1 %), shown by `lwr presets`; informative only.
     reference: dict[str, float] = Field(default_factory=dict)
 

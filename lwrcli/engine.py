@@ -33,6 +33,7 @@ from lwrcli.errors import UserError
 from lwrcli.evaluate import score_splits
 from lwrcli.geometry import class_geometry, gradient_share
 from lwrcli.hooks import hook_point
+from lwrcli.live_log import LiveLog
 from lwrcli.losses import CountsLoss, reweight_for_epoch
 from lwrcli.lwr import LWR, resolve_margin
 from lwrcli.models import classifier_key, get_classifier
@@ -80,6 +81,7 @@ class Trainer:
         run_dir: Path | None,
         dist: DistInfo | None = None,
         progress: TrainProgress | None = None,
+        live: LiveLog | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = device
@@ -99,6 +101,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._initial_record: dict[str, Any] | None = None  # epoch 0, until the first save
         self.progress = progress or TrainProgress(cfg.epochs, enabled=self.dist.is_main)
+        # Trackers (TensorBoard, MLflow, W&B) that see every metrics.jsonl record; none: no-op.
+        self.live = live or LiveLog()
         self.select_split = self._selection_split()
         self._stop_signal: int | None = None
         self.lr = parts.base_lr  # the scheduled lr (groups apply their own multipliers)
@@ -374,6 +378,7 @@ class Trainer:
     def _flush_initial_record(self) -> None:
         if self._initial_record is not None and self.run_dir is not None:
             append_metrics(self.run_dir / "metrics.jsonl", self._initial_record)
+            self.live.log(self._initial_record)
         self._initial_record = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -453,6 +458,7 @@ class Trainer:
             commit_resume_point(ckpt_dir, weights, self.optimizer, self.data.train, self.state)
             self._flush_initial_record()
             append_metrics(self.run_dir / "metrics.jsonl", record)
+        self.live.log(record)  # after the save: a slow tracker never holds a second Ctrl-C
 
     def _save_mid_epoch(self, epoch: int, step: int, sums: torch.Tensor) -> None:
         """Inside an epoch: the `last` pair with the loader's position and the sums so far."""

@@ -31,8 +31,8 @@ from lwrcli.errors import UserError
 
 METRICS = ("top1", "many", "medium", "few", "top5")
 HEADERS = {"top1": "All", "many": "Many", "medium": "Medium", "few": "Few", "top5": "Top-5"}
-# Fields that name or describe a run but do not change what it trains.
-NOT_SETTINGS = ("seed", "reference", "description")
+# Fields that name or describe a run (or say where it is logged) but do not change what it trains.
+NOT_SETTINGS = ("seed", "reference", "description", "log")
 SHORT = {"lwr.theta": "θ", "lwr.lambda_max": "λ_max", "lwr.enabled": "lwr", "loss.name": "loss"}
 
 

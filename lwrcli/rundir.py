@@ -17,11 +17,14 @@ from typing import Any, Literal
 from lwrcli.checkpoint import load_checkpoint
 from lwrcli.config import TrainConfig, read_yaml, validate_config
 from lwrcli.errors import UserError
+from lwrcli.live_log import TENSORBOARD_DIR, TRACKERS_FILE, WANDB_DIR
 
 RUN_INFO = "run.json"
 CONFIG = "config.yaml"
 # Everything `lwr train` writes before its first checkpoint (and the folder for checkpoints).
 RUN_FILES = (CONFIG, RUN_INFO, "environment.json", "metrics.jsonl", "checkpoints")
+# ... and what live logging writes beside them (a start that saved nothing removes these too).
+RUN_FILES += (TRACKERS_FILE, TENSORBOARD_DIR, WANDB_DIR)
 
 Kind = Literal["new", "unstarted", "continue", "finished"]
 
@@ -48,8 +51,9 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs."""
-    fa, fb = _flat(a.model_dump(mode="json")), _flat(b.model_dump(mode="json"))
+    """Dotted keys whose values differ between two configs, except `log` (where a run is
+    logged does not change the run: a continuation may add or drop a tracker)."""
+    fa, fb = (_flat(c.model_dump(mode="json", exclude={"log"})) for c in (a, b))
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 

@@ -33,6 +33,7 @@ from lwrcli.device import bf16_warning, resolve_device
 from lwrcli.distributed import DistInfo, barrier, setup, teardown
 from lwrcli.engine import Interrupted, Trainer
 from lwrcli.errors import UserError
+from lwrcli.live_log import LiveLog
 from lwrcli.lwr import resolve_lambda_max
 from lwrcli.models import count_parameters
 from lwrcli.progress import TrainProgress
@@ -186,16 +187,29 @@ def train_run(
                     "Note: selecting the best checkpoint on the TEST split, as configured "
                     "(data.select_on=test); its test accuracy is optimistic."
                 )
+        trainer.live = LiveLog.start(
+            cfg,
+            run_dir,
+            data.manifest.fingerprint,
+            is_main=dist.is_main,
+            resume_epoch=trainer.state.epoch if resume_ckpt is not None else None,
+            warn=progress.message,
+        )
         barrier(dist)
+        status = "KILLED"  # a second Ctrl-C (KeyboardInterrupt) unless set below
         try:
             state = trainer.fit()
+            status = "FINISHED"
         except Interrupted:
             if requeue and dist.is_main and trainer.stop_signal != signal.SIGINT:
                 requeue_job(progress.message)
             raise
         except Exception as exc:
+            status = "FAILED"
             exc.lwr_rank = dist.rank  # type: ignore[attr-defined]  # raised inside the loop
             raise
+        finally:
+            trainer.live.close(status)
         # Leave together: a process tearing down its group while rank 0 still writes the last
         # checkpoint can abort in gloo's shutdown.
         barrier(dist)
