@@ -164,19 +164,13 @@ def write_dataset(
     write_manifest(folder, manifest)
 
 
-def lwr_runner(data_dir: Path, sets: list[str], batch: int) -> tuple[Callable[[], int], str]:
-    """One call = one Trainer.train_step over the device loader; also the settings used."""
-    device = torch.device("cpu" if not torch.cuda.is_available() else "cuda")
-    cfg = load_config(PRESET, overrides=[f"batch_size={batch}", "eval_every=0", *sets])
-    cfg = resolve_speed_settings(cfg, device, "arrays")
-    data = build_data(data_dir, cfg, device)
-    parts = build_components(cfg, data, device)
-    trainer = Trainer(cfg, parts, device, run_dir=None)
-    trainer.model.train()
-    loader = data.train
+def step_fn(trainer: Trainer, t: float = 10.0) -> Callable[[], int]:
+    """One call = one Trainer.train_step over the trainer's own loader, epochs wrapping; t is
+    past warm-up, so the lr is fixed. Returns the images stepped."""
+    loader = trainer.data.train
     assert loader is not None
+    trainer.model.train()
     batches: Iterator[Any] = iter(loader)
-    t = 10.0  # past warm-up: a fixed lr
 
     def step() -> int:
         nonlocal batches
@@ -188,6 +182,18 @@ def lwr_runner(data_dir: Path, sets: list[str], batch: int) -> tuple[Callable[[]
         trainer.train_step(x, y, t, None)
         return int(y.shape[0])
 
+    return step
+
+
+def lwr_runner(data_dir: Path, sets: list[str], batch: int) -> tuple[Callable[[], int], str]:
+    """One call = one Trainer.train_step over the device loader; also the settings used."""
+    device = torch.device("cpu" if not torch.cuda.is_available() else "cuda")
+    cfg = load_config(PRESET, overrides=[f"batch_size={batch}", "eval_every=0", *sets])
+    cfg = resolve_speed_settings(cfg, device, "arrays")
+    data = build_data(data_dir, cfg, device)
+    parts = build_components(cfg, data, device)
+    trainer = Trainer(cfg, parts, device, run_dir=None)
+    step = step_fn(trainer)
     return step, speed_summary(cfg)
 
 

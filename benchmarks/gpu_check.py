@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench_* modules
-from bench_train import write_dataset  # noqa: E402
+from bench_train import step_fn, write_dataset  # noqa: E402
 
 from lwrcli.build import build_components, resolve_speed_settings, speed_summary  # noqa: E402
 from lwrcli.config import load_config  # noqa: E402
@@ -232,26 +232,6 @@ def cifar_trainer(ctx: Ctx, sets: list[str]) -> Trainer:
     data = build_data(ctx.cifar_data(), cfg, ctx.device)
     parts = build_components(cfg, data, ctx.device)
     return Trainer(cfg, parts, ctx.device, None, progress=TrainProgress(cfg.epochs, False))
-
-
-def step_fn(trainer: Trainer, t: float = 10.0) -> Callable[[], int]:
-    """One call = one Trainer.train_step over the trainer's own loader, epochs wrapping."""
-    loader = trainer.data.train
-    assert loader is not None
-    trainer.model.train()
-    batches = iter(loader)
-
-    def step() -> int:
-        nonlocal batches
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
-        trainer.train_step(x, y, t, None)
-        return int(y.shape[0])
-
-    return step
 
 
 # --- sections ------------------------------------------------------------------------------
