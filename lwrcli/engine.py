@@ -10,8 +10,8 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class Components:
     base_lr: float
     # `lwr.theta: init`: the head's unit rows at initialisation (lwr.reference_rows), (C, d).
     theta_reference: torch.Tensor | None = None
+    # Called in order after every optimizer step (a MaxNorm projection, an EMA update): what a
+    # method does to the weights between steps, kept out of the loop itself.
+    after_step: list[Callable[[], None]] = field(default_factory=list)
 
 
 class Trainer:
@@ -164,7 +167,8 @@ class Trainer:
                         share = self._lwr_grad(lwr[0])
                 loss.backward()
             task_sum += task.detach().double() * yc.shape[0]
-            correct += (logits.detach().argmax(1) == yc).sum()
+            hard = yc.argmax(1) if yc.dim() == 2 else yc  # soft targets: their largest class
+            correct += (logits.detach().argmax(1) == hard).sum()
         extra: dict[str, torch.Tensor] = {}
         if share is not None:
             extra = self._lwr_share(share)
@@ -173,6 +177,8 @@ class Trainer:
         if cfg.optim.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
         self.optimizer.step()
+        for hook in self.parts.after_step:
+            hook()
         task_mean = (task_sum / y.shape[0]).float()
         terms = {"task": task_mean, "loss": task_mean, "correct": correct, **extra}
         if lwr is not None:

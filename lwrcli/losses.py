@@ -2,12 +2,15 @@
 
 Every loss is a small module holding the training `class_counts` (C,) as a buffer, built from
 `LossConfig` by `build_loss` over the plain `LOSSES` mapping. All share one interface:
-`loss(logits (N, C), target (N,) int64, weight (C,) | None) -> scalar`, where `weight` is an
-optional per-class weight applied like `F.cross_entropy(weight=...)`: a weighted mean,
-Σ_i w_{y_i} ℓ_i / Σ_i w_{y_i} (Focal keeps LDAM-DRW's plain mean, see there). Re-weighting is a
-schedule outside the loss (`reweight_for_epoch`), so DRW combines with any loss. Losses run in
-float32 at least (bf16/fp16 logits are upcast, autocast is off inside): log-sum-exp in bf16
-loses the small margins (log n, LDAM's m_c) that these losses are about.
+`loss(logits (N, C), target, weight (C,) | None) -> scalar`, where `target` is (N,) int64 class
+ids or, for losses with `soft_targets = True`, (N, C) float class probabilities (mixup, CutMix,
+label smoothing, BBN's mixed targets), and `weight` is an optional per-class weight applied like
+`F.cross_entropy(weight=...)`: a weighted mean, Σ_i w_{y_i} ℓ_i / Σ_i w_{y_i} (Focal keeps
+LDAM-DRW's plain mean, see there). With soft targets the weighted mean is
+Σ_i Σ_c w_c q_ic ℓ_ic / Σ_i Σ_c w_c q_ic, so one-hot targets give exactly the hard-label loss.
+Re-weighting is a schedule outside the loss (`reweight_for_epoch`), so DRW combines with any
+loss. Losses run in float32 at least (bf16/fp16 logits are upcast, autocast is off inside):
+log-sum-exp in bf16 loses the small margins (log n, LDAM's m_c) that these losses are about.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class CountsLoss(nn.Module, ABC):
 
     # Name used in the error when a class has no images; None: the loss does not need n > 0.
     needs_positive_counts: str | None = None
+    # Whether `loss` accepts (N, C) probability targets as well as (N,) class ids. Losses whose
+    # definition needs one true class per sample (a margin on it, its p_t) leave this False.
+    soft_targets: bool = False
 
     def __init__(self, class_counts: Counts) -> None:
         super().__init__()
@@ -71,7 +77,8 @@ class CountsLoss(nn.Module, ABC):
         return cls(class_counts)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        """logits (N, C), target (N,) int64, weight (C,) or None -> scalar (float32 at least)."""
+        """logits (N, C), target (N,) int64 or (N, C) probabilities, weight (C,) or None ->
+        scalar (float32 at least)."""
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise UserError(
                 f"The model outputs logits of shape {tuple(logits.shape)}, but the loss was built "
@@ -80,9 +87,17 @@ class CountsLoss(nn.Module, ABC):
             )
         if weight is not None and weight.shape != (self.num_classes,):
             raise ValueError(f"class weight must have shape ({self.num_classes},)")
+        if target.dim() == 2 and not self.soft_targets:
+            raise UserError(
+                f"The {type(self).__name__} loss needs one class per sample, but this batch has "
+                "soft targets (mixup, CutMix, label smoothing or BBN). Use a loss that takes "
+                f"soft targets ({', '.join(soft_target_losses())}) or turn the mixing off."
+            )
         with no_autocast(logits.device):
             z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
             w = None if weight is None else weight.to(device=z.device, dtype=z.dtype)
+            if target.dim() == 2:
+                target = target.to(device=z.device, dtype=z.dtype)
             return self.loss(z, target, w)
 
     @abstractmethod
@@ -90,11 +105,25 @@ class CountsLoss(nn.Module, ABC):
         """float32 logits z (N, C), target (N,), weight (C,) or None -> scalar."""
 
 
+def soft_cross_entropy(z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+    """F.cross_entropy for (N,) ids or (N, C) probabilities; soft and weighted, the mean is
+    Σ_i Σ_c w_c q_ic (-log p_ic) / Σ_i Σ_c w_c q_ic, which one-hot targets make the hard one."""
+    if target.dim() == 1:
+        return F.cross_entropy(z, target, weight=weight)
+    nll = -F.log_softmax(z, dim=1)
+    if weight is None:
+        return (target * nll).sum(1).mean()
+    wq = target * weight
+    return (wq * nll).sum() / wq.sum()
+
+
 class CrossEntropy(CountsLoss):
     """Plain softmax cross-entropy (the counts are only kept for a uniform interface)."""
 
+    soft_targets = True
+
     def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
-        return F.cross_entropy(z, target, weight=weight)
+        return soft_cross_entropy(z, target, weight)
 
 
 class FocalLoss(CountsLoss):
@@ -156,19 +185,21 @@ class BalancedSoftmax(CountsLoss):
     """CE(z + log n) (Ren et al.): train under the long-tailed prior, predict with plain z."""
 
     needs_positive_counts = "Balanced Softmax"
+    soft_targets = True
 
     def __init__(self, class_counts: Counts) -> None:
         super().__init__(class_counts)
         self.register_buffer("log_counts", self.class_counts.double().log().float())
 
     def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
-        return F.cross_entropy(z + self.log_counts, target, weight=weight)
+        return soft_cross_entropy(z + self.log_counts, target, weight)
 
 
 class LogitAdjustment(CountsLoss):
     """CE(z + τ log π), π = n / Σ n (Menon et al.); τ = 1 equals Balanced Softmax, τ = 0 CE."""
 
     needs_positive_counts = "Logit adjustment"
+    soft_targets = True
 
     def __init__(self, class_counts: Counts, tau: float) -> None:
         super().__init__(class_counts)
@@ -181,7 +212,7 @@ class LogitAdjustment(CountsLoss):
         return cls(class_counts, cfg.la_tau)
 
     def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
-        return F.cross_entropy(z + self.tau * self.log_prior, target, weight=weight)
+        return soft_cross_entropy(z + self.tau * self.log_prior, target, weight)
 
 
 LOSSES: dict[str, type[CountsLoss]] = {
@@ -191,6 +222,11 @@ LOSSES: dict[str, type[CountsLoss]] = {
     "bs": BalancedSoftmax,
     "la": LogitAdjustment,
 }
+
+
+def soft_target_losses() -> list[str]:
+    """Config names of the losses that accept (N, C) probability targets."""
+    return [name for name, cls in LOSSES.items() if cls.soft_targets]
 
 
 def build_loss(cfg: LossConfig, class_counts: Counts) -> CountsLoss:

@@ -83,9 +83,7 @@ def test_text_head_rows_are_the_class_names_embeddings(tiny: str, projection: bo
 def test_ensemble_templates_average_the_openai_prompts(tiny: str) -> None:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    cfg = ModelConfig(
-        name=tiny, cosine_classifier=True, head_init="text", clip_projection=True
-    )
+    cfg = ModelConfig(name=tiny, cosine_classifier=True, head_init="text", clip_projection=True)
     torch.manual_seed(1)
     model = build_model(cfg, len(NAMES), class_names=NAMES)
     templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]

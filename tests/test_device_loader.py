@@ -131,14 +131,14 @@ def test_array_resize_and_five_crops_match_torchvision() -> None:
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     plain = DeviceImageLoader(images, labels, 5, mean, std, train=False, resize=16)
-    (x, _), = list(plain)
+    ((x, _),) = list(plain)
     up = TF.resize(images.float(), [16, 16], antialias=True)
     expected = (up.clamp(0, 255) / 255 - m) / s
     assert x.shape == (5, 3, 16, 16)
     assert torch.allclose(x, expected, atol=1e-4)
 
     tte = DeviceImageLoader(images, labels, 5, mean, std, train=False, resize=16, tte=True)
-    (x, _), = list(tte)
+    ((x, _),) = list(tte)
     big = TF.resize(images.float(), [40, 40], antialias=True)
     crops = torch.stack(TF.five_crop(big.clamp(0, 255), [16, 16]), dim=1)
     assert x.shape == (5, 5, 3, 16, 16)

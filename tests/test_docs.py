@@ -100,7 +100,10 @@ def test_presets_page_table_is_current() -> None:
     assert MARKER in text, "docs/presets.md lost its generated-table marker"
     table = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "make_presets.py"), "--readme-table"],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     ).stdout.strip()
     assert text.split(MARKER, 1)[1].strip() == table, (
         "docs/presets.md is out of date: run `python tools/make_presets.py --docs-page`"
@@ -113,7 +116,9 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     pytest.importorskip("material", reason=reason)
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-4000:]}"

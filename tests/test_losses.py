@@ -21,6 +21,7 @@ from lwrcli.losses import (
     class_balanced_weights,
     posthoc_logit_adjust,
     reweight_for_epoch,
+    soft_target_losses,
     tau_normalize,
 )
 
@@ -267,3 +268,48 @@ def test_every_configurable_loss_has_a_class() -> None:
     """The config's loss names and the factory's mapping are the same set, so a name that
     validates always builds (build_loss needs no check of its own)."""
     assert set(get_args(LossConfig.model_fields["name"].annotation)) == set(LOSSES)
+
+
+# --- soft targets (mixup, CutMix, label smoothing, BBN) -----------------------------------------
+
+
+@pytest.mark.parametrize("name", soft_target_losses())
+@pytest.mark.parametrize("weighted", [False, True])
+def test_one_hot_soft_targets_give_the_hard_label_loss(name: str, weighted: bool) -> None:
+    z, y, w = batch(seed=3)
+    loss = build_loss(CFG.model_copy(update={"name": name}), COUNTS)
+    one_hot = torch.nn.functional.one_hot(y, z.shape[1]).double()
+    hard = loss(z, y, w if weighted else None)
+    soft = loss(z, one_hot, w if weighted else None)
+    assert float(soft) == pytest.approx(float(hard), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", soft_target_losses())
+def test_soft_target_loss_is_the_mix_of_hard_losses(name: str) -> None:
+    # Cross-entropy is linear in the target: q = a e_y1 + (1 - a) e_y2 gives a mix of hard losses
+    # (unweighted), and the weighted mean follows Σ w_c q_ic ℓ_ic / Σ w_c q_ic computed by numpy.
+    z, y, w = batch(seed=4)
+    y2 = y.roll(1)
+    a = 0.3
+    loss = build_loss(CFG.model_copy(update={"name": name}), COUNTS)
+    c = z.shape[1]
+    q = a * torch.nn.functional.one_hot(y, c).double()
+    q += (1 - a) * torch.nn.functional.one_hot(y2, c).double()
+    expected = a * float(loss(z, y)) + (1 - a) * float(loss(z, y2))
+    assert float(loss(z, q)) == pytest.approx(expected, rel=1e-12)
+    shift = {"ce": 0.0, "bs": np.log(np.asarray(COUNTS, dtype=np.float64))}.get(name)
+    if name == "la":
+        counts = np.asarray(COUNTS, dtype=np.float64)
+        shift = CFG.la_tau * np.log(counts / counts.sum())
+    nll = -np_log_softmax(z.numpy() + shift)
+    wq = q.numpy() * w.numpy()
+    # The prior buffers are float32: agreement to float32's precision.
+    assert float(loss(z, q, w)) == pytest.approx((wq * nll).sum() / wq.sum(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(set(LOSSES) - set(soft_target_losses())))
+def test_losses_without_soft_targets_refuse_them(name: str) -> None:
+    z, y, _ = batch(seed=5)
+    loss = build_loss(CFG.model_copy(update={"name": name}), COUNTS)
+    with pytest.raises(UserError, match="soft targets"):
+        loss(torch.tanh(z), torch.nn.functional.one_hot(y, z.shape[1]).double())

@@ -122,8 +122,12 @@ def test_theta_init_trains_resumes_and_analyses(
     assert torch.equal(a.extras[THETA_REFERENCE], b.extras[THETA_REFERENCE])
 
     r = lwr(
-        "analyze-weights", run / "checkpoints" / "last.safetensors", "--data", synthetic_data,
-        "--out", tmp_path / "analysis",
+        "analyze-weights",
+        run / "checkpoints" / "last.safetensors",
+        "--data",
+        synthetic_data,
+        "--out",
+        tmp_path / "analysis",
     )
     assert r.code == 0, r.err
     summary = json.loads((tmp_path / "analysis" / "summary.json").read_text())
