@@ -21,6 +21,7 @@ from lwrcli.distributed import DistInfo
 from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.frozen_base import restore_weights
+from lwrcli.influence import FeatureCapture
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer, reference_rows, resolve_lambda_max
 from lwrcli.models import (
@@ -241,10 +242,13 @@ def build_components(
             )
         # The head as this run starts it (text, class means, cRT reset, ...): each pair's margin.
         theta_reference = reference_rows(get_classifier(model).weight, cfg.lwr.proj)
+    loss = build_loss(cfg.loss, counts, seed=cfg.seed).to(device)
+    if loss.needs_features:  # IB reads the head's input h: a pre-hook on the head keeps it
+        loss.features = FeatureCapture(get_classifier(model))
     return Components(
         model=wrap_for_training(model, cfg, device, dist),
         raw_model=model,
-        loss=build_loss(cfg.loss, counts).to(device),
+        loss=loss,
         optimizer=build_optimizer(model, cfg.optim, lr),
         regularizer=(
             build_regularizer(cfg.lwr, cfg.epochs, theta_reference) if trainable_head else None

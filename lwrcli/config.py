@@ -118,7 +118,7 @@ class ModelConfig(Strict):
 
 
 class LossConfig(Strict):
-    name: Literal["ce", "focal", "ldam", "bs", "la"] = "ce"
+    name: Literal["ce", "focal", "ldam", "bs", "la", "ib", "seql"] = "ce"
     # Re-weighting schedule, orthogonal to the loss: none, class-balanced from the start (cb),
     # or deferred class-balanced from `drw_epoch` (drw, the LDAM-DRW recipe).
     reweight: Literal["none", "cb", "drw"] = "none"
@@ -128,6 +128,30 @@ class LossConfig(Strict):
     ldam_max_m: float = Field(0.5, ge=0.0, le=5.0)
     ldam_s: float = Field(30.0, gt=0.0, le=100.0)
     la_tau: float = Field(1.0, ge=0.0, le=10.0)
+    # Influence-balanced loss (ib; Park et al., ICCV 2021): CE before `ib_start_epoch`, then
+    # w_y CE / (|softmax - onehot|_1 |h|_1 + epsilon) times alpha, h the head's input.
+    ib_start_epoch: int = Field(100, ge=0, description="0-based epoch where IB replaces CE")
+    ib_alpha: float = Field(1000.0, gt=0.0, le=1e8)
+    ib_epsilon: float = Field(0.001, gt=0.0, le=1.0)
+    # Per-class weight of the IB phase: inverse frequency scaled to sum C (the authors'
+    # IBReweight), or none (then loss.reweight=drw at ib_start_epoch gives their IB + CB).
+    ib_class_weight: Literal["inverse", "none"] = "inverse"
+    # Softmax equalization loss (seql; Tan et al., CVPR 2020): each non-target class with
+    # frequency n_c / sum(n) below seql_lambda leaves the softmax's denominator with
+    # probability seql_gamma, drawn per sample and class.
+    seql_gamma: float = Field(0.9, ge=0.0, le=1.0)
+    seql_lambda: float = Field(0.005, ge=0.0, le=1.0, description="class frequency threshold")
+
+    @model_validator(mode="after")
+    def _one_ib_class_weight(self) -> LossConfig:
+        if self.name == "ib" and self.ib_class_weight != "none" and self.reweight != "none":
+            raise ValueError(
+                f"loss.name=ib weights classes itself (loss.ib_class_weight="
+                f"{self.ib_class_weight}) and loss.reweight={self.reweight} would weight them "
+                "again: set loss.ib_class_weight=none to use the re-weighting schedule (IB + CB "
+                "is reweight=drw with drw_epoch=ib_start_epoch), or loss.reweight=none"
+            )
+        return self
 
 
 class LWRScheduleConfig(Strict):
@@ -323,6 +347,16 @@ class TrainConfig(Strict):
         if self.loss.name == "ldam" and not self.model.cosine_classifier:
             raise ValueError(
                 "loss.name=ldam needs model.cosine_classifier=true (LDAM works on cosine logits)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ib_switch_inside_the_run(self) -> TrainConfig:
+        if self.loss.name == "ib" and self.loss.ib_start_epoch >= self.epochs:
+            raise ValueError(
+                f"loss.ib_start_epoch={self.loss.ib_start_epoch} is not before the run's end "
+                f"(epochs={self.epochs}): the influence-balanced phase would never start; "
+                "lower loss.ib_start_epoch (0-based; the authors' CIFAR recipe: 100 of 200)"
             )
         return self
 

@@ -221,6 +221,7 @@ class Trainer:
             t = epoch + (step + 1) / steps
             log_step = (step + 1) % self.cfg.log_every == 0
             self._measure_share = log_step or step + 1 == steps
+            self.loss_fn.set_position(epoch, step)  # IB's switch epoch, SEQL's seeded draws
             terms = self.train_step(x, y, t, weight)
             self._measure_share = False
             b = y.shape[0]

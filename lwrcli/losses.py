@@ -1,4 +1,5 @@
-"""Long-tailed task losses: CE, Focal, LDAM, Balanced Softmax, Logit Adjustment; CB/DRW weights.
+"""Long-tailed task losses: CE, Focal, LDAM, Balanced Softmax, Logit Adjustment, IB, SEQL;
+CB/DRW weights.
 
 Every loss is a small module holding the training `class_counts` (C,) as a buffer, built from
 `LossConfig` by `build_loss` over the plain `LOSSES` mapping. All share one interface:
@@ -19,12 +20,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lwrcli.config import LossConfig
 from lwrcli.device import no_autocast
+from lwrcli.equalization import draw_drops, equalized_cross_entropy, position_seed, tail_classes
 from lwrcli.errors import UserError
+from lwrcli.influence import FeatureCapture, influence_balanced_loss, inverse_frequency_weights
 
 Counts = Sequence[int] | Tensor
 
@@ -63,6 +67,8 @@ class CountsLoss(nn.Module, ABC):
     # Whether `loss` accepts (N, C) probability targets as well as (N,) class ids. Losses whose
     # definition needs one true class per sample (a margin on it, its p_t) leave this False.
     soft_targets: bool = False
+    # Whether the loss reads the head's input h: build attaches a FeatureCapture (`features`).
+    needs_features: bool = False
 
     def __init__(self, class_counts: Counts) -> None:
         super().__init__()
@@ -71,6 +77,13 @@ class CountsLoss(nn.Module, ABC):
             require_positive_counts(counts, self.needs_positive_counts)
         self.register_buffer("class_counts", counts.float())
         self.num_classes = counts.numel()
+        self.features: FeatureCapture | None = None
+        # The run's seed, for losses that draw random numbers (build_loss sets it).
+        self.seed = 0
+
+    def set_position(self, epoch: int, step: int) -> None:
+        """Where training stands before each optimizer step: 0-based epoch and step within it.
+        Losses that change over training (IB's switch, SEQL's draws) read it; others ignore it."""
 
     @classmethod
     def from_config(cls, cfg: LossConfig, class_counts: Counts) -> CountsLoss:
@@ -215,12 +228,100 @@ class LogitAdjustment(CountsLoss):
         return soft_cross_entropy(z + self.tau * self.log_prior, target, weight)
 
 
+class InfluenceBalancedLoss(CountsLoss):
+    """CE before `start_epoch`, then the influence-balanced loss (lwrcli.influence) with its
+    own per-class weights (inverse frequency, or none and the `weight` of a re-weighting
+    schedule). Reads the head's input from the FeatureCapture that build attaches."""
+
+    needs_features = True
+
+    def __init__(
+        self,
+        class_counts: Counts,
+        start_epoch: int,
+        alpha: float,
+        epsilon: float,
+        class_weight: str = "inverse",
+    ) -> None:
+        if class_weight == "inverse":
+            require_positive_counts(
+                as_counts(class_counts), "The influence-balanced loss's inverse-frequency weights"
+            )
+        super().__init__(class_counts)
+        self.start_epoch, self.alpha, self.epsilon = int(start_epoch), float(alpha), float(epsilon)
+        self.epoch = 0
+        inverse = class_weight == "inverse"
+        w = inverse_frequency_weights(self.class_counts) if inverse else None
+        self.register_buffer("ib_weight", w.float() if w is not None else None)
+
+    @classmethod
+    def from_config(cls, cfg: LossConfig, class_counts: Counts) -> InfluenceBalancedLoss:
+        return cls(
+            class_counts, cfg.ib_start_epoch, cfg.ib_alpha, cfg.ib_epsilon, cfg.ib_class_weight
+        )
+
+    def set_position(self, epoch: int, step: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def active(self) -> bool:
+        """Whether the influence-balanced phase has started."""
+        return self.epoch >= self.start_epoch
+
+    def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        # Taken in both phases, so the captured activations never outlive their step.
+        features = self.features.take() if self.features is not None else None
+        if not self.active:
+            return F.cross_entropy(z, target, weight=weight)
+        if features is None or features.shape[0] != z.shape[0]:
+            raise RuntimeError(
+                "the IB loss needs the head's input of this batch: build attaches a "
+                "FeatureCapture on the classifier (lwrcli.influence)"
+            )
+        if self.ib_weight is not None:
+            weight = self.ib_weight.to(z.dtype)
+        return influence_balanced_loss(z, target, features, self.alpha, self.epsilon, weight)
+
+
+class SoftmaxEqualizationLoss(CountsLoss):
+    """SEQL (lwrcli.equalization): CE whose denominator drops each non-target tail class
+    (frequency < λ) with probability γ, drawn per sample and class from a generator seeded by
+    (run seed, epoch, step, call within the step, rank) — the same draws on a resumed run."""
+
+    def __init__(self, class_counts: Counts, gamma: float, threshold: float) -> None:
+        super().__init__(class_counts)
+        self.gamma, self.threshold = float(gamma), float(threshold)
+        self.register_buffer("tail", tail_classes(self.class_counts, self.threshold))
+        self.position = (0, 0)
+        self.calls = 0  # forward calls at this position (micro-batches of one step)
+
+    @classmethod
+    def from_config(cls, cfg: LossConfig, class_counts: Counts) -> SoftmaxEqualizationLoss:
+        return cls(class_counts, cfg.seql_gamma, cfg.seql_lambda)
+
+    def set_position(self, epoch: int, step: int) -> None:
+        self.position, self.calls = (int(epoch), int(step)), 0
+
+    def draw_seed(self) -> int:
+        """The generator seed of the next call (and count the call)."""
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        seed = position_seed(self.seed, *self.position, self.calls, rank)
+        self.calls += 1
+        return seed
+
+    def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        drop = draw_drops(target, self.tail, self.gamma, self.draw_seed(), z.device)
+        return equalized_cross_entropy(z, target, drop, weight)
+
+
 LOSSES: dict[str, type[CountsLoss]] = {
     "ce": CrossEntropy,
     "focal": FocalLoss,
     "ldam": LDAMLoss,
     "bs": BalancedSoftmax,
     "la": LogitAdjustment,
+    "ib": InfluenceBalancedLoss,
+    "seql": SoftmaxEqualizationLoss,
 }
 
 
@@ -229,8 +330,9 @@ def soft_target_losses() -> list[str]:
     return [name for name, cls in LOSSES.items() if cls.soft_targets]
 
 
-def build_loss(cfg: LossConfig, class_counts: Counts) -> CountsLoss:
-    """The task loss named by `cfg.name`, with its hyperparameters from `cfg`.
+def build_loss(cfg: LossConfig, class_counts: Counts, seed: int = 0) -> CountsLoss:
+    """The task loss named by `cfg.name`, with its hyperparameters from `cfg` and the run's
+    `seed` (for losses that draw random numbers).
 
     Re-weighting needs every class to have images; that is checked here, at build time, rather
     than at the DRW epoch deep into training.
@@ -240,7 +342,9 @@ def build_loss(cfg: LossConfig, class_counts: Counts) -> CountsLoss:
         require_positive_counts(
             counts, f"Class-balanced re-weighting (loss.reweight={cfg.reweight})"
         )
-    return LOSSES[cfg.name].from_config(cfg, counts)
+    loss = LOSSES[cfg.name].from_config(cfg, counts)
+    loss.seed = int(seed)
+    return loss
 
 
 def class_balanced_weights(class_counts: Counts, beta: float) -> Tensor:

@@ -6,7 +6,15 @@ from rich.table import Table
 
 from lwrcli.config import TrainConfig, list_presets, load_config
 
-LOSS_NAMES = {"ce": "CE", "focal": "Focal", "ldam": "LDAM", "bs": "BalancedSoftmax", "la": "LA"}
+LOSS_NAMES = {
+    "ce": "CE",
+    "focal": "Focal",
+    "ldam": "LDAM",
+    "bs": "BalancedSoftmax",
+    "la": "LA",
+    "ib": "IB",
+    "seql": "SEQL",
+}
 
 
 def loss_label(cfg: TrainConfig) -> str:
@@ -15,6 +23,10 @@ def loss_label(cfg: TrainConfig) -> str:
         label += f" (γ={cfg.loss.focal_gamma:g})"
     if cfg.loss.name == "la":
         label += f" (τ={cfg.loss.la_tau:g})"
+    if cfg.loss.name == "ib":
+        label += f" (α={cfg.loss.ib_alpha:g} from {cfg.loss.ib_start_epoch})"
+    if cfg.loss.name == "seql":
+        label += f" (γ={cfg.loss.seql_gamma:g}, λ={cfg.loss.seql_lambda:g})"
     if cfg.loss.reweight == "drw":
         label += f"-DRW@{cfg.loss.drw_epoch}"
     elif cfg.loss.reweight == "cb":

@@ -130,6 +130,8 @@ CONDITIONAL = {
     "loss.focal_gamma": ("loss.name", ("focal",)),
     "loss.ldam_": ("loss.name", ("ldam",)),
     "loss.la_tau": ("loss.name", ("la",)),
+    "loss.ib_": ("loss.name", ("ib",)),
+    "loss.seql_": ("loss.name", ("seql",)),
     "loss.drw_epoch": ("loss.reweight", ("drw",)),
     "loss.beta": ("loss.reweight", ("cb", "drw")),
 }

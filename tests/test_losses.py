@@ -68,10 +68,12 @@ def np_loss(name: str, z: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> fl
         return np_ldam(z, y, COUNTS, 0.5, 30.0, w)
     if name == "bs":
         return np_ce(z + np.log(n), y, w)
+    if name in ("ib", "seql"):  # CFG: IB before its switch epoch, SEQL with γ = 0 are CE
+        return np_ce(z, y, w)  # (their own formulas: tests/test_losses_ib_seql.py)
     return np_ce(z + 1.5 * np.log(n / n.sum()), y, w)  # la, tau 1.5
 
 
-CFG = LossConfig(focal_gamma=2.0, ldam_max_m=0.5, ldam_s=30.0, la_tau=1.5)
+CFG = LossConfig(focal_gamma=2.0, ldam_max_m=0.5, ldam_s=30.0, la_tau=1.5, seql_gamma=0.0)
 
 
 def batch(seed: int = 0, n: int = 12, c: int = 5, scale: float = 2.0):
@@ -206,11 +208,13 @@ def test_bf16_logits_give_a_float32_loss(name: str) -> None:
     z, y, w = batch(seed=1)
     z = torch.tanh(z).bfloat16().requires_grad_(True)
     loss_fn = build_loss(LossConfig(name=name), COUNTS)
+    loss_fn.set_position(0, 0)  # SEQL: both calls below draw the same β
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = loss_fn(z, y, w.bfloat16())
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert z.grad is not None and z.grad.dtype == torch.bfloat16
+    loss_fn.set_position(0, 0)
     expected = loss_fn(z.detach().float(), y, w.bfloat16().float())
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
 
