@@ -48,7 +48,7 @@ def sweep(
     from lwrcli.sweep import build_spec, parse_data, plan_sweep, run_sweep
 
     spec = build_spec(preset or [], [str(c) for c in config or []], file, seeds, grid, overrides)
-    runs = plan_sweep(spec, parse_data(data))
+    runs = plan_sweep(spec, parse_data(data), out)
     if plan or slurm:
         for flag, writer in (
             ("plan", sweep_launch.write_plan),

@@ -42,6 +42,10 @@ class Entry(BaseModel):
     set: list[str] = Field(default_factory=list)
     reference: dict[str, float] = Field(default_factory=dict)
     data: str | None = None  # a key of `--data KEY=PATH` (e.g. the IF table's ir50)
+    # The name of an earlier entry: each run starts from that entry's run with the same grid
+    # point and seed (`init.checkpoint` = its last checkpoint), so a stage-2 recipe (cRT, weight
+    # balancing's MaxNorm stage, MiSLAS) follows its own stage 1 inside one sweep.
+    init_from: str | None = None
 
 
 class Reference(BaseModel):
@@ -72,6 +76,8 @@ class PlannedRun:
     overrides: list[str]
     data: Path
     cfg: TrainConfig = field(repr=False)
+    # The run (folder name) whose last checkpoint this one starts from: it must finish first.
+    after: str | None = None
 
     def record(self) -> dict[str, Any]:
         return {
@@ -227,15 +233,30 @@ def _grid_points(grid: dict[str, list[Any]]) -> list[list[tuple[str, Any]]]:
     return points
 
 
-def plan_sweep(spec: SweepSpec, data: dict[str, Path]) -> list[PlannedRun]:
-    """Every run of the sweep, validated; raises UserError before anything is written."""
+def _init_source(entry: Entry, label: str, earlier: list[str]) -> str | None:
+    """The label of the entry whose runs `entry` starts from (checked: an earlier entry)."""
+    if entry.init_from is None:
+        return None
+    if entry.init_from not in earlier:
+        raise UserError(
+            f"Sweep entry '{label}' starts from '{entry.init_from}' (init_from), which is not an "
+            f"earlier entry of the sweep; earlier entries: {', '.join(earlier) or 'none'}."
+        )
+    return entry.init_from
+
+
+def plan_sweep(spec: SweepSpec, data: dict[str, Path], out: Path | None = None) -> list[PlannedRun]:
+    """Every run of the sweep, validated; raises UserError before anything is written.
+    `out` (the sweep folder) locates the stage-1 checkpoints of `init_from` entries."""
     if not spec.entries:
         raise UserError("A sweep needs at least one --preset, --config or sweep-file entry.")
     labels = _entry_labels(spec.entries)
+    root = out.resolve() if out is not None else Path("SWEEP_DIR")
     grid_names = _grid_labels(list(spec.grid))
     manifests: dict[Path, Any] = {}
     runs: list[PlannedRun] = []
-    for entry, label in zip(spec.entries, labels):
+    for i, (entry, label) in enumerate(zip(spec.entries, labels)):
+        source = _init_source(entry, label, labels[:i])
         if (entry.preset is None) == (entry.config is None):
             raise UserError(f"Sweep entry '{label}' needs exactly one of preset or config.")
         key = entry.data or ""
@@ -252,9 +273,12 @@ def plan_sweep(spec: SweepSpec, data: dict[str, Path]) -> list[PlannedRun]:
                 entry.reference,
             )
             for seed in spec.seeds:
-                parts = [label, *(f"{grid_names[k]}={_value_text(v)}" for k, v in point)]
-                name = "/".join(p.replace("/", "_") for p in parts) + f"/seed={seed}"
+                name, after = _run_name(label, point, grid_names, seed), None
                 overrides = [*spec.set, *entry.set, *(f"{k}={_value_text(v)}" for k, v in point)]
+                if source is not None:
+                    after = _run_name(source, point, grid_names, seed)
+                    init = root / after / "checkpoints" / "last.safetensors"
+                    overrides.append(f"init.checkpoint={init}")
                 if ref:
                     overrides.append(f"reference={json.dumps(ref)}")
                 overrides.append(f"seed={seed}")
@@ -263,7 +287,9 @@ def plan_sweep(spec: SweepSpec, data: dict[str, Path]) -> list[PlannedRun]:
                 if data_dir not in manifests:
                     manifests[data_dir] = read_manifest(data_dir)
                 check_dataset_matches(cfg, manifests[data_dir], data_dir)
-                runs.append(PlannedRun(name, entry.preset, entry.config, overrides, data_dir, cfg))
+                runs.append(
+                    PlannedRun(name, entry.preset, entry.config, overrides, data_dir, cfg, after)
+                )
     names = [r.name for r in runs]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
@@ -271,6 +297,14 @@ def plan_sweep(spec: SweepSpec, data: dict[str, Path]) -> list[PlannedRun]:
             f"Two runs of the sweep would share the folder '{dup}'; give entries names."
         )
     return runs
+
+
+def _run_name(
+    label: str, point: list[tuple[str, Any]], grid_names: dict[str, str], seed: int
+) -> str:
+    """A run's folder inside the sweep, e.g. bs-lwr/theta=0.4/seed=1."""
+    parts = [label, *(f"{grid_names[k]}={_value_text(v)}" for k, v in point)]
+    return "/".join(p.replace("/", "_") for p in parts) + f"/seed={seed}"
 
 
 def sweep_record(spec: SweepSpec, runs: list[PlannedRun]) -> dict[str, Any]:
