@@ -175,10 +175,14 @@ def test_record_without_paper_rows_is_unchanged() -> None:
     assert set(record) == {"command", "runs"} and "paper_only" not in record["command"]
 
 
-def test_relatives_sweep_lists_the_paper_only_methods() -> None:
+def test_shipped_sweeps_carry_the_checked_paper_only_rows() -> None:
+    """The relatives sweep holds today's entries; ImageNet-LT lists OLTR and LFME (ResNet-10)
+    with the numbers quoted from their papers, each with a source that names the backbone."""
     spec = load_sweep_file("cifar100-lt-ir100-relatives")
     assert [e.preset for e in spec.entries] == ["cifar100-lt-ir100-bs", "cifar100-lt-ir100-bs-lwr"]
     assert spec.seeds == [0, 1, 2]
-    names = {r.name for r in spec.paper_only}
-    assert {"OLTR", "LFME", "UNO-IC"} >= names and names
-    assert all(r.source for r in spec.paper_only)
+    table = {r.name: r for r in load_sweep_file("imagenet-lt-table").paper_only}
+    assert table["OLTR"].reference == {"all": 35.6, "many": 43.2, "medium": 35.1, "few": 18.5}
+    assert table["LFME"].reference == {"all": 37.2, "many": 47.1, "medium": 35.0, "few": 17.5}
+    assert table["OLTR (re-implemented, ResNeXt-50)"].reference["all"] == 41.9
+    assert all("Table" in r.source and "ResNe" in r.source for r in table.values())
