@@ -25,6 +25,7 @@ from lwrcli.config import TrainConfig, load_config, read_yaml
 from lwrcli.data.loading import check_dataset_matches
 from lwrcli.data.manifest import read_manifest
 from lwrcli.errors import UserError
+from lwrcli.paper_rows import PaperRow, check_rows, record_rows, same_runs
 from lwrcli.progress import TrainProgress
 from lwrcli.runname import SWEEP_FILE
 
@@ -66,6 +67,8 @@ class SweepSpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0])
     set: list[str] = Field(default_factory=list)
     references: list[Reference] = Field(default_factory=list)
+    # Methods lwr does not train, with their published numbers (lwrcli/paper_rows.py).
+    paper_only: list[PaperRow] = Field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +79,7 @@ class PlannedRun:
     overrides: list[str]
     data: Path
     cfg: TrainConfig = field(repr=False)
+    data_key: str = ""  # the entry's `data` key ('' for plain --data)
     # The run (folder name) whose last checkpoint this one starts from: it must finish first.
     after: str | None = None
 
@@ -288,7 +292,9 @@ def plan_sweep(spec: SweepSpec, data: dict[str, Path], out: Path | None = None) 
                     manifests[data_dir] = read_manifest(data_dir)
                 check_dataset_matches(cfg, manifests[data_dir], data_dir)
                 runs.append(
-                    PlannedRun(name, entry.preset, entry.config, overrides, data_dir, cfg, after)
+                    PlannedRun(
+                        name, entry.preset, entry.config, overrides, data_dir, cfg, key, after
+                    )
                 )
     names = [r.name for r in runs]
     dup = next((n for n in names if names.count(n) > 1), None)
@@ -296,6 +302,7 @@ def plan_sweep(spec: SweepSpec, data: dict[str, Path], out: Path | None = None) 
         raise UserError(
             f"Two runs of the sweep would share the folder '{dup}'; give entries names."
         )
+    check_rows(spec.paper_only, [e.data or "" for e in spec.entries])
     return runs
 
 
@@ -308,15 +315,25 @@ def _run_name(
 
 
 def sweep_record(spec: SweepSpec, runs: list[PlannedRun]) -> dict[str, Any]:
-    return {"command": spec.model_dump(mode="json"), "runs": [r.record() for r in runs]}
+    # Paper-only rows sit beside the command, and only when there are some, so that records
+    # written before they existed still match the same command.
+    command = spec.model_dump(mode="json", exclude={"paper_only"})
+    for entry in command["entries"]:  # likewise `init_from`, where no entry uses it
+        if entry.get("init_from") is None:
+            entry.pop("init_from", None)
+    record = {"command": command, "runs": [r.record() for r in runs]}
+    if spec.paper_only:
+        record["paper_only"] = record_rows(spec.paper_only, runs)
+    return record
 
 
 def check_or_write_record(out: Path, record: dict[str, Any]) -> None:
-    """First use: write sweep.json. Later: refuse (nothing changed) unless the command matches."""
+    """First use: write sweep.json. Later: refuse (nothing changed) unless the command matches;
+    changed paper-only rows alone (they train nothing) are taken into the record."""
     path = out / SWEEP_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != record:
+        if not same_runs(old, record):
             diff = [
                 k
                 for k in record["command"]
@@ -327,8 +344,9 @@ def check_or_write_record(out: Path, record: dict[str, Any]) -> None:
                 f"{out} holds a different sweep ({SWEEP_FILE} differs in: {what}); nothing was "
                 "changed. Re-run the original command to continue it, or choose a new --out."
             )
-        return
-    if out.exists() and any(out.iterdir()):
+        if old == record:
+            return
+    elif out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists, is not empty and has no {SWEEP_FILE}; choose a new --out.")
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{SWEEP_FILE}.tmp")
