@@ -23,6 +23,7 @@ from lwrcli.errors import UserError
 from lwrcli.frozen_base import restore_weights
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer, reference_rows, resolve_lambda_max
+from lwrcli.mixing import build_mixer
 from lwrcli.models import (
     build_model,
     get_classifier,
@@ -252,4 +253,5 @@ def build_components(
         theta_reference=theta_reference,
         data=data,
         base_lr=lr,
+        mix=build_mixer(cfg, data.class_counts, dist.rank),
     )
