@@ -24,6 +24,7 @@ from lwrcli.frozen_base import restore_weights
 from lwrcli.influence import FeatureCapture
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer, reference_rows, resolve_lambda_max
+from lwrcli.mixing import build_mixer
 from lwrcli.models import (
     build_model,
     get_classifier,
@@ -256,4 +257,5 @@ def build_components(
         theta_reference=theta_reference,
         data=data,
         base_lr=lr,
+        mix=build_mixer(cfg, data.class_counts, dist.rank),
     )

@@ -498,3 +498,11 @@ def test_report_groups_ignore_ib_and_seql_settings_of_other_losses() -> None:
     ib = acting({"loss": {**loss, "name": "ib"}})
     assert ib["loss.ib_alpha"] == 1000.0 and "loss.seql_gamma" not in ib
     assert acting({"loss": {**loss, "name": "seql"}})["loss.seql_gamma"] == 0.9
+
+
+@pytest.mark.parametrize("name", ["ib", "seql"])
+def test_label_smoothing_with_ib_or_seql_is_refused_at_config_time(name: str) -> None:
+    with pytest.raises(UserError, match=f"loss.name={name} cannot take"):
+        load_config(
+            "cifar100-lt-ir100-ib", overrides=[f"loss.name={name}", "loss.label_smoothing=0.1"]
+        )

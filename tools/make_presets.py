@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from presets_lift import lift_presets  # noqa: E402
 from presets_losses import loss_presets  # noqa: E402
+from presets_mixing import mislas_presets  # noqa: E402
 
 from lwrcli.config import TrainConfig  # noqa: E402
 from lwrcli.lwr import lambda_for_classes  # noqa: E402
@@ -471,6 +472,7 @@ def all_presets() -> dict[str, dict[str, Any]]:
         presets["synthetic-lt-bs" + ("-lwr" if lwr else "")] = synthetic(lwr)
     presets.update(decoupled_presets())
     presets.update(lift_presets(lwr_block, model_data, LARGE_CHECKPOINT_MINUTES))
+    presets.update(mislas_presets(cifar, large, lwr_block))
     presets.update(loss_presets(cifar, large))
     for name, body in presets.items():
         body["name"] = name
