@@ -228,6 +228,15 @@ class DataConfig(Strict):
     # Training order (lwrcli.data.samplers), both pipelines; an epoch is always N draws.
     sampler: Literal["instance", "class_balanced", "square_root", "progressive"] = "instance"
     num_samples_cls: int = Field(4, ge=1, le=1024, description="class_balanced: images per pick")
+    # Automatic augmentation policy on both pipelines, after crop/flip and before
+    # normalisation: torchvision.transforms.v2 per image (image lists), or per-image ops on
+    # uint8 batches on the device (small images; lwrcli.data.device_augment).
+    augment: Literal["none", "randaugment", "autoaugment", "trivialaugment"] = "none"
+    randaugment_ops: int = Field(2, ge=1, le=10, description="RandAugment N: ops per image")
+    randaugment_magnitude: int = Field(9, ge=0, le=30, description="RandAugment M: bin of 0..30")
+    # AutoAugment's learned sub-policies: auto = cifar10 for device-resident small images,
+    # imagenet for image lists (the data each policy was searched on).
+    autoaugment_policy: Literal["auto", "cifar10", "imagenet"] = "auto"
 
 
 class InitConfig(Strict):
@@ -342,6 +351,11 @@ class TrainConfig(Strict):
             raise ValueError(
                 "stage2.cache_features needs a frozen backbone (stage2.mode=crt or lws, or "
                 "stage2.freeze=backbone): features of a training backbone change every step"
+            )
+        if s2.cache_features and self.data.augment != "none":
+            raise ValueError(
+                f"stage2.cache_features computes each image's features once, so "
+                f"data.augment={self.data.augment} cannot apply: set data.augment=none"
             )
         if s2.cache_features and (self.data.crop_padding > 0 or self.data.flip):
             raise ValueError(
