@@ -18,6 +18,7 @@ from lwrcli.checkpoint import THETA_REFERENCE, Checkpoint
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.distributed import DistInfo
+from lwrcli.ema import attach_ema
 from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.frozen_base import restore_weights
@@ -241,7 +242,7 @@ def build_components(
             )
         # The head as this run starts it (text, class means, cRT reset, ...): each pair's margin.
         theta_reference = reference_rows(get_classifier(model).weight, cfg.lwr.proj)
-    return Components(
+    parts = Components(
         model=wrap_for_training(model, cfg, device, dist),
         raw_model=model,
         loss=build_loss(cfg.loss, counts).to(device),
@@ -253,3 +254,6 @@ def build_components(
         data=data,
         base_lr=lr,
     )
+    if cfg.ema.enabled:
+        attach_ema(parts, cfg.ema, weights)
+    return parts

@@ -239,6 +239,17 @@ class DataConfig(Strict):
     autoaugment_policy: Literal["auto", "cifar10", "imagenet"] = "auto"
 
 
+class EMAConfig(Strict):
+    """Exponential moving average of the weights (lwrcli.ema): what training evaluates and
+    selects on, and what a checkpoint's users (eval, predict, export, analysis) load."""
+
+    enabled: bool = False
+    decay: float = Field(0.9999, ge=0.0, lt=1.0, description="per update")
+    every: int = Field(1, ge=1, le=100000, description="optimizer steps between updates")
+    # decay min(decay, (1 + n) / (10 + n)) at the n-th update, so short runs average too.
+    warmup: bool = False
+
+
 class InitConfig(Strict):
     # Start from another run's weights (a stage-2 run): same classes, same prepared dataset.
     checkpoint: Path | None = None
@@ -320,6 +331,7 @@ class TrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     data: DataConfig = DataConfig()
+    ema: EMAConfig = EMAConfig()
     init: InitConfig = InitConfig()
     stage2: Stage2Config = Stage2Config()
     log: LogConfig = LogConfig()
@@ -351,6 +363,11 @@ class TrainConfig(Strict):
             raise ValueError(
                 "stage2.cache_features needs a frozen backbone (stage2.mode=crt or lws, or "
                 "stage2.freeze=backbone): features of a training backbone change every step"
+            )
+        if s2.cache_features and self.ema.enabled:
+            raise ValueError(
+                "stage2.cache_features trains the head alone on cached features: ema.enabled "
+                "is not supported there; set ema.enabled=false or stage2.cache_features=false"
             )
         if s2.cache_features and self.data.augment != "none":
             raise ValueError(

@@ -71,6 +71,10 @@ class Components:
     # Called in order after every optimizer step (a MaxNorm projection, an EMA update): what a
     # method does to the weights between steps, kept out of the loop itself.
     after_step: list[Callable[[], None]] = field(default_factory=list)
+    # What evaluation runs when not the trained model (the EMA average), and extra tensors
+    # (EXTRA_PREFIX keys) every checkpoint stores.
+    eval_model: nn.Module | None = None
+    checkpoint_tensors: list[Callable[[], dict[str, torch.Tensor]]] = field(default_factory=list)
 
 
 class Trainer:
@@ -306,7 +310,7 @@ class Trainer:
     # --- evaluation ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
         return score_splits(
-            self.model,
+            self.parts.eval_model or self.model,
             self.data.evals,
             self.data.class_counts,
             self.device,
@@ -427,11 +431,14 @@ class Trainer:
                 "dataset_image_size": str(self.data.manifest.image_size or ""),
                 "step": str(self.state.step),
             },
-            extra_tensors=(
-                {THETA_REFERENCE: self.parts.theta_reference}
-                if self.parts.theta_reference is not None
-                else None
-            ),
+            extra_tensors={
+                **(
+                    {}
+                    if self.parts.theta_reference is None
+                    else {THETA_REFERENCE: self.parts.theta_reference}
+                ),
+                **{k: v for tensors in self.parts.checkpoint_tensors for k, v in tensors().items()},
+            },
         )
 
     @contextlib.contextmanager

@@ -265,6 +265,7 @@ def evaluate_checkpoint(
             "synthetic": manifest.synthetic,
             "split": split,
             "epoch": ckpt.epoch,
+            "weights": ckpt.meta.get("weights", "raw"),  # "ema": the moving average
             "adjustment": "; ".join(adjustments) or "none (raw logits)",
             "tau_norm": tau_norm,
             "tau_norm_bias": bias_treatment(head, keep_bias) if tau_norm is not None else None,
