@@ -3,6 +3,7 @@ bit-exact resume (with RandAugment on, mid-epoch) on CPU."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def test_ema_state_round_trips_through_checkpoint_tensors(tmp_path: Path) -> Non
     assert int(b.averaged.n_averaged) == int(a.averaged.n_averaged) == 1 + 4  # copy + updates
 
 
-def test_eval_uses_the_ema_weights(small: Path, tmp_path: Path) -> None:
+def test_eval_uses_the_ema_weights(lwr, small: Path, tmp_path: Path) -> None:
     """Training's last evaluation, the checkpoint's loaded state and `lwr eval` all see the
     average: the accuracy equals that of a model given the stored ema tensors by hand, and
     differs from the raw weights'."""
@@ -121,6 +122,9 @@ def test_eval_uses_the_ema_weights(small: Path, tmp_path: Path) -> None:
     assert scores["weights"] == "ema"
     record = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     assert scores["top1"] == pytest.approx(record["test_top1"], abs=1e-9)
+    result = lwr("eval", path, "--data", small, "--device", "cpu", "--json", "--raw-weights")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["weights"] == "raw"
     # By hand: the model built from its config, given the ema tensors.
     from lwrcli.evaluate import load_model
 
