@@ -28,5 +28,5 @@ def augpolicy_presets(
         body["data"]["randaugment_magnitude"] = 9
         if ema:
             body["ema"] = {"enabled": True, "decay": 0.999, "every": 1, "warmup": True}
-        out[f"cifar100-lt-ir100-bs-lwr-{suffix}"] = body
+        out[f"cifar100-lt-ir100-bs-{suffix}-lwr"] = body  # "-lwr" last: the naming rule
     return out
