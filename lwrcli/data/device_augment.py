@@ -16,6 +16,7 @@ tests/test_device_augment.py checks every op and bin against torchvision's per-i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,27 +165,21 @@ class AugmentPolicy:
         from `generator` in a fixed order (op choice, bins, application coins, signs). An op
         not applied (AutoAugment's coin) is Identity."""
         s = self.slots
+        t = _tables(self.kind, self.autoaugment_policy, height, width, device)
         if self.kind == "autoaugment":
-            table = magnitude_table(False, AUTO_BINS, height, width).to(device)
-            pol = AUTOAUGMENT_POLICIES[self.autoaugment_policy]
-            ids = torch.tensor([[OP[o] for o, _, _ in p] for p in pol], device=device)
-            probs = torch.tensor([[q for _, q, _ in p] for p in pol], device=device)
-            bins = torch.tensor([[k or 0 for _, _, k in p] for p in pol], device=device)
-            sub = torch.randint(0, len(pol), (b,), device=device, generator=generator)
-            op, bin_ = ids[sub], bins[sub]
+            sub = torch.randint(0, len(t.ids), (b,), device=device, generator=generator)
+            op, bin_ = t.ids[sub], t.bins[sub]
             # torchvision applies an op when rand() <= p (float32 p, as here).
-            coin = torch.rand(b, s, device=device, generator=generator) <= probs[sub]
+            coin = torch.rand(b, s, device=device, generator=generator) <= t.probs[sub]
             op = torch.where(coin, op, torch.zeros_like(op))
         else:
-            wide = self.kind == "trivialaugment"
-            table = magnitude_table(wide, NUM_BINS, height, width).to(device)
             op = torch.randint(0, len(RAND_OPS), (b, s), device=device, generator=generator)
-            if wide:
+            if self.kind == "trivialaugment":
                 bin_ = torch.randint(0, NUM_BINS, (b, s), device=device, generator=generator)
             else:
                 bin_ = torch.full((b, s), self.magnitude, device=device)
-        signed = torch.tensor([name in SIGNED for name in OPS], device=device)
         flip = torch.rand(b, s, device=device, generator=generator) <= 0.5
+        table, signed = t.table, t.signed
         mag = table[op, bin_]
         mag = torch.where(signed[op] & flip, -mag, mag)
         return op, mag
@@ -196,6 +191,33 @@ class AugmentPolicy:
         for k in range(op.shape[1]):
             images = apply_ops(images, op[:, k], magnitude[:, k])
         return images
+
+
+@dataclass(frozen=True)
+class _Tables:
+    table: torch.Tensor  # (len(OPS), bins) float64 magnitudes
+    signed: torch.Tensor  # (len(OPS),) bool
+    ids: torch.Tensor  # AutoAugment: (25, 2) op ids, probabilities, bins
+    probs: torch.Tensor
+    bins: torch.Tensor
+
+
+@functools.lru_cache(maxsize=16)
+def _tables(kind: str, aa: str, height: int, width: int, device: torch.device) -> _Tables:
+    """A policy's tables, made and moved to the device once (a copy from pageable host
+    memory would wait for the device's queue at every batch)."""
+    auto = kind == "autoaugment"
+    table = magnitude_table(
+        kind == "trivialaugment", AUTO_BINS if auto else NUM_BINS, height, width
+    )
+    pol = AUTOAUGMENT_POLICIES[aa]
+    return _Tables(
+        table.to(device),
+        torch.tensor([name in SIGNED for name in OPS], device=device),
+        torch.tensor([[OP[o] for o, _, _ in p] for p in pol], device=device),
+        torch.tensor([[q for _, q, _ in p] for p in pol], device=device),
+        torch.tensor([[k or 0 for _, _, k in p] for p in pol], device=device),
+    )
 
 
 def device_policy(cfg: DataConfig) -> AugmentPolicy | None:
@@ -245,8 +267,9 @@ def _warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=dev).unsqueeze_(-1)
     )
     base[..., 2].fill_(1)
-    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float32, device=dev)
-    rescaled = theta.transpose(1, 2).div(scale)  # (B, 3, 2)
+    rescaled = theta.transpose(1, 2).clone()  # (B, 3, 2); scalars: no host-to-device copy
+    rescaled[..., 0] /= 0.5 * w
+    rescaled[..., 1] /= 0.5 * h
     grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(rescaled).view(b, h, w, 2)
     out = F.grid_sample(
         images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
@@ -291,7 +314,8 @@ def _sharpness(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Te
     """Inner pixels blended with torchvision's rounded 3x3 smoothing (1s around a 5)."""
     out = x.float()
     a, c = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, c, a], [a, a, a]], device=x.device)
+    kernel = torch.full((3, 3), a, device=x.device)
+    kernel[1, 1] = c
     blur = F.conv2d(out, kernel.expand(out.shape[1], 1, 3, 3), groups=out.shape[1]).round_()
     inner = out[..., 1:-1, 1:-1]
     inner.addcmul_(blur.sub_(inner), _per_image((-mag).float()))  # fused, as add_(alpha=)
