@@ -18,6 +18,7 @@ from lwrcli.checkpoint import THETA_REFERENCE, Checkpoint
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.distributed import DistInfo
+from lwrcli.ema import attach_ema
 from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.frozen_base import restore_weights
@@ -246,7 +247,7 @@ def build_components(
     loss = build_loss(cfg.loss, counts, seed=cfg.seed).to(device)
     if loss.needs_features:  # IB reads the head's input h: a pre-hook on the head keeps it
         loss.features = FeatureCapture(get_classifier(model))
-    return Components(
+    parts = Components(
         model=wrap_for_training(model, cfg, device, dist),
         raw_model=model,
         loss=loss,
@@ -259,3 +260,6 @@ def build_components(
         base_lr=lr,
         mix=build_mixer(cfg, data.class_counts, dist.rank),
     )
+    if cfg.ema.enabled:
+        attach_ema(parts, cfg.ema, weights)
+    return parts

@@ -37,6 +37,8 @@ FORMAT = "lwr-checkpoint-1"
 EXTRA_PREFIX = "lwr_state."
 # `theta: init`: the head's unit rows at initialisation, each pair's margin (C, d).
 THETA_REFERENCE = EXTRA_PREFIX + "theta_reference"
+# `ema`: the moving average of each stored model tensor, and its counters (lwrcli.ema).
+EMA_PREFIX, EMA_STEPS = EXTRA_PREFIX + "ema.", EXTRA_PREFIX + "ema_steps"
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -202,7 +204,9 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
+def load_checkpoint(path: Path, weights: str = "ema") -> Checkpoint:
+    """A checkpoint whose `state` is the moving average of the weights where it holds one
+    (`weights="ema"`, what eval/predict/export/analysis use), else the raw weights."""
     tensors, meta = _read(path)
     if meta.get("format") != FORMAT:
         raise UserError(
@@ -211,6 +215,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         config = validate_config(json.loads(meta["config"]), source=f"checkpoint {path}")
         extras = {k: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+        ema = {k[len(EMA_PREFIX) :]: v for k, v in extras.items() if k.startswith(EMA_PREFIX)}
+        if weights == "ema" and ema:
+            tensors, meta = {**tensors, **ema}, {**meta, "weights": "ema"}
         return Checkpoint(
             state={k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)},
             extras=extras,
@@ -347,7 +354,7 @@ def resume_point(ckpt_dir: Path) -> tuple[Checkpoint, Path]:
     """The weights of `last` and the state file of the same save (restored to its usual name
     when only `.prev` matches, i.e. a save died between its two renames)."""
     last, state, prev = _pair_paths(ckpt_dir)
-    ckpt = load_checkpoint(last)
+    ckpt = load_checkpoint(last, weights="raw")
     for leftover in Path(ckpt_dir).glob(".*.tmp"):  # temp files of a save that was killed
         leftover.unlink()
     for candidate in (state, prev):

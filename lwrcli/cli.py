@@ -295,6 +295,10 @@ def eval_cmd(
     ] = False,
     confusion: Annotated[bool, typer.Option("--confusion", help="Write confusion.csv.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    raw_weights: Annotated[
+        bool,
+        typer.Option("--raw-weights", help="The trained weights, not the checkpoint's EMA."),
+    ] = False,
     tte: Annotated[
         bool,
         typer.Option("--tte", help="LIFT's test-time ensemble: mean logits of five crops."),
@@ -356,8 +360,11 @@ def eval_cmd(
             tau_norm_search=tau_norm_search,
             posthoc_tau_search=posthoc_tau_search,
             tte=tte,
+            raw_weights=raw_weights,
         )
     title = f"{summary['dataset']} / {summary['split']} — {summary['adjustment']}"
+    if summary.get("weights") == "ema":
+        title += " — EMA weights"
     if summary.get("tte"):
         title += " — test-time ensemble"
     if as_json:

@@ -271,9 +271,30 @@ class DataConfig(Strict):
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)
     mix_switch_prob: float = Field(0.5, ge=0.0, le=1.0)
 
+    # Automatic augmentation policy on both pipelines, after crop/flip and before
+    # normalisation: torchvision.transforms.v2 per image (image lists), or per-image ops on
+    # uint8 batches on the device (small images; lwrcli.data.device_augment).
+    augment: Literal["none", "randaugment", "autoaugment", "trivialaugment"] = "none"
+    randaugment_ops: int = Field(2, ge=1, le=10, description="RandAugment N: ops per image")
+    randaugment_magnitude: int = Field(9, ge=0, le=30, description="RandAugment M: bin of 0..30")
+    # AutoAugment's learned sub-policies: auto = cifar10 for device-resident small images,
+    # imagenet for image lists (the data each policy was searched on).
+    autoaugment_policy: Literal["auto", "cifar10", "imagenet"] = "auto"
+
     @property
     def mixing(self) -> bool:
         return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.mix_prob > 0
+
+
+class EMAConfig(Strict):
+    """Exponential moving average of the weights (lwrcli.ema): what training evaluates and
+    selects on, and what a checkpoint's users (eval, predict, export, analysis) load."""
+
+    enabled: bool = False
+    decay: float = Field(0.9999, ge=0.0, lt=1.0, description="per update")
+    every: int = Field(1, ge=1, le=100000, description="optimizer steps between updates")
+    # decay min(decay, (1 + n) / (10 + n)) at the n-th update, so short runs average too.
+    warmup: bool = False
 
 
 class InitConfig(Strict):
@@ -360,6 +381,7 @@ class TrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     data: DataConfig = DataConfig()
+    ema: EMAConfig = EMAConfig()
     init: InitConfig = InitConfig()
     stage2: Stage2Config = Stage2Config()
     log: LogConfig = LogConfig()
@@ -413,6 +435,16 @@ class TrainConfig(Strict):
                 "stage2.cache_features computes each image's features once, which neither "
                 "stage2.train_bn (statistics change every batch) nor mixup/CutMix (images mixed "
                 "every batch) allows: set stage2.cache_features=false"
+            )
+        if s2.cache_features and self.ema.enabled:
+            raise ValueError(
+                "stage2.cache_features trains the head alone on cached features: ema.enabled "
+                "is not supported there; set ema.enabled=false or stage2.cache_features=false"
+            )
+        if s2.cache_features and self.data.augment != "none":
+            raise ValueError(
+                f"stage2.cache_features computes each image's features once, so "
+                f"data.augment={self.data.augment} cannot apply: set data.augment=none"
             )
         if s2.cache_features and (self.data.crop_padding > 0 or self.data.flip):
             raise ValueError(

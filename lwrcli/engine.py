@@ -75,6 +75,10 @@ class Components:
     mix: (
         Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]] | None
     ) = None
+    # What evaluation runs when not the trained model (the EMA average), and extra tensors
+    # (EXTRA_PREFIX keys) every checkpoint stores.
+    eval_model: nn.Module | None = None
+    checkpoint_tensors: list[Callable[[], dict[str, torch.Tensor]]] = field(default_factory=list)
 
 
 class Trainer:
@@ -313,7 +317,7 @@ class Trainer:
     # --- evaluation ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
         return score_splits(
-            self.model,
+            self.parts.eval_model or self.model,
             self.data.evals,
             self.data.class_counts,
             self.device,
@@ -434,11 +438,14 @@ class Trainer:
                 "dataset_image_size": str(self.data.manifest.image_size or ""),
                 "step": str(self.state.step),
             },
-            extra_tensors=(
-                {THETA_REFERENCE: self.parts.theta_reference}
-                if self.parts.theta_reference is not None
-                else None
-            ),
+            extra_tensors={
+                **(
+                    {}
+                    if self.parts.theta_reference is None
+                    else {THETA_REFERENCE: self.parts.theta_reference}
+                ),
+                **{k: v for tensors in self.parts.checkpoint_tensors for k, v in tensors().items()},
+            },
         )
 
     @contextlib.contextmanager

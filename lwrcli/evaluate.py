@@ -197,9 +197,11 @@ def evaluate_checkpoint(
     tau_norm_search: bool = False,
     posthoc_tau_search: bool = False,
     tte: bool = False,
+    raw_weights: bool = False,
 ) -> dict[str, Any]:
     """Scores of `checkpoint` on a split; τ-norm and post-hoc τ fixed, or picked on val;
-    `tte`: LIFT's test-time ensemble (large-image datasets)."""
+    `tte`: LIFT's test-time ensemble (large-image datasets). A checkpoint with an EMA is
+    scored on the average unless `raw_weights`."""
     if tau_norm_search and tau_norm is not None:
         raise UserError("Give --tau-norm τ or --tau-norm-search, not both.")
     if posthoc_tau_search and posthoc_tau is not None:
@@ -209,7 +211,7 @@ def evaluate_checkpoint(
             "--tte with --tau-norm-search is not supported; pick τ without --tte, then pass "
             "it with --tau-norm τ --tte."
         )
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, weights="raw" if raw_weights else "ema")
     manifest = read_manifest(data_dir)
     check_compatible(ckpt, manifest, data_dir)
     split = split or manifest.test_split
@@ -265,6 +267,7 @@ def evaluate_checkpoint(
             "synthetic": manifest.synthetic,
             "split": split,
             "epoch": ckpt.epoch,
+            "weights": ckpt.meta.get("weights", "raw"),  # "ema": the moving average
             "adjustment": "; ".join(adjustments) or "none (raw logits)",
             "tau_norm": tau_norm,
             "tau_norm_bias": bias_treatment(head, keep_bias) if tau_norm is not None else None,

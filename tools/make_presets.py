@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from presets_augpolicy import augpolicy_presets  # noqa: E402
 from presets_lift import lift_presets  # noqa: E402
 from presets_losses import loss_presets  # noqa: E402
 from presets_mixing import mislas_presets  # noqa: E402
@@ -474,6 +475,7 @@ def all_presets() -> dict[str, dict[str, Any]]:
     presets.update(lift_presets(lwr_block, model_data, LARGE_CHECKPOINT_MINUTES))
     presets.update(mislas_presets(cifar, large, lwr_block))
     presets.update(loss_presets(cifar, large))
+    presets.update(augpolicy_presets(cifar))
     for name, body in presets.items():
         body["name"] = name
         if name in PAPER:

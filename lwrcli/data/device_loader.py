@@ -1,8 +1,9 @@
 """Small-image pipeline resident on the device: no DataLoader workers, no PIL.
 
 The whole uint8 dataset (N, 3, H, W) lives on the training device (GPU memory, or RAM on CPU).
-Each batch is cropped with zero padding and flipped with tensor ops, then normalised, so a
-CIFAR epoch costs a few kernel launches instead of 50,000 PIL round trips.
+Each batch is cropped with zero padding and flipped with tensor ops, optionally augmented by
+a policy (RandAugment, AutoAugment, TrivialAugment: lwrcli.data.device_augment), then
+normalised, so a CIFAR epoch costs a few kernel launches instead of 50,000 PIL round trips.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from lwrcli.data.device_augment import AugmentPolicy
 from lwrcli.data.samplers import epoch_indices
 from lwrcli.data.transforms import TTE_EXPAND
 
@@ -89,8 +91,11 @@ class DeviceImageLoader:
         epochs: int = 1,
         resize: int | None = None,
         tte: bool = False,
+        policy: AugmentPolicy | None = None,
     ) -> None:
         self.images = images
+        # RandAugment / AutoAugment / TrivialAugment after crop and flip (training only).
+        self.policy = policy
         # Upsampled size (None: as stored); `tte`: evaluation batches become LIFT's five crops
         # of the image upsampled to resize + 24, shape (B, 5, 3, S, S).
         self.resize, self.tte = resize, tte
@@ -183,9 +188,15 @@ class DeviceImageLoader:
             # this process takes its contiguous part, so 1 or W processes see the same images
             # with the same crops and flips at the same step.
             params = draw_crop_flip(len(chunk), self.padding, self.flip, self.generator, dev)
+            ops = None
+            if self.policy is not None:  # drawn after crop/flip: runs without it are unchanged
+                h, w = self.images.shape[-2:]
+                ops = self.policy.draw(len(chunk), h, w, self.generator, dev)
             idx = chunk[mine]
             mine_params = [p[mine] if p is not None else None for p in params]
             batch = apply_crop_flip(self.images[idx], self.padding, *mine_params)
+            if self.policy is not None and ops is not None:
+                batch = self.policy(batch, ops[0][mine], ops[1][mine])
             yield self.normalize(batch), self.labels[idx]
 
     def batch_indices(self) -> Iterator[torch.Tensor]:

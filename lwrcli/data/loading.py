@@ -208,6 +208,7 @@ def _arrays_loader(
 ) -> BatchLoader:
     """Small images: the split's uint8 tensor moved to the device once."""
     from lwrcli.data.arrays import load_arrays
+    from lwrcli.data.device_augment import device_policy
     from lwrcli.data.device_loader import DeviceImageLoader
 
     images, labels = load_arrays(data_dir, split)
@@ -229,6 +230,7 @@ def _arrays_loader(
         epochs=cfg.epochs,
         resize=cfg.data.array_resize,
         tte=cfg.eval_tte and not is_train,
+        policy=device_policy(cfg.data) if is_train else None,
     )
 
 

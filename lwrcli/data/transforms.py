@@ -23,15 +23,33 @@ from lwrcli.config import DataConfig
 
 
 def train_transform(cfg: DataConfig) -> v2.Compose:
-    """uint8 (3, H, W) -> uint8 (3, S, S), S = image_size: the ImageNet training recipe."""
+    """uint8 (3, H, W) -> uint8 (3, S, S), S = image_size: the ImageNet training recipe
+    (RandomResizedCrop, flip, then `data.augment`'s policy as in torchvision's references,
+    then colour jitter when asked)."""
     steps: list[Any] = [
         v2.RandomResizedCrop(cfg.image_size, antialias=True),
         v2.RandomHorizontalFlip(),
     ]
+    policy = policy_transform(cfg)
+    if policy is not None:
+        steps.append(policy)
     if cfg.color_jitter > 0:
         cj = cfg.color_jitter
         steps.append(v2.ColorJitter(cj, cj, cj))
     return v2.Compose(steps)
+
+
+def policy_transform(cfg: DataConfig) -> v2.Transform | None:
+    """`data.augment` as a torchvision v2 transform on uint8 images (nearest interpolation,
+    zero fill: torchvision's defaults); AutoAugment's `auto` policy is ImageNet's here."""
+    if cfg.augment == "randaugment":
+        return v2.RandAugment(num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude)
+    if cfg.augment == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    if cfg.augment == "autoaugment":
+        name = "imagenet" if cfg.autoaugment_policy == "auto" else cfg.autoaugment_policy
+        return v2.AutoAugment(v2.AutoAugmentPolicy(name))
+    return None
 
 
 def eval_transform(cfg: DataConfig) -> v2.Compose:
