@@ -20,8 +20,8 @@ with and without LWR.
   `loss.name=focal`, as in the LDAM-DRW code that most comparison tables take CB Focal from.
 
 Paper numbers (`reference`, top-1 %): IB, and CB Focal as quoted by the IB paper. Park et
-al., ICCV 2021 (arXiv 2110.02444), Table 4 "Classification accuracy (%) of ResNet-32 on imbalanced CIFAR-10 and CIFAR-100",
-Long-Tailed, row "IB", Imbalanced CIFAR-100 at rho 100 / 50 / 10: 42.14 / 46.22 / 57.13 (read
+al., ICCV 2021 (arXiv 2110.02444), Table 4 "Classification accuracy (%) of ResNet-32 on
+imbalanced CIFAR-10 and CIFAR-100", Long-Tailed, row "IB", Imbalanced CIFAR-100 at rho 100 / 50 / 10: 42.14 / 46.22 / 57.13 (read
 in a text conversion of the paper's PDF held in the search index; the paper reports no
 many/medium/few split). Not attached, because not read in the method's own table: CB Focal
 (the IB paper's Table 4 quotes CB at 39.60 / 45.32 / 57.99 "copied from the original paper",
