@@ -23,6 +23,7 @@ from lwrcli.errors import UserError
 from lwrcli.frozen_base import restore_weights
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer, reference_rows, resolve_lambda_max
+from lwrcli.maxnorm import MAX_NORM_RADIUS, MaxNorm, resolve_radius
 from lwrcli.models import (
     build_model,
     get_classifier,
@@ -241,6 +242,7 @@ def build_components(
             )
         # The head as this run starts it (text, class means, cRT reset, ...): each pair's margin.
         theta_reference = reference_rows(get_classifier(model).weight, cfg.lwr.proj)
+    after_step, run_tensors = max_norm_hooks(cfg, model, weights)
     return Components(
         model=wrap_for_training(model, cfg, device, dist),
         raw_model=model,
@@ -252,4 +254,24 @@ def build_components(
         theta_reference=theta_reference,
         data=data,
         base_lr=lr,
+        after_step=after_step,
+        run_tensors=run_tensors,
     )
+
+
+def max_norm_hooks(
+    cfg: TrainConfig, model: nn.Module, weights: Checkpoint | None
+) -> tuple[list[Callable[[], None]], dict[str, torch.Tensor]]:
+    """MaxNorm's after-step projection of the head's rows and its radius for the checkpoint
+    (none without optim.max_norm). A resumed run reuses its saved radius."""
+    if cfg.optim.max_norm is None:
+        return [], {}
+    head = get_classifier(model).weight
+    saved = weights.extras.get(MAX_NORM_RADIUS) if weights is not None else None
+    if weights is not None and saved is None and cfg.optim.max_norm_mode == "relative":
+        raise UserError(
+            f"optim.max_norm_mode=relative: this checkpoint holds no radius ({MAX_NORM_RADIUS}); "
+            "it was written before MaxNorm existed."
+        )
+    hook = MaxNorm(head, resolve_radius(cfg.optim, head, saved))
+    return [hook], hook.state()

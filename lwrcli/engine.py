@@ -71,6 +71,8 @@ class Components:
     # Called in order after every optimizer step (a MaxNorm projection, an EMA update): what a
     # method does to the weights between steps, kept out of the loop itself.
     after_step: list[Callable[[], None]] = field(default_factory=list)
+    # Run-level tensors every checkpoint stores (`lwr_state.` keys), e.g. the MaxNorm radius.
+    run_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Trainer:
@@ -427,11 +429,14 @@ class Trainer:
                 "dataset_image_size": str(self.data.manifest.image_size or ""),
                 "step": str(self.state.step),
             },
-            extra_tensors=(
-                {THETA_REFERENCE: self.parts.theta_reference}
-                if self.parts.theta_reference is not None
-                else None
-            ),
+            extra_tensors={
+                **self.parts.run_tensors,
+                **(
+                    {THETA_REFERENCE: self.parts.theta_reference}
+                    if self.parts.theta_reference is not None
+                    else {}
+                ),
+            },
         )
 
     @contextlib.contextmanager

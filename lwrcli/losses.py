@@ -1,4 +1,5 @@
-"""Long-tailed task losses: CE, Focal, LDAM, Balanced Softmax, Logit Adjustment; CB/DRW weights.
+"""Long-tailed task losses: CE, Focal, LDAM, Balanced Softmax, Logit Adjustment, Dot Regression
+(for the fixed ETF head); CB/DRW weights.
 
 Every loss is a small module holding the training `class_counts` (C,) as a buffer, built from
 `LossConfig` by `build_loss` over the plain `LOSSES` mapping. All share one interface:
@@ -215,12 +216,32 @@ class LogitAdjustment(CountsLoss):
         return soft_cross_entropy(z + self.tau * self.log_prior, target, weight)
 
 
+class DotRegression(CountsLoss):
+    """Dot regression for a fixed simplex-ETF head (Yang et al., NeurIPS 2022):
+    ℓ_i = 1/2 (w_y · h_i - |w_y| |h_i|)^2 / |h_i| on the authors' normalised features.
+
+    The ETF head (`model.etf_classifier`) outputs z_ic = w_c · h_i with unit rows and unit
+    features, so ℓ_i = 1/2 (z_iy - 1)^2: it pulls each feature toward its class's vertex and,
+    unlike CE, never pushes it from the others (the fixed simplex already keeps classes
+    apart). A class weight gives the weighted mean Σ w_y ℓ_i / Σ w_y. Needs one class per
+    sample: a soft form would regress onto a mixed target that no unit feature can reach.
+    """
+
+    def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        per_sample = 0.5 * (z.gather(1, target[:, None]).squeeze(1) - 1.0).square()
+        if weight is None:
+            return per_sample.mean()
+        w = weight[target]
+        return (w * per_sample).sum() / w.sum()
+
+
 LOSSES: dict[str, type[CountsLoss]] = {
     "ce": CrossEntropy,
     "focal": FocalLoss,
     "ldam": LDAMLoss,
     "bs": BalancedSoftmax,
     "la": LogitAdjustment,
+    "dr": DotRegression,
 }
 
 

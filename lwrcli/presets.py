@@ -6,7 +6,14 @@ from rich.table import Table
 
 from lwrcli.config import TrainConfig, list_presets, load_config
 
-LOSS_NAMES = {"ce": "CE", "focal": "Focal", "ldam": "LDAM", "bs": "BalancedSoftmax", "la": "LA"}
+LOSS_NAMES = {
+    "ce": "CE",
+    "focal": "Focal",
+    "ldam": "LDAM",
+    "bs": "BalancedSoftmax",
+    "la": "LA",
+    "dr": "DR",
+}
 
 
 def loss_label(cfg: TrainConfig) -> str:
@@ -19,6 +26,12 @@ def loss_label(cfg: TrainConfig) -> str:
         label += f"-DRW@{cfg.loss.drw_epoch}"
     elif cfg.loss.reweight == "cb":
         label += "-CB"
+    if cfg.model.etf_classifier:
+        label += ", fixed ETF head"
+    if cfg.optim.max_norm is not None:
+        label += f", MaxNorm {cfg.optim.max_norm:g}" + (
+            " (relative)" if cfg.optim.max_norm_mode == "relative" else ""
+        )
     return label
 
 

@@ -99,7 +99,16 @@ def load_init(path: Path, manifest: Manifest, cfg: TrainConfig) -> Checkpoint:
     mine, theirs = cfg.model, ckpt.config.model
     differ = [
         f"model.{k}={getattr(theirs, k)}"
-        for k in ("name", "cosine_classifier", "width", "tuning", "tuning_dim")
+        for k in (
+            "name",
+            "cosine_classifier",
+            "width",
+            "resnet_width",
+            "etf_classifier",
+            "etf_feature_bn",
+            "tuning",
+            "tuning_dim",
+        )
         if getattr(mine, k) != getattr(theirs, k)
     ]
     if differ:
@@ -140,6 +149,17 @@ def check_stage2_start(cfg: TrainConfig, manifest: Manifest) -> None:
         raise UserError(
             f"'{cfg.name}' is a stage-2 recipe (stage2.mode={cfg.stage2.mode}): pass the "
             "stage-1 weights with --init RUN/checkpoints/last.safetensors."
+        )
+    m = cfg.model
+    if (
+        cfg.stage2.freeze == "backbone"
+        and cfg.init.checkpoint is None
+        and not (m.pretrained or m.weights)
+    ):
+        raise UserError(
+            f"'{cfg.name}' freezes the backbone (stage2.freeze=backbone), but no trained weights "
+            "are given: pass the stage-1 weights with --init RUN/checkpoints/last.safetensors "
+            "(or model.weights / model.pretrained to probe a pretrained backbone)."
         )
     if cfg.init.checkpoint is not None:
         load_init(cfg.init.checkpoint, manifest, cfg)

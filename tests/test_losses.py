@@ -68,6 +68,9 @@ def np_loss(name: str, z: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> fl
         return np_ldam(z, y, COUNTS, 0.5, 30.0, w)
     if name == "bs":
         return np_ce(z + np.log(n), y, w)
+    if name == "dr":  # 1/2 (cos_y - 1)^2, weighted mean Σ w_y ℓ / Σ w_y
+        wy = np.ones(len(y)) if w is None else w[y]
+        return float((wy * 0.5 * (z[np.arange(len(y)), y] - 1.0) ** 2).sum() / wy.sum())
     return np_ce(z + 1.5 * np.log(n / n.sum()), y, w)  # la, tau 1.5
 
 

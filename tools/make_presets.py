@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from presets_lift import lift_presets  # noqa: E402
+from presets_wbetf import wbetf_presets  # noqa: E402
 
 from lwrcli.config import TrainConfig  # noqa: E402
 from lwrcli.lwr import lambda_for_classes  # noqa: E402
@@ -470,6 +471,7 @@ def all_presets() -> dict[str, dict[str, Any]]:
         presets["synthetic-lt-bs" + ("-lwr" if lwr else "")] = synthetic(lwr)
     presets.update(decoupled_presets())
     presets.update(lift_presets(lwr_block, model_data, LARGE_CHECKPOINT_MINUTES))
+    presets.update(wbetf_presets(lwr_block, synthetic))
     for name, body in presets.items():
         body["name"] = name
         if name in PAPER:
