@@ -250,29 +250,44 @@ def test_a_frozen_backbone_without_weights_is_refused(lwr, tiny: Path, tmp_path:
 # --- end to end through the CLI ----------------------------------------------------------------
 
 
-def test_etf_run_trains_evaluates_exports_and_shows_the_simplex(
-    lwr, tiny: Path, tmp_path: Path
+@pytest.fixture(scope="module")
+def etf_ckpt(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-epoch ETF + DR run through the CLI: its last checkpoint."""
+    from lwrcli.cli import main
+
+    run = tmp_path_factory.mktemp("etf") / "run"
+    with pytest.raises(SystemExit) as done:
+        main(train_args("synthetic-lt-etf", tiny, run, *TINY, "epochs=1"))
+    assert done.value.code in (0, None)
+    return run / "checkpoints" / "last.safetensors"
+
+
+def test_analyze_weights_shows_the_simplex_exactly(
+    lwr, tiny: Path, etf_ckpt: Path, tmp_path: Path
 ) -> None:
-    run = tmp_path / "etf"
-    res = lwr(*train_args("synthetic-lt-etf", tiny, run, *TINY, "epochs=2"))
-    assert res.code == 0, res.err
-    ckpt = run / "checkpoints" / "last.safetensors"
-    state = load_file(ckpt)
+    state = load_file(etf_ckpt)
     assert "fc.weight" in state and "fc.bn.running_mean" in state
-    res = lwr("analyze-weights", ckpt, "--data", tiny, "--out", tmp_path / "an")
+    res = lwr("analyze-weights", etf_ckpt, "--data", tiny, "--out", tmp_path / "an")
     assert res.code == 0, res.err
-    overall = json.loads((tmp_path / "an" / "summary.json").read_text())["checkpoints"][0][
-        "overall"
-    ]
+    summary = json.loads((tmp_path / "an" / "summary.json").read_text())
+    overall = summary["checkpoints"][0]["overall"]
+    assert overall["pairs"] == C * (C - 1) // 2
     assert overall["mean"] == pytest.approx(-1 / (C - 1), abs=1e-6)
     assert overall["max"] == pytest.approx(-1 / (C - 1), abs=1e-6)  # so every pair is
+
+
+@pytest.mark.slow
+def test_an_etf_checkpoint_evaluates_and_exports(
+    lwr, tiny: Path, etf_ckpt: Path, tmp_path: Path
+) -> None:
+    ckpt, state = etf_ckpt, load_file(etf_ckpt)
     assert lwr("eval", ckpt, "--data", tiny).code == 0
     res = lwr("eval", ckpt, "--data", tiny, "--tau-norm", "1.0")
     assert res.code == 0, res.err
     res = lwr("export", ckpt, "--format", "torchscript", "--out", tmp_path / "ts")
     assert res.code == 0, res.err
     exported = torch.jit.load(str(tmp_path / "ts" / "model.pt"))
-    images = torch.randint(0, 256, (3, 3, 16, 16), generator=torch.Generator().manual_seed(1))
+    images = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(1))
     images = images.to(torch.uint8)
     cfg = load_checkpoint(ckpt).config
     mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
@@ -284,6 +299,15 @@ def test_etf_run_trains_evaluates_exports_and_shows_the_simplex(
         reference = net((images.float() / 255 - mean) / std)
         torch.testing.assert_close(exported(images), reference, rtol=1e-4, atol=1e-5)
     assert reference.abs().max() <= 1 + 1e-6  # cosines
+    ort = pytest.importorskip("onnxruntime")  # the export extra
+
+    res = lwr("export", ckpt, "--format", "onnx", "--out", tmp_path / "onnx")
+    assert res.code == 0, res.err
+    session = ort.InferenceSession(
+        str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    got = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lwrcli.checkpoint import unwrap
+from lwrcli.device import no_autocast
 from lwrcli.errors import UserError
 
 
@@ -86,8 +87,11 @@ class ETFHead(nn.Module):
         self.bias = None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.normalize(self.bn(x), dim=1, eps=1e-8)
-        return h @ self.weight.t()
+        # float32 even inside a bf16 step: dot regression is (cos - 1)^2, and a bf16 cosine
+        # near 1 is only resolved to 2^-8.
+        with no_autocast(x.device):
+            h = F.normalize(self.bn(x.float()), dim=1, eps=1e-8)
+            return h @ self.weight.t()
 
 
 def make_classifier(
