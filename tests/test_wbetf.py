@@ -375,3 +375,12 @@ def test_a_relative_maxnorm_run_resumes_bit_exactly(
 def test_dr_loss_builds_from_the_config() -> None:
     cfg = load_config("synthetic-lt-etf").loss
     assert isinstance(build_loss(cfg, [4, 3, 2]), DotRegression)
+
+
+def test_etf_head_trains_on_a_last_batch_of_one_image() -> None:
+    head = ETFHead(8, C, generator=torch.Generator().manual_seed(0)).train()
+    x = torch.randn(1, 8, requires_grad=True)
+    z = head(x)
+    z.sum().backward()
+    assert z.shape == (1, C) and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(head.eval()(x.detach()), z.detach())  # the running statistics

@@ -90,8 +90,15 @@ class ETFHead(nn.Module):
         # float32 even inside a bf16 step: dot regression is (cos - 1)^2, and a bf16 cosine
         # near 1 is only resolved to 2^-8.
         with no_autocast(x.device):
-            h = F.normalize(self.bn(x.float()), dim=1, eps=1e-8)
-            return h @ self.weight.t()
+            h = x.float()
+            if self.training and h.shape[0] == 1 and isinstance(self.bn, nn.BatchNorm1d):
+                # A last batch of one image has no batch statistics: use the running ones
+                # (and leave them unchanged) instead of failing.
+                bn = self.bn
+                h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False)
+            else:
+                h = self.bn(h)
+            return F.normalize(h, dim=1, eps=1e-8) @ self.weight.t()
 
 
 def make_classifier(
