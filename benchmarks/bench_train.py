@@ -58,6 +58,8 @@ VARIANTS: dict[str, list[str]] = {
     "bf16": ["amp=bf16", "channels_last=false", "compile=false"],
     "bf16 + channels_last": ["amp=bf16", "channels_last=true", "compile=false"],
     "compile (+ auto)": ["compile=true"],
+    # Batch-level mixing (lwrcli.mixing) on top of the defaults: its cost per step.
+    "defaults + mixup/CutMix": ["data.mixup_alpha=0.2", "data.cutmix_alpha=1.0"],
 }
 
 
@@ -171,14 +173,18 @@ def step_fn(trainer: Trainer, t: float = 10.0) -> Callable[[], int]:
     assert loader is not None
     trainer.model.train()
     batches: Iterator[Any] = iter(loader)
+    done = 0
 
     def step() -> int:
-        nonlocal batches
+        nonlocal batches, done
         try:
             x, y = next(batches)
         except StopIteration:
             batches = iter(loader)
             x, y = next(batches)
+        if trainer.parts.mix is not None:  # as Trainer.train_epoch does (mixup, smoothing)
+            x, y = trainer.parts.mix(x, y, 0, done)
+        done += 1
         trainer.train_step(x, y, t, None)
         return int(y.shape[0])
 

@@ -24,6 +24,7 @@ from lwrcli.frozen_base import restore_weights
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer, reference_rows, resolve_lambda_max
 from lwrcli.maxnorm import MAX_NORM_RADIUS, MaxNorm, resolve_radius
+from lwrcli.mixing import build_mixer
 from lwrcli.models import (
     build_model,
     get_classifier,
@@ -256,6 +257,7 @@ def build_components(
         base_lr=lr,
         after_step=after_step,
         run_tensors=run_tensors,
+        mix=build_mixer(cfg, data.class_counts, dist.rank),
     )
 
 

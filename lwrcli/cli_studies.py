@@ -48,7 +48,10 @@ def sweep(
     from lwrcli.sweep import build_spec, parse_data, plan_sweep, run_sweep
 
     spec = build_spec(preset or [], [str(c) for c in config or []], file, seeds, grid, overrides)
-    runs = plan_sweep(spec, parse_data(data))
+    runs = plan_sweep(spec, parse_data(data), out)
+    if spec.paper_only:  # recorded in sweep.json for `lwr report`; nothing to train
+        names = ", ".join(r.name for r in spec.paper_only)
+        err_console.print(f"Paper-only rows (not trained here): {names}.", highlight=False)
     if plan or slurm:
         for flag, writer in (
             ("plan", sweep_launch.write_plan),

@@ -143,6 +143,17 @@ class LossConfig(Strict):
     ldam_max_m: float = Field(0.5, ge=0.0, le=5.0)
     ldam_s: float = Field(30.0, gt=0.0, le=100.0)
     la_tau: float = Field(1.0, ge=0.0, le=10.0)
+    # Targets become soft (lwrcli.mixing): (1 - ε_y) one-hot + ε_y / C. Uniform ε, or with
+    # `label_smoothing_tail` MiSLAS's label-aware ε_y, from this value for the most frequent
+    # class to the tail value for the rarest along `label_smoothing_shape` (exp: power p).
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing_tail: float | None = Field(None, ge=0.0, lt=1.0)
+    label_smoothing_shape: Literal["concave", "linear", "convex", "exp"] = "concave"
+    label_smoothing_power: float = Field(1.0, gt=0.0, le=100.0, description="shape exp only")
+
+    @property
+    def smoothing(self) -> bool:
+        return self.label_smoothing > 0 or bool(self.label_smoothing_tail)
 
 
 class LWRScheduleConfig(Strict):
@@ -258,6 +269,16 @@ class DataConfig(Strict):
     # Training order (lwrcli.data.samplers), both pipelines; an epoch is always N draws.
     sampler: Literal["instance", "class_balanced", "square_root", "progressive"] = "instance"
     num_samples_cls: int = Field(4, ge=1, le=1024, description="class_balanced: images per pick")
+    # Batch-level mixing (lwrcli.mixing), both pipelines: alpha of the Beta(α, α) draw, 0 = off;
+    # a batch is mixed with probability mix_prob, by CutMix with mix_switch_prob when both are on.
+    mixup_alpha: float = Field(0.0, ge=0.0, le=100.0)
+    cutmix_alpha: float = Field(0.0, ge=0.0, le=100.0)
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)
+    mix_switch_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+    @property
+    def mixing(self) -> bool:
+        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.mix_prob > 0
 
 
 class InitConfig(Strict):
@@ -276,6 +297,9 @@ class Stage2Config(Strict):
     freeze: Literal["none", "backbone"] = "none"
     # Backbone features computed once and the head trained on them (augmentation must be off).
     cache_features: bool = False
+    # MiSLAS's shifted BatchNorm: the frozen backbone's BN running statistics follow the
+    # stage-2 (re-sampled) batches; every parameter, BN affine ones included, stays frozen.
+    train_bn: bool = False
 
     @property
     def frozen_backbone(self) -> bool:
@@ -378,11 +402,40 @@ class TrainConfig(Strict):
                 "stage2.cache_features needs a frozen backbone (stage2.mode=crt or lws, or "
                 "stage2.freeze=backbone): features of a training backbone change every step"
             )
+        if s2.train_bn and not s2.frozen_backbone:
+            raise ValueError(
+                "stage2.train_bn updates the BatchNorm statistics of a frozen backbone: set "
+                "stage2.freeze=backbone (or stage2.mode=crt/lws); a trained backbone's BN "
+                "statistics update anyway"
+            )
+        if s2.cache_features and (s2.train_bn or self.data.mixing):
+            raise ValueError(
+                "stage2.cache_features computes each image's features once, which neither "
+                "stage2.train_bn (statistics change every batch) nor mixup/CutMix (images mixed "
+                "every batch) allows: set stage2.cache_features=false"
+            )
         if s2.cache_features and (self.data.crop_padding > 0 or self.data.flip):
             raise ValueError(
                 "stage2.cache_features computes each image's features once, so augmentation "
                 "must be off: set data.crop_padding=0 and data.flip=false (or "
                 "stage2.cache_features=false to augment with the backbone under no_grad)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _soft_targets_supported(self) -> TrainConfig:
+        if not (self.data.mixing or self.loss.smoothing):
+            return self
+        # Imported here, like the model names: losses builds on config.
+        from lwrcli.losses import soft_target_losses
+
+        able = soft_target_losses()
+        if self.loss.name not in able:
+            what = "mixup/CutMix" if self.data.mixing else "label smoothing"
+            raise ValueError(
+                f"{what} trains on soft targets (class probabilities), which loss.name="
+                f"{self.loss.name} cannot take (it needs one true class per sample): use "
+                f"loss.name={' / '.join(able)}, or turn {what} off"
             )
         return self
 

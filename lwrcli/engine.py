@@ -73,6 +73,10 @@ class Components:
     after_step: list[Callable[[], None]] = field(default_factory=list)
     # Run-level tensors every checkpoint stores (`lwr_state.` keys), e.g. the MaxNorm radius.
     run_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (x, y (N,), epoch, step) -> (x, soft targets (N, C)): mixup/CutMix, label smoothing.
+    mix: (
+        Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]] | None
+    ) = None
 
 
 class Trainer:
@@ -220,6 +224,8 @@ class Trainer:
         batches = iter(loader)
         for step in range(start, steps):
             x, y = next(batches)
+            if self.parts.mix is not None:  # lwrcli.mixing, seeded by this batch's position
+                x, y = self.parts.mix(x, y, epoch, step)
             t = epoch + (step + 1) / steps
             log_step = (step + 1) % self.cfg.log_every == 0
             self._measure_share = log_step or step + 1 == steps

@@ -79,5 +79,6 @@ def sweeps_table() -> Table:
         for values in spec.grid.values():
             points *= len(values)
         runs = len(spec.entries) * points * len(spec.seeds)
-        table.add_row(name, str(runs), spec.description)
+        paper = f" + {len(spec.paper_only)} paper only" if spec.paper_only else ""
+        table.add_row(name, f"{runs}{paper}", spec.description)
     return table

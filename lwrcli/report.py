@@ -18,6 +18,7 @@ the test split is never done here, whatever the run's `data.select_on` says.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lwrcli import paper_rows
 from lwrcli.errors import UserError
 
 METRICS = ("top1", "many", "medium", "few", "top5")
@@ -211,7 +213,8 @@ def build_report(paths: list[Path], split: str = "test", baseline: str | None = 
     """Everything `lwr report` prints and writes, as one JSON-ready dict (+ the groups)."""
     if split not in ("test", "val"):
         raise UserError(f"--split must be test or val, got '{split}'.")
-    runs = [read_run(p) for p in find_runs(paths)]
+    run_dirs = find_runs(paths)
+    runs = [read_run(p) for p in run_dirs]
     incomplete = [r for r in runs if not r.complete]
     complete = [r for r in runs if r.complete]
     by_key: dict[str, Group] = {}
@@ -225,7 +228,8 @@ def build_report(paths: list[Path], split: str = "test", baseline: str | None = 
         label_groups(groups)
     for g in groups:
         summarize_group(g)
-    base = _pick_baseline(groups, baseline)
+    paper = paper_rows.find_rows(paths, run_dirs)  # never groups: no baseline, no runs
+    base = _pick_baseline(groups, baseline, paper)
     for g in groups:
         same_data = base is not None and g.runs[0].fingerprint == base.runs[0].fingerprint
         for m in METRICS:
@@ -243,12 +247,18 @@ def build_report(paths: list[Path], split: str = "test", baseline: str | None = 
             }
             for r in incomplete
         ],
+        "paper_only": paper,
     }
 
 
-def _pick_baseline(groups: list[Group], name: str | None) -> Group | None:
+def _pick_baseline(groups: list[Group], name: str | None, paper: list[dict]) -> Group | None:
     """--baseline matches a group label, a config name or a run folder; by default the first
-    group without LWR (None when every group has it)."""
+    group without LWR (None when every group has it). Never a paper-only row."""
+    if name is not None and name in {r["name"] for r in paper} | set(map(paper_rows.label, paper)):
+        raise UserError(
+            f"--baseline '{name}' is a paper-only row ({paper_rows.MARK}): it has no runs to "
+            f"compare against; choose a trained group: {'; '.join(g.label for g in groups)}."
+        )
     if name is None:
         return next((g for g in groups if not g.config.get("lwr", {}).get("enabled")), None)
     for g in groups:
@@ -315,6 +325,11 @@ def render(report: dict[str, Any], fmt: str = "md") -> str:
         ]
         for r in table
     ]
+    # Paper-only rows: their paper number only; nothing measured, so no n, mean or delta.
+    paper = report.get("paper_only", [])
+    body = paper_rows.placed(
+        body, report["groups"], paper, lambda p: paper_rows.md_cells(p, len(head))
+    )
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -327,20 +342,26 @@ def render(report: dict[str, Any], fmt: str = "md") -> str:
                 "paper_top1",
                 "vs_paper_top1",
                 "checkpoint",
+                "kind",
+                "source",
             ]
         )
-        for r in table:
-            writer.writerow(
-                [
-                    r["group"],
-                    r["n"],
-                    *[r[m][s] for m in METRICS for s in ("mean", "std")],
-                    r["delta_top1"],
-                    r["paper_top1"],
-                    r["vs_paper_top1"],
-                    r["checkpoint"],
-                ]
-            )
+        lines = [
+            [
+                r["group"],
+                r["n"],
+                *[r[m][s] for m in METRICS for s in ("mean", "std")],
+                r["delta_top1"],
+                r["paper_top1"],
+                r["vs_paper_top1"],
+                r["checkpoint"],
+                "trained",
+                "",
+            ]
+            for r in table
+        ]
+        csv_cells = functools.partial(paper_rows.csv_cells, metric_columns=2 * len(METRICS))
+        writer.writerows(paper_rows.placed(lines, report["groups"], paper, csv_cells))
         return buf.getvalue()
     if fmt == "latex":
         lines = [
@@ -374,6 +395,7 @@ def notes(report: dict[str, Any]) -> str:
                 f"Same config and seed {other.config.get('seed')} as {kept.path}, counted once "
                 f"(the most recently finished is used): {other.path}."
             )
+    text += paper_rows.notes(report.get("paper_only", []))
     for inc in report["incomplete"]:
         text.append(
             f"Incomplete, excluded: {inc['path']} ({inc['epochs_done']}/{inc['epochs']} epochs)."

@@ -34,6 +34,15 @@ def _train_eval_only(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
+def _train_bn_only(self: nn.Module, mode: bool = True) -> nn.Module:
+    """`Module.train` of a frozen backbone part with shifted BatchNorm (MiSLAS): this module
+    stays in evaluation mode and passes `mode` on, so only BatchNorm layers follow it."""
+    self.training = False
+    for child in self.children():
+        child.train(mode)
+    return self
+
+
 def backbone_roots(model: nn.Module) -> list[nn.Module]:
     """The largest submodules that hold no part of the classifier head."""
     head = head_path(model)
@@ -53,16 +62,23 @@ def backbone_roots(model: nn.Module) -> list[nn.Module]:
     return roots
 
 
-def freeze_backbone(model: nn.Module) -> None:
+def freeze_backbone(model: nn.Module, train_bn: bool = False) -> None:
     """Every parameter outside the head stops learning, and the backbone stays in eval mode
-    whatever `model.train()` says (the override is per instance; state dicts are unchanged)."""
+    whatever `model.train()` says (the override is per instance; state dicts are unchanged).
+    `train_bn` (MiSLAS's shifted BN, `stage2.train_bn`): BatchNorm layers still follow
+    `model.train()`, so in training they normalise with batch statistics and update their
+    running statistics; their affine parameters stay frozen, as in MiSLAS's train_stage2.py
+    (the backbone runs under no_grad and only the classifier is optimised)."""
     head = head_path(model) + "."
     for name, p in model.named_parameters():
         if not name.startswith(head):
             p.requires_grad_(False)
     for root in backbone_roots(model):
         for m in root.modules():
-            m.train = types.MethodType(_train_eval_only, m)  # type: ignore[method-assign]
+            if train_bn and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                continue  # follows model.train()
+            override = _train_bn_only if train_bn else _train_eval_only
+            m.train = types.MethodType(override, m)  # type: ignore[method-assign]
         root.eval()
 
 
@@ -138,7 +154,7 @@ def prepare_stage2(
     if cfg.init.reset_classifier:
         reset_classifier(model)
     if cfg.stage2.frozen_backbone:
-        freeze_backbone(model)
+        freeze_backbone(model, cfg.stage2.train_bn)
     return apply_structure(model, cfg)
 
 
@@ -150,16 +166,17 @@ def check_stage2_start(cfg: TrainConfig, manifest: Manifest) -> None:
             f"'{cfg.name}' is a stage-2 recipe (stage2.mode={cfg.stage2.mode}): pass the "
             "stage-1 weights with --init RUN/checkpoints/last.safetensors."
         )
-    m = cfg.model
+    model = cfg.model
     if (
         cfg.stage2.freeze == "backbone"
         and cfg.init.checkpoint is None
-        and not (m.pretrained or m.weights)
+        and model.weights is None
+        and model.pretrained is None
     ):
         raise UserError(
-            f"'{cfg.name}' freezes the backbone (stage2.freeze=backbone), but no trained weights "
-            "are given: pass the stage-1 weights with --init RUN/checkpoints/last.safetensors "
-            "(or model.weights / model.pretrained to probe a pretrained backbone)."
+            f"'{cfg.name}' trains on a frozen backbone (stage2.freeze=backbone), but nothing "
+            "gives that backbone its weights: pass the stage-1 run with --init "
+            "RUN/checkpoints/last.safetensors (or model.weights / model.pretrained)."
         )
     if cfg.init.checkpoint is not None:
         load_init(cfg.init.checkpoint, manifest, cfg)

@@ -25,6 +25,7 @@ from lwrcli.config import TrainConfig, load_config, read_yaml
 from lwrcli.data.loading import check_dataset_matches
 from lwrcli.data.manifest import read_manifest
 from lwrcli.errors import UserError
+from lwrcli.paper_rows import PaperRow, check_rows, record_rows, same_runs
 from lwrcli.progress import TrainProgress
 from lwrcli.runname import SWEEP_FILE
 
@@ -42,6 +43,10 @@ class Entry(BaseModel):
     set: list[str] = Field(default_factory=list)
     reference: dict[str, float] = Field(default_factory=dict)
     data: str | None = None  # a key of `--data KEY=PATH` (e.g. the IF table's ir50)
+    # The name of an earlier entry: each run starts from that entry's run with the same grid
+    # point and seed (`init.checkpoint` = its last checkpoint), so a stage-2 recipe (cRT, weight
+    # balancing's MaxNorm stage, MiSLAS) follows its own stage 1 inside one sweep.
+    init_from: str | None = None
 
 
 class Reference(BaseModel):
@@ -62,6 +67,8 @@ class SweepSpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0])
     set: list[str] = Field(default_factory=list)
     references: list[Reference] = Field(default_factory=list)
+    # Methods lwr does not train, with their published numbers (lwrcli/paper_rows.py).
+    paper_only: list[PaperRow] = Field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +79,9 @@ class PlannedRun:
     overrides: list[str]
     data: Path
     cfg: TrainConfig = field(repr=False)
+    data_key: str = ""  # the entry's `data` key ('' for plain --data)
+    # The run (folder name) whose last checkpoint this one starts from: it must finish first.
+    after: str | None = None
 
     def record(self) -> dict[str, Any]:
         return {
@@ -227,15 +237,30 @@ def _grid_points(grid: dict[str, list[Any]]) -> list[list[tuple[str, Any]]]:
     return points
 
 
-def plan_sweep(spec: SweepSpec, data: dict[str, Path]) -> list[PlannedRun]:
-    """Every run of the sweep, validated; raises UserError before anything is written."""
+def _init_source(entry: Entry, label: str, earlier: list[str]) -> str | None:
+    """The label of the entry whose runs `entry` starts from (checked: an earlier entry)."""
+    if entry.init_from is None:
+        return None
+    if entry.init_from not in earlier:
+        raise UserError(
+            f"Sweep entry '{label}' starts from '{entry.init_from}' (init_from), which is not an "
+            f"earlier entry of the sweep; earlier entries: {', '.join(earlier) or 'none'}."
+        )
+    return entry.init_from
+
+
+def plan_sweep(spec: SweepSpec, data: dict[str, Path], out: Path | None = None) -> list[PlannedRun]:
+    """Every run of the sweep, validated; raises UserError before anything is written.
+    `out` (the sweep folder) locates the stage-1 checkpoints of `init_from` entries."""
     if not spec.entries:
         raise UserError("A sweep needs at least one --preset, --config or sweep-file entry.")
     labels = _entry_labels(spec.entries)
+    root = out.resolve() if out is not None else Path("SWEEP_DIR")
     grid_names = _grid_labels(list(spec.grid))
     manifests: dict[Path, Any] = {}
     runs: list[PlannedRun] = []
-    for entry, label in zip(spec.entries, labels):
+    for i, (entry, label) in enumerate(zip(spec.entries, labels)):
+        source = _init_source(entry, label, labels[:i])
         if (entry.preset is None) == (entry.config is None):
             raise UserError(f"Sweep entry '{label}' needs exactly one of preset or config.")
         key = entry.data or ""
@@ -252,9 +277,12 @@ def plan_sweep(spec: SweepSpec, data: dict[str, Path]) -> list[PlannedRun]:
                 entry.reference,
             )
             for seed in spec.seeds:
-                parts = [label, *(f"{grid_names[k]}={_value_text(v)}" for k, v in point)]
-                name = "/".join(p.replace("/", "_") for p in parts) + f"/seed={seed}"
+                name, after = _run_name(label, point, grid_names, seed), None
                 overrides = [*spec.set, *entry.set, *(f"{k}={_value_text(v)}" for k, v in point)]
+                if source is not None:
+                    after = _run_name(source, point, grid_names, seed)
+                    init = root / after / "checkpoints" / "last.safetensors"
+                    overrides.append(f"init.checkpoint={init}")
                 if ref:
                     overrides.append(f"reference={json.dumps(ref)}")
                 overrides.append(f"seed={seed}")
@@ -263,26 +291,49 @@ def plan_sweep(spec: SweepSpec, data: dict[str, Path]) -> list[PlannedRun]:
                 if data_dir not in manifests:
                     manifests[data_dir] = read_manifest(data_dir)
                 check_dataset_matches(cfg, manifests[data_dir], data_dir)
-                runs.append(PlannedRun(name, entry.preset, entry.config, overrides, data_dir, cfg))
+                runs.append(
+                    PlannedRun(
+                        name, entry.preset, entry.config, overrides, data_dir, cfg, key, after
+                    )
+                )
     names = [r.name for r in runs]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise UserError(
             f"Two runs of the sweep would share the folder '{dup}'; give entries names."
         )
+    check_rows(spec.paper_only, [e.data or "" for e in spec.entries])
     return runs
 
 
+def _run_name(
+    label: str, point: list[tuple[str, Any]], grid_names: dict[str, str], seed: int
+) -> str:
+    """A run's folder inside the sweep, e.g. bs-lwr/theta=0.4/seed=1."""
+    parts = [label, *(f"{grid_names[k]}={_value_text(v)}" for k, v in point)]
+    return "/".join(p.replace("/", "_") for p in parts) + f"/seed={seed}"
+
+
 def sweep_record(spec: SweepSpec, runs: list[PlannedRun]) -> dict[str, Any]:
-    return {"command": spec.model_dump(mode="json"), "runs": [r.record() for r in runs]}
+    # Paper-only rows sit beside the command, and only when there are some, so that records
+    # written before they existed still match the same command.
+    command = spec.model_dump(mode="json", exclude={"paper_only"})
+    for entry in command["entries"]:  # likewise `init_from`, where no entry uses it
+        if entry.get("init_from") is None:
+            entry.pop("init_from", None)
+    record = {"command": command, "runs": [r.record() for r in runs]}
+    if spec.paper_only:
+        record["paper_only"] = record_rows(spec.paper_only, runs)
+    return record
 
 
 def check_or_write_record(out: Path, record: dict[str, Any]) -> None:
-    """First use: write sweep.json. Later: refuse (nothing changed) unless the command matches."""
+    """First use: write sweep.json. Later: refuse (nothing changed) unless the command matches;
+    changed paper-only rows alone (they train nothing) are taken into the record."""
     path = out / SWEEP_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != record:
+        if not same_runs(old, record):
             diff = [
                 k
                 for k in record["command"]
@@ -293,8 +344,9 @@ def check_or_write_record(out: Path, record: dict[str, Any]) -> None:
                 f"{out} holds a different sweep ({SWEEP_FILE} differs in: {what}); nothing was "
                 "changed. Re-run the original command to continue it, or choose a new --out."
             )
-        return
-    if out.exists() and any(out.iterdir()):
+        if old == record:
+            return
+    elif out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists, is not empty and has no {SWEEP_FILE}; choose a new --out.")
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{SWEEP_FILE}.tmp")

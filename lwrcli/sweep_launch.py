@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lwrcli.engine import Interrupted
+from lwrcli.errors import UserError
 from lwrcli.progress import TrainProgress
 from lwrcli.sweep import (
     PlannedRun,
@@ -67,6 +68,7 @@ def run_parallel(
         (k, r) for k, r in enumerate(runs, 1) if run_state(out / r.name, r.cfg.epochs) != "done"
     ]
     counts = {"skipped": len(runs) - len(todo), "trained": 0, "resumed": 0, "failed": 0}
+    by_name = {r.name: r for r in runs}
     progress.message(
         f"Sweep of {len(runs)} runs in {out}: {counts['skipped']} finished already, "
         f"{len(todo)} to run, {parallel} at a time"
@@ -88,8 +90,20 @@ def run_parallel(
         while todo or running:
             free = [s for s in range(parallel) if s not in running]
             while todo and free and not stop["flag"]:
-                slot, (k, run) = free.pop(0), todo.pop(0)
+                ready = next((i for i, (_, r) in enumerate(todo) if _ready(out, r, by_name)), None)
+                if ready is None:  # every run left waits for its stage 1
+                    break
+                slot, (k, run) = free.pop(0), todo.pop(ready)
                 running[slot] = _launch(out, run, k, len(runs), slot, gpus, progress)
+            if todo and not running and not stop["flag"]:
+                # Nothing runs and nothing can start: the stage-1 runs these need have failed.
+                for k, run in todo:
+                    progress.message(
+                        f"run {k}/{len(runs)} {run.name}: not started, its stage 1 "
+                        f"{run.after} did not finish"
+                    )
+                counts["failed"] += len(todo)
+                todo = []
             for slot, (proc, run, k, t0, log) in list(running.items()):
                 if proc.poll() is None:
                     continue
@@ -111,6 +125,13 @@ def run_parallel(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return counts
+
+
+def _ready(out: Path, run: PlannedRun, by_name: dict[str, PlannedRun]) -> bool:
+    """A run can start once the run it starts from (`init_from`) has finished."""
+    if run.after is None:
+        return True
+    return run_state(out / run.after, by_name[run.after].cfg.epochs) == "done"
 
 
 def _launch(
@@ -172,6 +193,14 @@ def write_slurm(out: Path, spec: SweepSpec, runs: list[PlannedRun], gpus_per_run
     (`--signal=B:USR1@120`), which passes it on to the run (to torchrun as SIGTERM, which
     torchrun forwards to its workers): the run saves and requeues its task (`--requeue`), and
     the requeued task continues it."""
+    chained = [r.name for r in runs if r.after is not None]
+    if chained:
+        raise UserError(
+            f"{len(chained)} runs of this sweep start from another run's checkpoint (init_from, "
+            f"e.g. {chained[0]}), but a SLURM array starts its tasks in any order. Run the "
+            "stages as two sweeps (submit the second after the first), or use --plan, whose "
+            "plan.sh runs them in order."
+        )
     check_or_write_record(out, sweep_record(spec, runs))
     # The shell runs the command in the background: a foreground child would delay the trap
     # until the child ended, i.e. until the time limit had killed it.

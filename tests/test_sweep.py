@@ -216,3 +216,56 @@ def test_sweep_and_report_help(lwr) -> None:
     for cmd in ("sweep", "report"):
         r = lwr(cmd, "--help")
         assert r.code == 0 and "--out" in r.out
+
+
+def _chained_sweep_file(tmp_path: Path, first: str = "stage1", seeds: int = 2) -> Path:
+    spec = {
+        "entries": [
+            {"preset": "synthetic-lt-ce", "name": "stage1"},
+            {"preset": "synthetic-lt-crt", "name": "crt", "init_from": first},
+        ],
+        "seeds": list(range(seeds)),
+        "set": ["epochs=1", "model.width=8", "batch_size=16", "log_every=2"],
+    }
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_a_stage_two_entry_starts_from_its_own_stage_one(
+    lwr, tmp_path: Path, small: Path, parallel: str
+) -> None:
+    out = tmp_path / "s"
+    seeds = 2 if parallel == "1" else 1  # subprocesses each import torch: keep them few
+    sweep_file = _chained_sweep_file(tmp_path, seeds=seeds)
+    r = lwr("sweep", "--file", sweep_file, "--data", small, "--out", out, "--parallel", parallel)
+    assert r.code == 0, r.err + r.out
+    for seed in range(seeds):
+        stage1, stage2 = out / f"stage1/seed={seed}", out / f"crt/seed={seed}"
+        cfg = yaml.safe_load((stage2 / "config.yaml").read_text())
+        init = Path(cfg["init"]["checkpoint"])
+        assert init == (stage1 / "checkpoints" / "last.safetensors").resolve()
+        # cRT keeps the stage-1 backbone: its convolution weights are stage 1's, bit for bit.
+        first, second = _weights(stage1), _weights(stage2)
+        conv = [k for k in first if k.endswith(".weight") and first[k].dim() == 4]
+        assert conv and all(torch.equal(first[k], second[k]) for k in conv)
+    if seeds == 2:  # each seed's stage 2 starts from its own stage 1
+        other = _weights(out / "crt/seed=1")
+        assert not torch.equal(_weights(out / "crt/seed=0")[conv[0]], other[conv[0]])
+
+
+def test_chained_sweeps_refuse_what_cannot_keep_the_order(lwr, tmp_path: Path, small: Path) -> None:
+    out = tmp_path / "s"
+    r = lwr("sweep", "--file", _chained_sweep_file(tmp_path, "nope"), "--data", small, "--out", out)
+    assert r.code == 2 and "init_from" in r.err and "stage1" in r.err
+    r = lwr(
+        "sweep", "--file", _chained_sweep_file(tmp_path), "--data", small, "--out", out, "--slurm"
+    )
+    assert r.code == 2 and "any order" in r.err
+    assert not out.exists()
+    r = lwr(
+        "sweep", "--file", _chained_sweep_file(tmp_path), "--data", small, "--out", out, "--plan"
+    )
+    plan = (out / "plan.sh").read_text()
+    assert plan.index("--out " + str(out / "stage1/seed=0")) < plan.index(str(out / "crt/seed=0"))

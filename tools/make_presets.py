@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from presets_lift import lift_presets  # noqa: E402
+from presets_mixing import mislas_presets  # noqa: E402
 from presets_wbetf import wbetf_presets  # noqa: E402
 
 from lwrcli.config import TrainConfig  # noqa: E402
@@ -472,6 +473,7 @@ def all_presets() -> dict[str, dict[str, Any]]:
     presets.update(decoupled_presets())
     presets.update(lift_presets(lwr_block, model_data, LARGE_CHECKPOINT_MINUTES))
     presets.update(wbetf_presets(lwr_block, synthetic))
+    presets.update(mislas_presets(cifar, large, lwr_block))
     for name, body in presets.items():
         body["name"] = name
         if name in PAPER:
