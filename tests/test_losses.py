@@ -304,7 +304,10 @@ def test_soft_target_loss_is_the_mix_of_hard_losses(name: str) -> None:
     if name == "la":
         counts = np.asarray(COUNTS, dtype=np.float64)
         shift = CFG.la_tau * np.log(counts / counts.sum())
-    nll = -np_log_softmax(z.numpy() + shift)
+    if name == "dr":  # per-class term 1/2 (z_c - 1)^2 (the mixup criterion of the ETF paper)
+        nll = 0.5 * (z.numpy() - 1.0) ** 2
+    else:
+        nll = -np_log_softmax(z.numpy() + shift)
     wq = q.numpy() * w.numpy()
     # The prior buffers are float32: agreement to float32's precision.
     assert float(loss(z, q, w)) == pytest.approx((wq * nll).sum() / wq.sum(), rel=1e-6)

@@ -384,3 +384,14 @@ def test_etf_head_trains_on_a_last_batch_of_one_image() -> None:
     z.sum().backward()
     assert z.shape == (1, C) and torch.isfinite(x.grad).all()
     torch.testing.assert_close(head.eval()(x.detach()), z.detach())  # the running statistics
+
+
+def test_etf_with_mixup_trains_on_soft_targets(lwr, tiny: Path, tmp_path: Path) -> None:
+    """The CIFAR ETF recipes mix (alpha 1): dr takes the mixed targets, the head stays fixed."""
+    run = tmp_path / "mix"
+    res = lwr(*train_args("synthetic-lt-etf", tiny, run, *TINY, "epochs=1", "data.mixup_alpha=1"))
+    assert res.code == 0, res.err
+    after = load_file(run / "checkpoints" / "last.safetensors")["fc.weight"]
+    rows = after.double() / after.double().norm(dim=1, keepdim=True)
+    cos = (rows @ rows.t())[~torch.eye(C, dtype=torch.bool)]
+    assert (cos + 1 / (C - 1)).abs().max() < 1e-6
