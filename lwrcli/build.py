@@ -25,6 +25,7 @@ from lwrcli.frozen_base import restore_weights
 from lwrcli.influence import FeatureCapture
 from lwrcli.losses import build_loss
 from lwrcli.lwr import build_regularizer, reference_rows, resolve_lambda_max
+from lwrcli.maxnorm import MAX_NORM_RADIUS, MaxNorm, resolve_radius
 from lwrcli.mixing import build_mixer
 from lwrcli.models import (
     build_model,
@@ -247,6 +248,7 @@ def build_components(
     loss = build_loss(cfg.loss, counts, seed=cfg.seed).to(device)
     if loss.needs_features:  # IB reads the head's input h: a pre-hook on the head keeps it
         loss.features = FeatureCapture(get_classifier(model))
+    after_step, run_tensors = max_norm_hooks(cfg, model, weights)
     parts = Components(
         model=wrap_for_training(model, cfg, device, dist),
         raw_model=model,
@@ -258,8 +260,28 @@ def build_components(
         theta_reference=theta_reference,
         data=data,
         base_lr=lr,
+        after_step=after_step,
+        run_tensors=run_tensors,
         mix=build_mixer(cfg, data.class_counts, dist.rank),
     )
     if cfg.ema.enabled:
         attach_ema(parts, cfg.ema, weights)
     return parts
+
+
+def max_norm_hooks(
+    cfg: TrainConfig, model: nn.Module, weights: Checkpoint | None
+) -> tuple[list[Callable[[], None]], dict[str, torch.Tensor]]:
+    """MaxNorm's after-step projection of the head's rows and its radius for the checkpoint
+    (none without optim.max_norm). A resumed run reuses its saved radius."""
+    if cfg.optim.max_norm is None:
+        return [], {}
+    head = get_classifier(model).weight
+    saved = weights.extras.get(MAX_NORM_RADIUS) if weights is not None else None
+    if weights is not None and saved is None and cfg.optim.max_norm_mode == "relative":
+        raise UserError(
+            f"optim.max_norm_mode=relative: this checkpoint holds no radius ({MAX_NORM_RADIUS}); "
+            "it was written before MaxNorm existed."
+        )
+    hook = MaxNorm(head, resolve_radius(cfg.optim, head, saved))
+    return [hook], hook.state()

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from lwrcli.config_rules import check_fixed_head, check_model_heads
 from lwrcli.errors import UserError, did_you_mean
 
 
@@ -40,6 +41,14 @@ class ModelConfig(Strict):
     # Module paths whose parameters are not trained, e.g. [conv1, bn1, layer1].
     freeze: list[str] = Field(default_factory=list)
     width: int = Field(32, ge=4, le=512, description="base width of small_cnn")
+    # resnet32's first-stage width w (stages w/2w/4w, features 4w): 16 is LDAM-DRW's net; the
+    # ETF recipe on CIFAR-100 uses 32, so its 128-d features can hold a 100-class simplex.
+    resnet_width: int = Field(16, ge=4, le=256, description="resnet32 only")
+    # A classifier fixed at a simplex ETF (Yang et al. 2022, lwrcli.models.heads.ETFHead):
+    # never trained; logits are cosines of BatchNorm'd, normalised features with its rows.
+    etf_classifier: bool = False
+    # The ETF head's BatchNorm1d on the features before normalising (the authors' head).
+    etf_feature_bn: bool = True
     # Normalisation of the built-in small_cnn and resnet32: batch statistics (the reference
     # recipes) or GroupNorm, which does not depend on the per-device batch.
     norm: Literal["batch", "group"] = "batch"
@@ -77,6 +86,11 @@ class ModelConfig(Strict):
                 f"model.norm={self.norm} applies to the built-in small_cnn and resnet32 only, "
                 f"not to {self.name}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _fixed_head_rules(self) -> ModelConfig:
+        check_model_heads(self)
         return self
 
     @model_validator(mode="after")
@@ -118,7 +132,8 @@ class ModelConfig(Strict):
 
 
 class LossConfig(Strict):
-    name: Literal["ce", "focal", "ldam", "bs", "la", "ib", "seql"] = "ce"
+    # dr: dot regression for a fixed ETF head (model.etf_classifier), lwrcli.losses.
+    name: Literal["ce", "focal", "ldam", "bs", "la", "ib", "seql", "dr"] = "ce"
     # Re-weighting schedule, orthogonal to the loss: none, class-balanced from the start (cb),
     # or deferred class-balanced from `drw_epoch` (drw, the LDAM-DRW recipe).
     reweight: Literal["none", "cb", "drw"] = "none"
@@ -208,6 +223,21 @@ class OptimConfig(Strict):
     # decay^(num_blocks - i), embeddings decay^(num_blocks + 1), head and final norm 1.
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)
     clip_grad_norm: float | None = Field(None, gt=0.0)
+    # MaxNorm (weight balancing, Alshammari et al. 2022; lwrcli.maxnorm): after every step,
+    # classifier rows longer than a radius are scaled back onto it (bias untouched). The
+    # radius is this value (`absolute`), or, as the authors' code sets it, n_min + max_norm *
+    # (n_max - n_min) of the head's row norms when the run starts (`relative`, in [0, 1]).
+    max_norm: float | None = Field(None, gt=0.0, le=1e4)
+    max_norm_mode: Literal["absolute", "relative"] = "absolute"
+
+    @model_validator(mode="after")
+    def _relative_max_norm_in_range(self) -> OptimConfig:
+        if self.max_norm_mode == "relative" and self.max_norm is not None and self.max_norm > 1:
+            raise ValueError(
+                f"optim.max_norm={self.max_norm} with max_norm_mode=relative must be in (0, 1]: "
+                "the radius is n_min + max_norm * (n_max - n_min) of the starting row norms"
+            )
+        return self
 
     @field_validator("betas")
     @classmethod
@@ -405,6 +435,11 @@ class TrainConfig(Strict):
                 f"(epochs={self.epochs}): the influence-balanced phase would never start; "
                 "lower loss.ib_start_epoch (0-based; the authors' CIFAR recipe: 100 of 200)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _fixed_head_consistent(self) -> TrainConfig:
+        check_fixed_head(self)  # ETF head and dr loss vs LWR, stage 2, MaxNorm
         return self
 
     @model_validator(mode="after")

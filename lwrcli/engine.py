@@ -71,6 +71,8 @@ class Components:
     # Called in order after every optimizer step (a MaxNorm projection, an EMA update): what a
     # method does to the weights between steps, kept out of the loop itself.
     after_step: list[Callable[[], None]] = field(default_factory=list)
+    # Run-level tensors every checkpoint stores (`lwr_state.` keys), e.g. the MaxNorm radius.
+    run_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     # (x, y (N,), epoch, step) -> (x, soft targets (N, C)): mixup/CutMix, label smoothing.
     mix: (
         Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]] | None
@@ -439,12 +441,13 @@ class Trainer:
                 "step": str(self.state.step),
             },
             extra_tensors={
-                **(
-                    {}
-                    if self.parts.theta_reference is None
-                    else {THETA_REFERENCE: self.parts.theta_reference}
-                ),
+                **self.parts.run_tensors,
                 **{k: v for tensors in self.parts.checkpoint_tensors for k, v in tensors().items()},
+                **(
+                    {THETA_REFERENCE: self.parts.theta_reference}
+                    if self.parts.theta_reference is not None
+                    else {}
+                ),
             },
         )
 

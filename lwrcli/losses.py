@@ -1,5 +1,5 @@
-"""Long-tailed task losses: CE, Focal, LDAM, Balanced Softmax, Logit Adjustment, IB, SEQL;
-CB/DRW weights.
+"""Long-tailed task losses: CE, Focal, LDAM, Balanced Softmax, Logit Adjustment, IB, SEQL,
+Dot Regression (for the fixed ETF head); CB/DRW weights.
 
 Every loss is a small module holding the training `class_counts` (C,) as a buffer, built from
 `LossConfig` by `build_loss` over the plain `LOSSES` mapping. All share one interface:
@@ -314,6 +314,36 @@ class SoftmaxEqualizationLoss(CountsLoss):
         return equalized_cross_entropy(z, target, drop, weight)
 
 
+class DotRegression(CountsLoss):
+    """Dot regression for a fixed simplex-ETF head (Yang et al., NeurIPS 2022):
+    ℓ_i = 1/2 (w_y · h_i - |w_y| |h_i|)^2 / |h_i| on the authors' normalised features.
+
+    The ETF head (`model.etf_classifier`) outputs z_ic = w_c · h_i with unit rows and unit
+    features, so ℓ_i = 1/2 (z_iy - 1)^2: it pulls each feature toward its class's vertex and,
+    unlike CE, never pushes it from the others (the fixed simplex already keeps classes
+    apart). A class weight gives the weighted mean Σ w_y ℓ_i / Σ w_y.
+
+    Soft targets q (N, C) take the expected hard loss, Σ_c q_ic 1/2 (z_ic - 1)^2 (weighted:
+    Σ_i Σ_c w_c q_ic ℓ_ic / Σ_i Σ_c w_c q_ic, like soft CE). For mixup's q = λ e_a + (1-λ) e_b
+    that is exactly the authors' λ ℓ(y_a) + (1-λ) ℓ(y_b); one-hot q gives the hard loss.
+    """
+
+    soft_targets = True
+
+    def loss(self, z: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        if target.dim() == 2:
+            per_class = 0.5 * (z - 1.0).square()
+            wq = target if weight is None else target * weight
+            if weight is None:
+                return (wq * per_class).sum(1).mean()
+            return (wq * per_class).sum() / wq.sum()
+        per_sample = 0.5 * (z.gather(1, target[:, None]).squeeze(1) - 1.0).square()
+        if weight is None:
+            return per_sample.mean()
+        w = weight[target]
+        return (w * per_sample).sum() / w.sum()
+
+
 LOSSES: dict[str, type[CountsLoss]] = {
     "ce": CrossEntropy,
     "focal": FocalLoss,
@@ -322,6 +352,7 @@ LOSSES: dict[str, type[CountsLoss]] = {
     "la": LogitAdjustment,
     "ib": InfluenceBalancedLoss,
     "seql": SoftmaxEqualizationLoss,
+    "dr": DotRegression,
 }
 
 

@@ -28,7 +28,8 @@ def head_logits(
     if tau_norm is None:
         return head(features).float()
     params = dict(head.named_parameters())
-    params["weight"] = tau_normalize(params["weight"].detach(), tau_norm)
+    # head.weight, not params["weight"]: a fixed ETF head keeps its rows in a buffer.
+    params["weight"] = tau_normalize(head.weight.detach(), tau_norm)
     bias = params.get("bias")
     if bias is not None and not keep_bias:
         params["bias"] = torch.zeros_like(bias)

@@ -14,6 +14,7 @@ LOSS_NAMES = {
     "la": "LA",
     "ib": "IB",
     "seql": "SEQL",
+    "dr": "DR",
 }
 
 
@@ -31,6 +32,12 @@ def loss_label(cfg: TrainConfig) -> str:
         label += f"-DRW@{cfg.loss.drw_epoch}"
     elif cfg.loss.reweight == "cb":
         label += "-CB"
+    if cfg.model.etf_classifier:
+        label += ", fixed ETF head"
+    if cfg.optim.max_norm is not None:
+        label += f", MaxNorm {cfg.optim.max_norm:g}" + (
+            " (relative)" if cfg.optim.max_norm_mode == "relative" else ""
+        )
     return label
 
 

@@ -115,7 +115,16 @@ def load_init(path: Path, manifest: Manifest, cfg: TrainConfig) -> Checkpoint:
     mine, theirs = cfg.model, ckpt.config.model
     differ = [
         f"model.{k}={getattr(theirs, k)}"
-        for k in ("name", "cosine_classifier", "width", "tuning", "tuning_dim")
+        for k in (
+            "name",
+            "cosine_classifier",
+            "width",
+            "resnet_width",
+            "etf_classifier",
+            "etf_feature_bn",
+            "tuning",
+            "tuning_dim",
+        )
         if getattr(mine, k) != getattr(theirs, k)
     ]
     if differ:

@@ -70,6 +70,9 @@ def np_loss(name: str, z: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> fl
         return np_ce(z + np.log(n), y, w)
     if name in ("ib", "seql"):  # CFG: IB before its switch epoch, SEQL with γ = 0 are CE
         return np_ce(z, y, w)  # (their own formulas: tests/test_losses_ib_seql.py)
+    if name == "dr":  # 1/2 (cos_y - 1)^2, weighted mean Σ w_y ℓ / Σ w_y
+        wy = np.ones(len(y)) if w is None else w[y]
+        return float((wy * 0.5 * (z[np.arange(len(y)), y] - 1.0) ** 2).sum() / wy.sum())
     return np_ce(z + 1.5 * np.log(n / n.sum()), y, w)  # la, tau 1.5
 
 
@@ -305,7 +308,10 @@ def test_soft_target_loss_is_the_mix_of_hard_losses(name: str) -> None:
     if name == "la":
         counts = np.asarray(COUNTS, dtype=np.float64)
         shift = CFG.la_tau * np.log(counts / counts.sum())
-    nll = -np_log_softmax(z.numpy() + shift)
+    if name == "dr":  # per-class term 1/2 (z_c - 1)^2 (the mixup criterion of the ETF paper)
+        nll = 0.5 * (z.numpy() - 1.0) ** 2
+    else:
+        nll = -np_log_softmax(z.numpy() + shift)
     wq = q.numpy() * w.numpy()
     # The prior buffers are float32: agreement to float32's precision.
     assert float(loss(z, q, w)) == pytest.approx((wq * nll).sum() / wq.sum(), rel=1e-6)

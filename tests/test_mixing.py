@@ -248,7 +248,7 @@ def test_refusals_exit_2_before_the_run_folder(
     assert needle in " ".join(res.err.split()), res.err
     assert "Traceback" not in res.err
     assert not (tmp_path / "run").exists()
-    assert {"ce", "bs", "la"} == set(soft_target_losses()) & set(LOSSES)
+    assert {"ce", "bs", "la", "dr"} == set(soft_target_losses()) & set(LOSSES)
 
 
 def test_frozen_backbone_without_weights_is_refused(lwr, synthetic_data: Path, tmp_path) -> None:

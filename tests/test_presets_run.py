@@ -101,6 +101,8 @@ def test_preset_builds_and_takes_one_step(
     )
     if cfg.stage2.mode == "lws":  # the classifier is frozen: only its scales learn
         assert torch.equal(before, head.weight) and not torch.equal(head.scales, torch.ones(5))
+    elif cfg.model.etf_classifier:  # a fixed simplex: never trained
+        assert torch.equal(before, head.weight)
     else:
         assert not torch.equal(before, head.weight)
     if cfg.loss.name == "ldam":

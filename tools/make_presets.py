@@ -21,6 +21,7 @@ from presets_augpolicy import augpolicy_presets  # noqa: E402
 from presets_lift import lift_presets  # noqa: E402
 from presets_losses import loss_presets  # noqa: E402
 from presets_mixing import mislas_presets  # noqa: E402
+from presets_wbetf import wbetf_presets  # noqa: E402
 
 from lwrcli.config import TrainConfig  # noqa: E402
 from lwrcli.lwr import lambda_for_classes  # noqa: E402
@@ -473,6 +474,7 @@ def all_presets() -> dict[str, dict[str, Any]]:
         presets["synthetic-lt-bs" + ("-lwr" if lwr else "")] = synthetic(lwr)
     presets.update(decoupled_presets())
     presets.update(lift_presets(lwr_block, model_data, LARGE_CHECKPOINT_MINUTES))
+    presets.update(wbetf_presets(lwr_block, synthetic))
     presets.update(mislas_presets(cifar, large, lwr_block))
     presets.update(loss_presets(cifar, large))
     presets.update(augpolicy_presets(cifar))

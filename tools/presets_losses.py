@@ -19,15 +19,15 @@ with and without LWR.
   loss is sigmoid-based (with a prior-initialised bias); here it is the softmax focal loss of
   `loss.name=focal`, as in the LDAM-DRW code that most comparison tables take CB Focal from.
 
-Paper numbers (`reference`, top-1 %): IB, and CB Focal as quoted by the IB paper. Park et
-al., ICCV 2021 (arXiv 2110.02444), Table 4 "Classification accuracy (%) of ResNet-32 on
-imbalanced CIFAR-10 and CIFAR-100", Long-Tailed, row "IB", Imbalanced CIFAR-100 at rho 100 / 50 / 10: 42.14 / 46.22 / 57.13 (read
-in a text conversion of the paper's PDF held in the search index; the paper reports no
-many/medium/few split). Not attached, because not read in the method's own table: CB Focal
-(the IB paper's Table 4 quotes CB at 39.60 / 45.32 / 57.99 "copied from the original paper",
-but Cui et al.'s own Table 2 could not be read here) and SEQL (the EQL paper's tables could
-not be read at all). Note: the IB paper's text gives the LDAM-DRW lr steps (x0.01 at 160 and
-180) while the released code also drops the lr at the switch; the presets follow the code.
+Paper numbers (`reference`, top-1 %). IB: Park et al., ICCV 2021 (arXiv 2110.02444), Table 4
+"Classification accuracy (%) of ResNet-32 on imbalanced CIFAR-10 and CIFAR-100", Long-Tailed,
+row "IB", Imbalanced CIFAR-100 at rho 100 / 50 / 10: 42.14 / 46.22 / 57.13 (read in a text
+conversion of the paper's PDF held in the search index; no many/medium/few split given).
+CB Focal: 39.60 / 45.32 / 57.99 as the IB paper's Table 4 quotes them, "copied from the
+original paper" (Cui et al.'s own Table 2 could not be read here: quoted, not read at the
+source). SEQL: none (the EQL paper's tables could not be read at all). Note: the IB paper's
+text gives the LDAM-DRW lr steps (x0.01 at 160 and 180) while the released code also drops
+the lr at the switch; the presets follow the code.
 """
 
 from __future__ import annotations

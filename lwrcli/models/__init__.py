@@ -17,12 +17,14 @@ from lwrcli.models.factory import (
 )
 from lwrcli.models.heads import (
     CosineLinear,
+    ETFHead,
     LWSHead,
     classifier_key,
     get_classifier,
     head_path,
     make_classifier,
     set_head,
+    simplex_etf,
 )
 from lwrcli.models.weights import base_identity, base_of
 
@@ -30,6 +32,7 @@ __all__ = [
     "CLASSIFIER_KEY",
     "MODELS",
     "CosineLinear",
+    "ETFHead",
     "LWSHead",
     "ResNetCifar",
     "SmallCNN",
@@ -50,4 +53,5 @@ __all__ = [
     "models_table",
     "norm_layer",
     "set_head",
+    "simplex_etf",
 ]

@@ -49,22 +49,28 @@ class _BasicBlock(nn.Module):
 
 
 class ResNetCifar(nn.Module):
-    """ResNet-(6n+2) for CIFAR: widths 16/32/64, n basic blocks per stage; n=5 is ResNet-32."""
+    """ResNet-(6n+2) for CIFAR: widths w/2w/4w (w = 16: 16/32/64), n basic blocks per stage;
+    n=5 is ResNet-32. Features have 4w dimensions (w = 32 is the ETF recipe's CIFAR-100 net)."""
 
     def __init__(
-        self, num_classes: int, blocks: int = 5, cosine: bool = False, norm: str = "batch"
+        self,
+        num_classes: int,
+        blocks: int = 5,
+        cosine: bool = False,
+        norm: str = "batch",
+        width: int = 16,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = norm_layer(norm, 16)
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = norm_layer(norm, width)
         layers: list[nn.Module] = []
-        in_planes = 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+        in_planes = width
+        for planes, stride in ((width, 1), (2 * width, 2), (4 * width, 2)):
             for i in range(blocks):
                 layers.append(_BasicBlock(in_planes, planes, stride if i == 0 else 1, norm))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
-        self.fc = make_classifier(64, num_classes, cosine)
+        self.fc = make_classifier(4 * width, num_classes, cosine)
         for m in self.modules():  # LDAM-DRW's _weights_init: kaiming-normal convs and linears
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)

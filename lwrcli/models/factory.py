@@ -22,7 +22,13 @@ from lwrcli.config import ModelConfig
 from lwrcli.errors import UserError, did_you_mean
 from lwrcli.models import families, hub
 from lwrcli.models.builtin import ResNetCifar, SmallCNN
-from lwrcli.models.heads import make_classifier, set_submodule
+from lwrcli.models.heads import (
+    ETFHead,
+    get_classifier,
+    make_classifier,
+    set_head,
+    set_submodule,
+)
 from lwrcli.models.tuning import apply_tuning
 from lwrcli.models.weights import base_identity, load_pretrained, refusing_pickles
 
@@ -65,7 +71,9 @@ def _own(build: Callable[[ModelConfig, int], nn.Module]) -> Callable[[ModelConfi
 # The built-in names; any other valid name (torchvision:, timm:) goes through _external.
 MODELS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
     "small_cnn": _own(lambda cfg, c: SmallCNN(c, cfg.width, cfg.cosine_classifier, cfg.norm)),
-    "resnet32": _own(lambda cfg, c: ResNetCifar(c, 5, cfg.cosine_classifier, cfg.norm)),
+    "resnet32": _own(
+        lambda cfg, c: ResNetCifar(c, 5, cfg.cosine_classifier, cfg.norm, cfg.resnet_width)
+    ),
     **{name: _external for name in families.ALIASES},
 }
 
@@ -179,6 +187,9 @@ def build_model(
         model = _external(cfg, num_classes, log)
     else:
         model = MODELS.get(cfg.name, _external)(cfg, num_classes)
+    if cfg.etf_classifier:  # a fixed simplex ETF in place of the family's head
+        d = get_classifier(model).weight.shape[1]
+        set_head(model, ETFHead(d, num_classes, cfg.etf_feature_bn))
     if cfg.pretrained is not None and not cfg.name.startswith("clip:"):
         result = load_pretrained(model, cfg.pretrained, head=model.lwr_head)
         log(result.message())
