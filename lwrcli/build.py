@@ -17,6 +17,7 @@ from torch import nn
 from lwrcli.checkpoint import THETA_REFERENCE, Checkpoint
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
+from lwrcli.data.paired import cumulative_alpha
 from lwrcli.distributed import DistInfo
 from lwrcli.engine import Components
 from lwrcli.errors import UserError
@@ -29,6 +30,7 @@ from lwrcli.models import (
     is_convolutional_name,
     model_data_defaults,
 )
+from lwrcli.models.bbn import BBNNet
 from lwrcli.optim import build_optimizer
 from lwrcli.stage2 import prepare_stage2
 
@@ -241,7 +243,7 @@ def build_components(
             )
         # The head as this run starts it (text, class means, cRT reset, ...): each pair's margin.
         theta_reference = reference_rows(get_classifier(model).weight, cfg.lwr.proj)
-    return Components(
+    parts = Components(
         model=wrap_for_training(model, cfg, device, dist),
         raw_model=model,
         loss=build_loss(cfg.loss, counts).to(device),
@@ -253,3 +255,7 @@ def build_components(
         data=data,
         base_lr=lr,
     )
+    if isinstance(model, BBNNet):  # the model weights its branches as the loader its targets
+        bbn, epochs = model, cfg.epochs
+        parts.before_epoch.append(lambda epoch: bbn.set_alpha(cumulative_alpha(epoch, epochs)))
+    return parts

@@ -71,6 +71,8 @@ class Components:
     # Called in order after every optimizer step (a MaxNorm projection, an EMA update): what a
     # method does to the weights between steps, kept out of the loop itself.
     after_step: list[Callable[[], None]] = field(default_factory=list)
+    # Called with the 0-based epoch before its first step (BBN's cumulative-learning weight).
+    before_epoch: list[Callable[[int], None]] = field(default_factory=list)
 
 
 class Trainer:
@@ -202,6 +204,8 @@ class Trainer:
         loader = self.data.train
         assert loader is not None
         loader.set_epoch(epoch)
+        for hook in self.parts.before_epoch:
+            hook(epoch)
         self.model.train()
         weight = reweight_for_epoch(self.cfg.loss, self.class_counts, epoch)
         weight = weight.to(self.device, torch.float32) if weight is not None else None

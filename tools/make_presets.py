@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from presets_bbn import bbn_presets  # noqa: E402
 from presets_lift import lift_presets  # noqa: E402
 
 from lwrcli.config import TrainConfig  # noqa: E402
@@ -470,6 +471,7 @@ def all_presets() -> dict[str, dict[str, Any]]:
         presets["synthetic-lt-bs" + ("-lwr" if lwr else "")] = synthetic(lwr)
     presets.update(decoupled_presets())
     presets.update(lift_presets(lwr_block, model_data, LARGE_CHECKPOINT_MINUTES))
+    presets.update(bbn_presets(lwr_block))
     for name, body in presets.items():
         body["name"] = name
         if name in PAPER:
