@@ -517,7 +517,8 @@ def readme_table() -> str:
             else ""
         )
         rows.append(
-            f"| `{name}` | {cfg.model.name} | {loss_label(cfg)} | {lwr_label(cfg)} | "
+            f"| `{name}` | {cfg.model.name}{' BBN' if cfg.model.bbn else ''} | {loss_label(cfg)} | "
+            f"{lwr_label(cfg)} | "
             f"{cfg.epochs} | {paper} |"
         )
     return "\n".join(rows)
