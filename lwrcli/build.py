@@ -17,6 +17,7 @@ from torch import nn
 from lwrcli.checkpoint import THETA_REFERENCE, Checkpoint
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
+from lwrcli.data.paired import cumulative_alpha
 from lwrcli.distributed import DistInfo
 from lwrcli.ema import attach_ema
 from lwrcli.engine import Components
@@ -33,6 +34,7 @@ from lwrcli.models import (
     is_convolutional_name,
     model_data_defaults,
 )
+from lwrcli.models.bbn import BBNNet
 from lwrcli.optim import build_optimizer
 from lwrcli.stage2 import prepare_stage2
 
@@ -266,6 +268,9 @@ def build_components(
     )
     if cfg.ema.enabled:
         attach_ema(parts, cfg.ema, weights)
+    if isinstance(model, BBNNet):  # the model weights its branches as the loader its targets
+        bbn, epochs = model, cfg.epochs
+        parts.before_epoch.append(lambda epoch: bbn.set_alpha(cumulative_alpha(epoch, epochs)))
     return parts
 
 

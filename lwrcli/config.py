@@ -78,6 +78,10 @@ class ModelConfig(Strict):
     # Bottleneck width (adapter, adaptformer), LoRA rank or prompt tokens per block (vpt);
     # None: LIFT's rule, the largest power of two <= C / (2 * blocks), at least 1.
     tuning_dim: int | None = Field(None, ge=1, le=4096)
+    # BBN (Zhou et al. 2020): the last residual block duplicated into a conventional and a
+    # re-balancing branch fed by the instance and the reversed sampler, one head over both
+    # (lwrcli.models.bbn, lwrcli.data.paired). ResNets only (resnet32, torchvision ResNets).
+    bbn: bool = False
 
     @model_validator(mode="after")
     def _norm_only_for_builtin(self) -> ModelConfig:
@@ -434,6 +438,38 @@ class TrainConfig(Strict):
                 f"loss.ib_start_epoch={self.loss.ib_start_epoch} is not before the run's end "
                 f"(epochs={self.epochs}): the influence-balanced phase would never start; "
                 "lower loss.ib_start_epoch (0-based; the authors' CIFAR recipe: 100 of 200)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _bbn_consistent(self) -> TrainConfig:
+        if not self.model.bbn:
+            return self
+        m = self.model
+        if m.name == "small_cnn" or m.name.startswith(("clip:", "timm:")):
+            raise ValueError(
+                f"model.bbn=true duplicates a ResNet's last residual block; {m.name} has none. "
+                "Use resnet32 (CIFAR), resnet50, resnext50_32x4d, resnet152 or a "
+                "torchvision:<ResNet> name"
+            )
+        if m.tuning != "full":
+            raise ValueError("model.bbn=true trains the whole network: set model.tuning=full")
+        if self.data.sampler != "instance":
+            raise ValueError(
+                f"model.bbn=true: BBN's conventional branch sees the instance sampler and its "
+                f"re-balancing branch the reversed one; data.sampler={self.data.sampler} would "
+                "replace the first. Set data.sampler=instance"
+            )
+        if self.loss.name not in ("ce", "bs", "la"):
+            raise ValueError(
+                f"model.bbn=true trains on the soft target a e_yc + (1 - a) e_yr, which "
+                f"loss.name={self.loss.name} cannot take (it needs one class per sample). Use "
+                "ce (BBN's loss), bs or la"
+            )
+        if self.stage2.mode != "none" or self.stage2.cache_features:
+            raise ValueError(
+                "model.bbn=true is a one-stage method: stage2.mode and stage2.cache_features "
+                "do not apply to it (train the stage-2 run without model.bbn)"
             )
         return self
 

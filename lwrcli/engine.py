@@ -81,6 +81,8 @@ class Components:
     # (EXTRA_PREFIX keys) every checkpoint stores.
     eval_model: nn.Module | None = None
     checkpoint_tensors: list[Callable[[], dict[str, torch.Tensor]]] = field(default_factory=list)
+    # Called with the 0-based epoch before its first step (BBN's cumulative-learning weight).
+    before_epoch: list[Callable[[int], None]] = field(default_factory=list)
 
 
 class Trainer:
@@ -212,6 +214,8 @@ class Trainer:
         loader = self.data.train
         assert loader is not None
         loader.set_epoch(epoch)
+        for hook in self.parts.before_epoch:
+            hook(epoch)
         self.model.train()
         weight = reweight_for_epoch(self.cfg.loss, self.class_counts, epoch)
         weight = weight.to(self.device, torch.float32) if weight is not None else None

@@ -62,7 +62,9 @@ def presets_table() -> Table:
         table.add_row(
             name,
             cfg.dataset,
-            cfg.model.name + (" (cosine)" if cfg.model.cosine_classifier else ""),
+            cfg.model.name
+            + (" (cosine)" if cfg.model.cosine_classifier else "")
+            + (" BBN" if cfg.model.bbn else ""),
             loss_label(cfg),
             lwr_label(cfg),
             str(cfg.epochs),

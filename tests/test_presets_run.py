@@ -68,12 +68,13 @@ def test_preset_builds_and_takes_one_step(
     with torch.no_grad():
         assert real(x).shape == (x.shape[0], data.num_classes)
 
+    # BBN's two-branch ResNet-32 stays (small already; a small CNN has no block to duplicate).
+    small = [] if cfg.model.bbn else ["model.name=small_cnn", "model.width=8"]
     cfg = load_config(
         name,
         overrides=[
             *CPU_TINY,
-            "model.name=small_cnn",
-            "model.width=8",
+            *small,
             "model.freeze=[]",
             "optim.layer_decay=null",
             "model.head_init=random",  # CLIP recipes: text init and adapters need CLIP

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from presets_augpolicy import augpolicy_presets  # noqa: E402
+from presets_bbn import bbn_presets  # noqa: E402
 from presets_lift import lift_presets  # noqa: E402
 from presets_losses import loss_presets  # noqa: E402
 from presets_mixing import mislas_presets  # noqa: E402
@@ -478,6 +479,7 @@ def all_presets() -> dict[str, dict[str, Any]]:
     presets.update(mislas_presets(cifar, large, lwr_block))
     presets.update(loss_presets(cifar, large))
     presets.update(augpolicy_presets(cifar))
+    presets.update(bbn_presets(lwr_block))
     for name, body in presets.items():
         body["name"] = name
         if name in PAPER:
@@ -523,7 +525,8 @@ def readme_table() -> str:
             else ""
         )
         rows.append(
-            f"| `{name}` | {cfg.model.name} | {loss_label(cfg)} | {lwr_label(cfg)} | "
+            f"| `{name}` | {cfg.model.name}{' BBN' if cfg.model.bbn else ''} | {loss_label(cfg)} | "
+            f"{lwr_label(cfg)} | "
             f"{cfg.epochs} | {paper} |"
         )
     return "\n".join(rows)

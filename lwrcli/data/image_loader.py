@@ -271,13 +271,15 @@ def build_image_loader(
     drop_last: bool | None = None,
     epochs: int = 1,
     tte: bool = False,
+    sampler: str | None = None,
 ) -> DataLoader:
     """A DataLoader of ImageBatch (or RawBatch with gpu_decode) for one split of a `lists`
     dataset; pass each batch through `to_device`. Training shuffles with seed + epoch (call
     `sampler.set_epoch`), seeds each image's augmentation by (seed, epoch, index), pads the
     shards so all ranks take as many steps, and drops the last partial batch unless
     `drop_last=False`. Workers never exceed the cores this process may use. `tte` (evaluation
-    only): each item is LIFT's five crops, batches (B, 5, 3, S, S)."""
+    only): each item is LIFT's five crops, batches (B, 5, 3, S, S). `sampler` replaces
+    `data_cfg.sampler` (BBN's reversed branch)."""
     device = device or torch.device("cpu")
     if manifest.image_root is None:
         raise UserError(f"{data_dir}/manifest.json has no image_root; prepare it again.")
@@ -290,26 +292,26 @@ def build_image_loader(
         transform = tte_transform(data_cfg) if tte else eval_transform(data_cfg)
     gpu_decode = data_cfg.gpu_decode and device.type == "cuda"
     dataset = ListDataset(Path(manifest.image_root), paths, labels, transform, raw=gpu_decode)
-    sampler: Sampler[Any]
+    order: Sampler[Any]
     if train:
-        sampler = TrainSampler(
+        order = TrainSampler(
             len(dataset),
             seed,
             batch_size,
             rank,
             world_size,
             labels,
-            data_cfg.sampler,
+            sampler or data_cfg.sampler,
             data_cfg.num_samples_cls,
             epochs,
         )
     else:
-        sampler = ShardSampler(len(dataset), rank, world_size)
+        order = ShardSampler(len(dataset), rank, world_size)
     workers = min(data_cfg.num_workers, available_cores())
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=order,
         num_workers=workers,
         collate_fn=Collate(data_cfg, transform if gpu_decode else None),
         pin_memory=device.type == "cuda" and not gpu_decode,

@@ -194,6 +194,16 @@ def build_data(
     if train:
         check_train_size(manifest.splits.get("train", 0), cfg.batch_size, data_dir)
     train_loader = loader("train", True) if train else None
+    if train_loader is not None and cfg.model.bbn:  # BBN: + the reversed sampler's batches
+        from lwrcli.data.paired import REVERSED_SEED_OFFSET, PairedLoader
+
+        seed = cfg.seed + REVERSED_SEED_OFFSET
+        args = (data_dir, manifest, cfg, device, dist, "train", True, "reversed", seed)
+        if manifest.storage == "arrays":  # the same device-resident images, not a second copy
+            second = _arrays_loader(*args, shared=train_loader)
+        else:
+            second = _list_loader(*args)
+        train_loader = PairedLoader(train_loader, second, manifest.num_classes, cfg.epochs)
     return DataBundle(manifest, train_loader, {s: loader(s, False) for s in wanted}, data_dir)
 
 
@@ -205,13 +215,21 @@ def _arrays_loader(
     dist: DistInfo,
     split: str,
     is_train: bool,
+    sampler: str | None = None,
+    seed: int | None = None,
+    shared: Any = None,
 ) -> BatchLoader:
-    """Small images: the split's uint8 tensor moved to the device once."""
+    """Small images: the split's uint8 tensor moved to the device once. `sampler` and `seed`
+    replace the config's, and `shared` (a loader of the same split) lends its device tensors
+    (BBN's reversed branch: lwrcli.data.paired)."""
     from lwrcli.data.arrays import load_arrays
     from lwrcli.data.device_augment import device_policy
     from lwrcli.data.device_loader import DeviceImageLoader
 
-    images, labels = load_arrays(data_dir, split)
+    if shared is not None:
+        images, labels = shared.images, shared.labels
+    else:
+        images, labels = load_arrays(data_dir, split)
     return DeviceImageLoader(
         images.to(device),
         labels.to(device),
@@ -221,11 +239,11 @@ def _arrays_loader(
         train=is_train,
         padding=cfg.data.crop_padding,
         flip=cfg.data.flip,
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
         rank=dist.rank,
         world_size=dist.world_size,
         channels_last=cfg.channels_last is True,  # unresolved "auto" counts as off here
-        sampler=cfg.data.sampler,
+        sampler=sampler or cfg.data.sampler,
         num_samples_cls=cfg.data.num_samples_cls,
         epochs=cfg.epochs,
         resize=cfg.data.array_resize,
@@ -242,8 +260,11 @@ def _list_loader(
     dist: DistInfo,
     split: str,
     is_train: bool,
+    sampler: str | None = None,
+    seed: int | None = None,
 ) -> BatchLoader:
-    """Large images: a worker DataLoader whose batches are moved to the device."""
+    """Large images: a worker DataLoader whose batches are moved to the device. `sampler` and
+    `seed` replace the config's (BBN's reversed branch: lwrcli.data.paired)."""
     from lwrcli.data.image_loader import build_image_loader
 
     dl = build_image_loader(
@@ -253,12 +274,13 @@ def _list_loader(
         cfg.data,
         batch_size=batch_sizes(cfg, dist)[0 if is_train else 1],
         train=is_train,
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
         rank=dist.rank,
         world_size=dist.world_size,
         device=device,
         epochs=cfg.epochs,
         tte=cfg.eval_tte and not is_train,
+        sampler=sampler,
     )
     steps = len(dl) if not is_train else dl.sampler.steps
     return _ListLoader(dl, device, cfg.channels_last is True, steps)

@@ -14,6 +14,8 @@ over ranks exactly as they shard the instance permutation.
 - square_root: class c with probability proportional to sqrt(n_c), then a uniform image of it.
 - progressive: p_c(t) = (1 - t) n_c / N + t / C, instance-balanced at t = 0 to
   class-balanced at t = 1 (t = epoch / epochs), then a uniform image of the class.
+- reversed (BBN's re-balancing branch, lwrcli.data.paired; not a `data.sampler` choice):
+  class c with probability (1 / n_c) / sum_j (1 / n_j), then a uniform image of it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def class_probabilities(kind: str, counts: torch.Tensor, progress: float = 0.0) 
     if kind == "progressive":
         t = min(max(progress, 0.0), 1.0)
         return (1.0 - t) * n / n.sum() + t / c
+    if kind == "reversed":  # empty classes get 0 (never drawn), not 1/0
+        inv = torch.where(n > 0, 1.0 / n.clamp_min(1.0), torch.zeros_like(n))
+        return inv / inv.sum()
     raise ValueError(f"unknown sampler '{kind}'; choose one of {', '.join(SAMPLERS)}")
 
 

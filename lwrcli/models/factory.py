@@ -21,6 +21,7 @@ from torch import nn
 from lwrcli.config import ModelConfig
 from lwrcli.errors import UserError, did_you_mean
 from lwrcli.models import families, hub
+from lwrcli.models.bbn import to_bbn
 from lwrcli.models.builtin import ResNetCifar, SmallCNN
 from lwrcli.models.heads import (
     ETFHead,
@@ -193,6 +194,8 @@ def build_model(
     if cfg.pretrained is not None and not cfg.name.startswith("clip:"):
         result = load_pretrained(model, cfg.pretrained, head=model.lwr_head)
         log(result.message())
+    if cfg.bbn:  # BBN's two branches (lwrcli.models.bbn); freeze paths name its modules
+        model = to_bbn(model, cfg.name, pretrained=cfg.pretrained is not None or bool(cfg.weights))
     if cfg.freeze:
         freeze(model, cfg.freeze)
     # The base a frozen-base checkpoint refers to (name and sha256 of the file loaded).
