@@ -23,11 +23,11 @@ Paper numbers (`reference`, top-1 %). IB: Park et al., ICCV 2021 (arXiv 2110.024
 "Classification accuracy (%) of ResNet-32 on imbalanced CIFAR-10 and CIFAR-100", Long-Tailed,
 row "IB", Imbalanced CIFAR-100 at rho 100 / 50 / 10: 42.14 / 46.22 / 57.13 (read in a text
 conversion of the paper's PDF held in the search index; no many/medium/few split given).
-CB Focal: 39.60 / 45.32 / 57.99 as the IB paper's Table 4 quotes them, "copied from the
-original paper" (Cui et al.'s own Table 2 could not be read here: quoted, not read at the
-source). SEQL: none (the EQL paper's tables could not be read at all). Note: the IB paper's
-text gives the LDAM-DRW lr steps (x0.01 at 160 and 180) while the released code also drops
-the lr at the switch; the presets follow the code.
+CB Focal: 39.60 / 45.17 / 57.99 as weight balancing's Table 2 lists "Focal+CB" (Cui et al.'s
+own Table 2 could not be read here: quoted, not read at the source). SEQL: none (the EQL
+paper's tables could not be read at all). Note: the IB paper's text gives the LDAM-DRW lr
+steps (x0.01 at 160 and 180) while the released code also drops the lr at the switch; the
+presets follow the code.
 """
 
 from __future__ import annotations
@@ -106,11 +106,12 @@ IB_PAPER: dict[str, dict[str, float]] = {
     "cifar100-lt-ir100-ib": {"all": 42.14},
     "cifar100-lt-ir50-ib": {"all": 46.22},
     "cifar100-lt-ir10-ib": {"all": 57.13},
-    # CB Focal: Cui et al.'s own Table 2 could not be read here; these are the numbers the IB
-    # paper's Table 4 quotes as "copied from the original paper" (100 minus Cui et al.'s error
-    # rates 60.40 / 54.68 / 42.01). Quoted, not read at the source: docs/relatives.md says so.
+    # CB Focal: Cui et al.'s own Table 2 could not be read here; these are the numbers
+    # Alshammari et al. (CVPR 2022) Table 2 lists as "Focal+CB [19]" (39.60 / 45.17 / 57.99).
+    # The IB paper's Table 4 quotes its best CB row, 39.60 / 45.32 / 57.99 (45.32 at IF 50 is
+    # the softmax CB loss). Quoted, not read at the source: docs/relatives.md says so.
     "cifar100-lt-ir100-cb-focal": {"all": 39.60},
-    "cifar100-lt-ir50-cb-focal": {"all": 45.32},
+    "cifar100-lt-ir50-cb-focal": {"all": 45.17},
     "cifar100-lt-ir10-cb-focal": {"all": 57.99},
 }
 
