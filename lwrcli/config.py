@@ -466,6 +466,13 @@ class TrainConfig(Strict):
                 f"loss.name={self.loss.name} cannot take (it needs one class per sample). Use "
                 "ce (BBN's loss), bs or la"
             )
+        if self.data.mixing or self.loss.label_smoothing > 0:
+            raise ValueError(
+                "model.bbn=true already mixes each step's two batches into soft targets "
+                "(a e_yc + (1 - a) e_yr); mixup/CutMix and label smoothing on top of them are "
+                "not supported: set data.mixup_alpha=0, data.cutmix_alpha=0 and "
+                "loss.label_smoothing=0"
+            )
         if self.stage2.mode != "none" or self.stage2.cache_features:
             raise ValueError(
                 "model.bbn=true is a one-stage method: stage2.mode and stage2.cache_features "

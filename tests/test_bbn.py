@@ -326,6 +326,8 @@ def test_cli_train_eval_analyze_with_lwr(lwr, small: Path, tmp_path: Path) -> No
         (["model.name=torchvision:mobilenet_v3_small"], "not a ResNet"),
         (["loss.name=focal"], "soft target"),
         (["data.sampler=class_balanced"], "data.sampler=instance"),
+        (["data.mixup_alpha=1"], "mixup/CutMix and label smoothing"),
+        (["loss.label_smoothing=0.1"], "mixup/CutMix and label smoothing"),
     ],
 )
 def test_unsupported_setups_exit_2(
