@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from lwrcli.checkpoint import THETA_REFERENCE, Checkpoint
+from lwrcli.components import Components
 from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.data.paired import cumulative_alpha
 from lwrcli.distributed import DistInfo
 from lwrcli.ema import attach_ema
-from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.frozen_base import restore_weights
 from lwrcli.influence import FeatureCapture

@@ -24,8 +24,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from lwrcli.checkpoint import EMA_PREFIX, EMA_STEPS, Checkpoint
+from lwrcli.components import Components
 from lwrcli.config import EMAConfig
-from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.frozen_base import stored_state
 from lwrcli.models import classifier_key

@@ -1,4 +1,5 @@
-"""The one training loop for every loss: step, epoch, evaluation, checkpoints.
+"""The one training loop for every loss: step, epoch, evaluation, checkpoints (the saves
+themselves in `lwrcli.engine_saves`; what a run trains in `lwrcli.components`).
 
 The step returns named terms (`loss`, `task`, `lwr`) that are accumulated on the device and
 synchronised only at log intervals, so the GPU never waits on a per-step `.item()`.
@@ -10,8 +11,6 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,21 @@ import torch
 from torch import nn
 
 from lwrcli.checkpoint import (
-    THETA_REFERENCE,
     RunState,
-    atomic_save,
-    checkpoint_payload,
-    commit_resume_point,
 )
+from lwrcli.components import Components
 from lwrcli.config import TrainConfig
-from lwrcli.data.loading import DataBundle
 from lwrcli.device import autocast_context
-from lwrcli.distributed import DistInfo, all_reduce_sum, barrier
+from lwrcli.distributed import DistInfo, all_reduce_sum
+from lwrcli.engine_saves import CheckpointWriter
 from lwrcli.errors import UserError
 from lwrcli.evaluate import score_splits
 from lwrcli.geometry import class_geometry, gradient_share
 from lwrcli.hooks import hook_point
 from lwrcli.live_log import LiveLog
-from lwrcli.losses import CountsLoss, reweight_for_epoch
-from lwrcli.lwr import LWR, resolve_margin
-from lwrcli.models import classifier_key, get_classifier
+from lwrcli.losses import reweight_for_epoch
+from lwrcli.lwr import resolve_margin
+from lwrcli.models import get_classifier
 from lwrcli.optim import set_lr
 from lwrcli.progress import TrainProgress
 from lwrcli.runlog import append_metrics
@@ -51,41 +47,7 @@ class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; the run was saved where it stood (the message says where)."""
 
 
-@dataclass
-class Components:
-    """What a run trains, built once by `lwrcli.build` and handed to the Trainer.
-
-    `model` is what the step calls (possibly DDP- or compile-wrapped); `raw_model` is the plain
-    module whose weights are saved and whose classifier LWR repels.
-    """
-
-    model: nn.Module
-    raw_model: nn.Module
-    loss: CountsLoss
-    optimizer: torch.optim.Optimizer
-    regularizer: LWR | None
-    data: DataBundle
-    base_lr: float
-    # `lwr.theta: init`: the head's unit rows at initialisation (lwr.reference_rows), (C, d).
-    theta_reference: torch.Tensor | None = None
-    # Called in order after every optimizer step (a MaxNorm projection, an EMA update): what a
-    # method does to the weights between steps, kept out of the loop itself.
-    after_step: list[Callable[[], None]] = field(default_factory=list)
-    # Run-level tensors every checkpoint stores (`lwr_state.` keys), e.g. the MaxNorm radius.
-    run_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    # (x, y (N,), epoch, step) -> (x, soft targets (N, C)): mixup/CutMix, label smoothing.
-    mix: (
-        Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]] | None
-    ) = None
-    # What evaluation runs when not the trained model (the EMA average), and extra tensors
-    # (EXTRA_PREFIX keys) every checkpoint stores.
-    eval_model: nn.Module | None = None
-    checkpoint_tensors: list[Callable[[], dict[str, torch.Tensor]]] = field(default_factory=list)
-    # Called with the 0-based epoch before its first step (BBN's cumulative-learning weight).
-    before_epoch: list[Callable[[int], None]] = field(default_factory=list)
-
-
-class Trainer:
+class Trainer(CheckpointWriter):
     """Runs the loop over built components: steps, epochs, evaluation, checkpoints."""
 
     def __init__(
@@ -424,88 +386,6 @@ class Trainer:
             self.state.best_metric = record[key]
             self.state.best_epoch = self.state.epoch
             record["best"] = True
-
-    # --- checkpoints -----------------------------------------------------------------------
-    def _weights(self, record: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        return checkpoint_payload(
-            self.parts.raw_model,
-            self.cfg,
-            self.data.class_counts,
-            self.data.manifest.class_names,
-            self.state.epoch,
-            record,
-            classifier_key(self.parts.raw_model),
-            extra={
-                "selected_on": self.select_split or "none",
-                "dataset_fingerprint": self.data.manifest.fingerprint,
-                # What the model was fed, so `lwr predict` prepares new images the same way
-                # without the prepared dataset (lwrcli.predict.input_spec).
-                "dataset_storage": self.data.manifest.storage,
-                "dataset_image_size": str(self.data.manifest.image_size or ""),
-                "step": str(self.state.step),
-            },
-            extra_tensors={
-                **self.parts.run_tensors,
-                **{k: v for tensors in self.parts.checkpoint_tensors for k, v in tensors().items()},
-                **(
-                    {THETA_REFERENCE: self.parts.theta_reference}
-                    if self.parts.theta_reference is not None
-                    else {}
-                ),
-            },
-        )
-
-    @contextlib.contextmanager
-    def _saving_guard(self) -> Iterator[None]:
-        """A second Ctrl-C during a save waits for the save to finish whole."""
-        self._saving = True
-        try:
-            yield
-        finally:
-            self._saving = False
-            self._last_save = time.monotonic()
-        if self._abort_after_save:
-            raise KeyboardInterrupt
-
-    def _save(self, record: dict[str, Any]) -> None:
-        """End of an epoch: `best`/`epoch_N` copies, the `last` pair, then the metrics line
-        (resume restores that line from the checkpoint if a kill comes in between)."""
-        if self.run_dir is None or not self.dist.is_main:
-            return
-        ckpt_dir = self.run_dir / "checkpoints"
-        names = []
-        if self.cfg.save_every and self.state.epoch % self.cfg.save_every == 0:
-            names.append(f"epoch_{self.state.epoch}")
-        if record.get("best"):
-            names.append("best")
-        with self._saving_guard():
-            weights = self._weights(record)
-            for name in names:
-                atomic_save(weights[0], ckpt_dir / f"{name}.safetensors", weights[1])
-            commit_resume_point(ckpt_dir, weights, self.optimizer, self.data.train, self.state)
-            self._flush_initial_record()
-            append_metrics(self.run_dir / "metrics.jsonl", record)
-        self.live.log(record)  # after the save: a slow tracker never holds a second Ctrl-C
-
-    def _save_mid_epoch(self, epoch: int, step: int, sums: torch.Tensor) -> None:
-        """Inside an epoch: the `last` pair with the loader's position and the sums so far."""
-        sums = all_reduce_sum(sums, self.dist)
-        if self.run_dir is not None and self.dist.is_main:
-            self.state.step = step
-            record = {"epoch": epoch + 1, "step": step, "mid_epoch": True}
-            with self._saving_guard():
-                commit_resume_point(
-                    self.run_dir / "checkpoints",
-                    self._weights(record),
-                    self.optimizer,
-                    self.data.train,
-                    self.state,
-                    sums,
-                )
-                self._flush_initial_record()
-            self.state.step = 0
-        barrier(self.dist)
-        self._last_save = time.monotonic()
 
 
 def _warning_signals() -> tuple[int, ...]:

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import torch
 
+from lwrcli.components import Components
 from lwrcli.config import TrainConfig
 from lwrcli.data.device_loader import DeviceImageLoader
-from lwrcli.engine import Components
 from lwrcli.errors import UserError
 from lwrcli.evaluate import head_inputs
 from lwrcli.models import get_classifier

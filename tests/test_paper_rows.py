@@ -176,10 +176,21 @@ def test_record_without_paper_rows_is_unchanged() -> None:
 
 
 def test_shipped_sweeps_carry_the_checked_paper_only_rows() -> None:
-    """The relatives sweep holds today's entries; ImageNet-LT lists OLTR and LFME (ResNet-10)
-    with the numbers quoted from their papers, each with a source that names the backbone."""
+    """The relatives sweep holds every method of issue 19, stage 2 after its own stage 1;
+    ImageNet-LT lists OLTR and LFME (ResNet-10) with the numbers quoted from their papers, each
+    with a source that names the backbone."""
     spec = load_sweep_file("cifar100-lt-ir100-relatives")
-    assert [e.preset for e in spec.entries] == ["cifar100-lt-ir100-bs", "cifar100-lt-ir100-bs-lwr"]
+    names = [e.name for e in spec.entries]
+    for method in ("bs", "bs+lwr", "wb", "wb+lwr", "etf", "mislas", "ib", "seql", "bbn"):
+        assert method in names
+    assert {e.name: e.init_from for e in spec.entries if e.init_from} == {
+        "wb": "wb-stage1",
+        "wb+lwr": "wb-stage1",
+        "mislas": "mislas-stage1",
+    }
+    mixed = next(e for e in spec.entries if e.name == "bs+lwr+mixup+ra")
+    assert mixed.preset == "cifar100-lt-ir100-bs-randaugment-lwr"
+    assert "data.mixup_alpha=1.0" in mixed.set
     assert spec.seeds == [0, 1, 2]
     table = {r.name: r for r in load_sweep_file("imagenet-lt-table").paper_only}
     assert table["OLTR"].reference == {"all": 35.6, "many": 43.2, "medium": 35.1, "few": 18.5}
