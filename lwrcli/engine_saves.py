@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -39,9 +39,7 @@ class CheckpointWriter:
     _saving: bool
     _abort_after_save: bool
     _last_save: float
-
-    def _flush_initial_record(self) -> None:  # defined by Trainer
-        raise NotImplementedError
+    _flush_initial_record: Callable[[], None]  # Trainer's: the epoch-0 record, once
 
     # --- checkpoints -----------------------------------------------------------------------
     def _weights(self, record: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
