@@ -30,6 +30,7 @@ import yaml
 
 from lwrcli import paper_rows
 from lwrcli.errors import UserError
+from lwrcli.runname import run_name
 
 METRICS = ("top1", "many", "medium", "few", "top5")
 HEADERS = {"top1": "All", "many": "Many", "medium": "Medium", "few": "Few", "top5": "Top-5"}
@@ -152,8 +153,18 @@ def acting(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _seedless(settings: dict[str, Any]) -> dict[str, Any]:
+    """A stage-2 run of a sweep starts from its own seed's stage 1 (`init_from`): its
+    `init.checkpoint` differs by seed only, in the `seed=N` folder, which is not a setting."""
+    path = settings.get("init.checkpoint")
+    if isinstance(path, str):
+        parts = ["seed=*" if part.startswith("seed=") else part for part in Path(path).parts]
+        settings = {**settings, "init.checkpoint": str(Path(*parts))}
+    return settings
+
+
 def _group_key(run: Run) -> str:
-    settings = {k: v for k, v in acting(run.config).items() if k != "name"}
+    settings = _seedless({k: v for k, v in acting(run.config).items() if k != "name"})
     return run.fingerprint + "|" + json.dumps(settings, sort_keys=True)
 
 
@@ -182,8 +193,22 @@ def _value(key: str, v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _sweep_label(group: Group) -> str | None:
+    """The group's name in its sweep (`wb+lwr`, `bs-lwr/theta=0.4`): its runs' names there
+    without the seed, when they all share one."""
+    names = {run_name(r.path) for r in group.runs}
+    stems = {n.rsplit("/seed=", 1)[0] for n in names if "/seed=" in n}
+    return stems.pop() if len(stems) == 1 and len(names) == len(group.runs) else None
+
+
 def label_groups(groups: list[Group]) -> None:
-    """Name each group by the settings in which the groups differ (θ=0.4, loss=bs, lwr=on)."""
+    """Name each group by its entry name when every group is a sweep entry (`wb+lwr`), else by
+    the settings in which the groups differ (θ=0.4, loss=bs, lwr=on)."""
+    named = [_sweep_label(g) for g in groups]
+    if all(named) and len(set(named)) == len(named):
+        for g, name in zip(groups, named):
+            g.label = str(name)
+        return
     flat = [acting(g.config) for g in groups]
     keys = sorted({k for f in flat for k in f})
     # Compared only among the groups where the setting acts.

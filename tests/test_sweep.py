@@ -253,6 +253,12 @@ def test_a_stage_two_entry_starts_from_its_own_stage_one(
     if seeds == 2:  # each seed's stage 2 starts from its own stage 1
         other = _weights(out / "crt/seed=1")
         assert not torch.equal(_weights(out / "crt/seed=0")[conv[0]], other[conv[0]])
+        # The report pools the seeds of each entry (their init checkpoints differ by seed
+        # only) and names the groups by their entries.
+        r = lwr("report", out, "--format", "json")
+        assert r.code == 0, r.err
+        groups = {row["group"]: row["n"] for row in json.loads(r.out)["rows"]}
+        assert groups == {"stage1": 2, "crt": 2}
 
 
 def test_chained_sweeps_refuse_what_cannot_keep_the_order(lwr, tmp_path: Path, small: Path) -> None:
