@@ -30,7 +30,7 @@ import yaml
 
 from lwrcli import paper_rows
 from lwrcli.errors import UserError
-from lwrcli.runname import run_name
+from lwrcli.runname import run_name, sweep_root
 
 METRICS = ("top1", "many", "medium", "few", "top5")
 HEADERS = {"top1": "All", "many": "Many", "medium": "Medium", "few": "Few", "top5": "Top-5"}
@@ -205,11 +205,14 @@ def label_groups(groups: list[Group]) -> None:
     """Name each group by its entry name when every group is a sweep entry (`wb+lwr`), else by
     the settings in which the groups differ (θ=0.4, loss=bs, lwr=on)."""
     named = [_sweep_label(g) for g in groups]
-    if all(named) and len(set(named)) == len(named):
+    if all(named):
         for g, name in zip(groups, named):
             g.label = str(name)
+            if named.count(name) > 1:  # one entry of two sweeps, e.g. from other stage-1 runs
+                roots = {str(sweep_root(r.path).name) for r in g.runs}  # type: ignore[union-attr]
+                g.label += f" ({', '.join(sorted(roots))})"
         return
-    flat = [acting(g.config) for g in groups]
+    flat = [_seedless(acting(g.config)) for g in groups]
     keys = sorted({k for f in flat for k in f})
     # Compared only among the groups where the setting acts.
     differ = [
