@@ -56,3 +56,16 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
     prepare_synthetic(out, imbalance_factor=100, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared folder source of real JPEGs (4 classes): the worker DataLoader pipeline."""
+    from jpegtree import write_image_folder
+
+    from lwrcli.data.folder import prepare_folder
+
+    root = tmp_path_factory.mktemp("jpegs")
+    write_image_folder(root / "tree", [40, 30, 20, 12])
+    prepare_folder(root / "tree", root / "data", test_per_class=2)
+    return root / "data"

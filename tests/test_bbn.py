@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import train_args
-from jpegtree import write_image_folder
 from safetensors.torch import load_file
 
 from lwrcli.build import build_components
 from lwrcli.checkpoint import load_checkpoint
 from lwrcli.config import LossConfig, ModelConfig, load_config
-from lwrcli.data.folder import prepare_folder
 from lwrcli.data.loading import build_data
 from lwrcli.data.paired import PairedLoader, cumulative_alpha
 from lwrcli.data.samplers import class_probabilities, epoch_indices
@@ -42,15 +40,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out, num_classes=5, n_max=24, test_per_class=2, imbalance_factor=6, image_size=16, seed=1
     )
     return out
-
-
-@pytest.fixture(scope="module")
-def jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder source of real JPEGs: the worker DataLoader pipeline."""
-    root = tmp_path_factory.mktemp("bbn-jpegs")
-    write_image_folder(root / "tree", [40, 30, 20, 12])
-    prepare_folder(root / "tree", root / "data", test_per_class=2)
-    return root / "data"
 
 
 JPEG_SETS = ["data.image_size=16", "data.resize=18", "data.num_workers=0"]

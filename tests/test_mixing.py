@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import train_args
-from jpegtree import write_image_folder
 
 from lwrcli.config import LossConfig, load_config
-from lwrcli.data.folder import prepare_folder
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.losses import LOSSES, build_loss, soft_target_losses
 from lwrcli.mixing import BatchMixer, build_mixer, label_aware_epsilon, smooth, smoothing_epsilon
@@ -269,14 +267,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("small") / "data"
     prepare_synthetic(out, num_classes=5, n_max=40, test_per_class=4, imbalance_factor=8, seed=1)
     return out
-
-
-@pytest.fixture(scope="module")
-def jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("jpegs")
-    write_image_folder(root / "tree", [40, 30, 20, 12])
-    prepare_folder(root / "tree", root / "data", test_per_class=2)
-    return root / "data"
 
 
 JPEG_SETS = ["dataset=any", "data.image_size=16", "data.resize=18", "data.num_workers=0"]

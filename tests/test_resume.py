@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, train_args
-from jpegtree import write_image_folder
 from safetensors.torch import load_file
 
 from lwrcli.checkpoint import PAUSE_ENV, load_checkpoint
 from lwrcli.config import load_config
-from lwrcli.data.folder import prepare_folder
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.engine import Interrupted, Trainer
 from lwrcli.runlog import read_metrics
@@ -33,15 +31,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("small") / "data"
     prepare_synthetic(out, num_classes=5, n_max=40, test_per_class=4, imbalance_factor=8, seed=1)
     return out
-
-
-@pytest.fixture(scope="module")
-def jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder source of real JPEGs (the worker DataLoader pipeline)."""
-    root = tmp_path_factory.mktemp("jpegs")
-    write_image_folder(root / "tree", [40, 30, 20, 12])
-    prepare_folder(root / "tree", root / "data", test_per_class=2)
-    return root / "data"
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
