@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
-from lwrcli.config import LossConfig, LWRConfig, ModelConfig
-from lwrcli.device import autocast_context
-from lwrcli.losses import build_loss
-from lwrcli.lwr import LWR, reference_rows
+from lwrcli.config.schema import LossConfig, LWRConfig, ModelConfig
+from lwrcli.methods.losses import build_loss
 from lwrcli.models import build_model, get_classifier
+from lwrcli.runtime.device import autocast_context
+from lwrcli.train.lwr import LWR, reference_rows
 
 CLASSES = 1000
 IMAGENET_LT_TRAIN = 115_846  # images in the ImageNet-LT train list

@@ -1,4 +1,4 @@
-"""Cost of the per-epoch class-vector geometry (lwrcli.geometry) at ImageNet-LT size.
+"""Cost of the per-epoch class-vector geometry (lwrcli.train.geometry) at ImageNet-LT size.
 
 C = 1000 classes, d = 2048 (ResNet-50): time of `class_geometry` against an estimate of one
 ResNet-50 ImageNet-LT epoch (115,846 images) at a given throughput. Run:
@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from lwrcli.geometry import class_geometry
+from lwrcli.train.geometry import class_geometry
 
 
 def resnet50_images_per_s(device: torch.device, batch: int = 16, steps: int = 3) -> float:

@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lwrcli.lwr import lwr_penalty, lwr_penalty_dense
+from lwrcli.train.lwr import lwr_penalty, lwr_penalty_dense
 
 
 def saved_bytes(fn, w: torch.Tensor) -> int:

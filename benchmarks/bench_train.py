@@ -39,14 +39,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from lwrcli.build import build_components, resolve_speed_settings, speed_summary
-from lwrcli.config import ModelConfig, load_config
+from lwrcli.config.schema import ModelConfig, load_config
 from lwrcli.data.arrays import write_arrays
 from lwrcli.data.loading import build_data
 from lwrcli.data.manifest import make_manifest, write_manifest
 from lwrcli.data.profiles import long_tailed_counts
-from lwrcli.engine import Trainer
 from lwrcli.models import build_model
+from lwrcli.train.build import build_components, resolve_speed_settings, speed_summary
+from lwrcli.train.engine import Trainer
 
 MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # LDAM-DRW's CIFAR-100 values
 PRESET = "cifar100-lt-ir100-ce"
@@ -58,7 +58,7 @@ VARIANTS: dict[str, list[str]] = {
     "bf16": ["amp=bf16", "channels_last=false", "compile=false"],
     "bf16 + channels_last": ["amp=bf16", "channels_last=true", "compile=false"],
     "compile (+ auto)": ["compile=true"],
-    # Batch-level mixing (lwrcli.mixing) on top of the defaults: its cost per step.
+    # Batch-level mixing (lwrcli.methods.mixing) on top of the defaults: its cost per step.
     "defaults + mixup/CutMix": ["data.mixup_alpha=0.2", "data.cutmix_alpha=1.0"],
 }
 

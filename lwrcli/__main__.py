@@ -1,3 +1,3 @@
-from lwrcli.cli import main
+from lwrcli.cli.main import main
 
 main()

@@ -34,7 +34,7 @@ class Result:
 @pytest.fixture
 def lwr(capsys: pytest.CaptureFixture[str]):
     """Run `lwr ARGS...` in-process; a traceback would surface as an exception here."""
-    from lwrcli.cli import main
+    from lwrcli.cli.main import main
 
     def run(*args: object) -> Result:
         capsys.readouterr()

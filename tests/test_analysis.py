@@ -10,12 +10,12 @@ import pytest
 import torch
 from rich.console import Console
 
-from lwrcli.analysis import analyze_checkpoints, summary_table, weight_stats
-from lwrcli.checkpoint import save_checkpoint
-from lwrcli.config import TrainConfig
+from lwrcli.config.schema import TrainConfig
 from lwrcli.data.manifest import make_manifest, write_manifest
 from lwrcli.errors import UserError
-from lwrcli.plots import _block_mean
+from lwrcli.train.checkpoint import save_checkpoint
+from lwrcli.use.analysis import analyze_checkpoints, summary_table, weight_stats
+from lwrcli.use.plots import _block_mean
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -217,7 +217,7 @@ def test_bad_out_and_inputs(tmp_path: Path) -> None:
 
 def test_sweep_runs_are_named_within_their_sweep(tmp_path: Path, synthetic_data: Path) -> None:
     """Every seed folder of a sweep is called seed=N; the label is the sweep's own run name."""
-    from lwrcli.sweep import build_spec, check_or_write_record, plan_sweep, sweep_record
+    from lwrcli.studies.sweep import build_spec, check_or_write_record, plan_sweep, sweep_record
 
     spec = build_spec(
         ["synthetic-lt-bs", "synthetic-lt-bs-lwr"], [], None, "0", ["lwr.theta=0.2,0.4"], None

@@ -13,20 +13,20 @@ import torch
 from conftest import train_args
 from safetensors.torch import load_file
 
-from lwrcli.build import build_components
-from lwrcli.checkpoint import load_checkpoint
-from lwrcli.config import LossConfig, ModelConfig, load_config
+from lwrcli.config.schema import LossConfig, ModelConfig, load_config
 from lwrcli.data.loading import build_data
 from lwrcli.data.paired import PairedLoader, cumulative_alpha
 from lwrcli.data.samplers import class_probabilities, epoch_indices
 from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.engine import Interrupted, Trainer
 from lwrcli.errors import UserError
-from lwrcli.losses import build_loss
+from lwrcli.methods.losses import build_loss
 from lwrcli.models import build_model, get_classifier
 from lwrcli.models.bbn import BBNNet
-from lwrcli.runlog import read_metrics
-from lwrcli.training import train_run
+from lwrcli.train.build import build_components
+from lwrcli.train.checkpoint import load_checkpoint
+from lwrcli.train.engine import Interrupted, Trainer
+from lwrcli.train.run import train_run
+from lwrcli.train.runlog import read_metrics
 
 PRESET = "cifar100-lt-ir100-bbn"
 TINY = ["dataset=any", "batch_size=8", "log_every=1", "device=cpu", "eval_every=1"]

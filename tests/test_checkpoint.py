@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lwrcli.checkpoint import (
+from lwrcli.config.schema import TrainConfig
+from lwrcli.errors import UserError
+from lwrcli.train.checkpoint import (
     RunState,
     checkpoint_payload,
     commit_resume_point,
@@ -17,8 +19,6 @@ from lwrcli.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from lwrcli.config import TrainConfig
-from lwrcli.errors import UserError
 
 
 class Tiny(torch.nn.Module):
@@ -195,7 +195,7 @@ def test_an_interrupted_write_leaves_the_old_pair_and_no_temp(
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     _commit(tmp_path, model, opt, 1)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    import lwrcli.checkpoint as ck
+    import lwrcli.train.checkpoint as ck
 
     calls = []
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from lwrcli.config import (
+from lwrcli.config.schema import (
     TrainConfig,
     apply_override,
     list_presets,
@@ -145,7 +145,7 @@ def test_ldam_requires_a_cosine_classifier() -> None:
 
 
 def test_lambda_max_auto_follows_the_measured_rule() -> None:
-    from lwrcli.lwr import lambda_for_classes, resolve_lambda_max
+    from lwrcli.train.lwr import lambda_for_classes, resolve_lambda_max
 
     # The rule's anchors (docs/lwr.md, "How strong is LWR?"): 10 at C = 100, 130 at C = 1000.
     assert [lambda_for_classes(c) for c in (10, 20, 100, 365, 1000)] == [
@@ -191,7 +191,7 @@ def test_lambda_auto_is_printed_and_saved_as_the_number(
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(
     lwr, tmp_path: Path, synthetic_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lwrcli.device as device
+    import lwrcli.runtime.device as device
 
     base = ["train", "--preset", "synthetic-lt-bs", "--data", synthetic_data]
     sets = ["--set", "epochs=1", "--set", "model.width=8", "--set", "device=cpu"]

@@ -14,10 +14,10 @@ from conftest import REPO, train_args
 from jpegtree import write_image_folder
 from safetensors.torch import load_file
 
-from lwrcli.config import load_config
+from lwrcli.config.schema import load_config
 from lwrcli.data.folder import prepare_folder
 from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.training import train_run
+from lwrcli.train.run import train_run
 
 # Group norm: no batch statistics, so 1 and 2 processes compute the same function.
 EXACT = ["model.norm=group", "model.width=8", "batch_size=64", "epochs=2", "device=cpu"]
@@ -95,7 +95,7 @@ def test_an_error_on_one_rank_ends_both_with_the_rank_named(data: Path, tmp_path
     (hook / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
-        "    from lwrcli.engine import Trainer\n"
+        "    from lwrcli.train.engine import Trainer\n"
         "    _step = Trainer.train_step\n"
         "    def _boom(self, *args):\n"
         "        if args[2] > 0.5:\n"
@@ -141,7 +141,7 @@ def test_sync_bn_on_cpu_is_a_clear_error(lwr, data: Path, tmp_path: Path) -> Non
 
 
 def test_group_norm_only_for_builtin_models() -> None:
-    from lwrcli.config import validate_config
+    from lwrcli.config.schema import validate_config
     from lwrcli.errors import UserError
 
     with pytest.raises(UserError, match="model.norm=group applies to the built-in"):

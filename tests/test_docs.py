@@ -13,7 +13,7 @@ import pytest
 import typer
 import yaml
 
-from lwrcli.cli import app
+from lwrcli.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

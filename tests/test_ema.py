@@ -14,16 +14,16 @@ from jpegtree import write_image_folder
 from safetensors.torch import load_file
 from torch import nn
 
-from lwrcli.checkpoint import EMA_PREFIX, EMA_STEPS, load_checkpoint
-from lwrcli.config import EMAConfig, load_config
+from lwrcli.config.schema import EMAConfig, load_config
 from lwrcli.data.folder import prepare_folder
 from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.ema import WeightEMA
-from lwrcli.engine import Interrupted, Trainer
 from lwrcli.errors import UserError
-from lwrcli.evaluate import evaluate_checkpoint
-from lwrcli.runlog import read_metrics
-from lwrcli.training import train_run
+from lwrcli.methods.ema import WeightEMA
+from lwrcli.train.checkpoint import EMA_PREFIX, EMA_STEPS, load_checkpoint
+from lwrcli.train.engine import Interrupted, Trainer
+from lwrcli.train.run import train_run
+from lwrcli.train.runlog import read_metrics
+from lwrcli.use.evaluate import evaluate_checkpoint
 
 TINY = ["model.width=8", "batch_size=16", "eval_every=1", "log_every=1", "device=cpu"]
 
@@ -126,7 +126,7 @@ def test_eval_uses_the_ema_weights(lwr, small: Path, tmp_path: Path) -> None:
     assert result.code == 0, result.err
     assert json.loads(result.out)["weights"] == "raw"
     # By hand: the model built from its config, given the ema tensors.
-    from lwrcli.evaluate import load_model
+    from lwrcli.use.evaluate import load_model
 
     by_hand = load_model(loaded, torch.device("cpu"))
     assert all(torch.equal(by_hand.state_dict()[k], ema[k]) for k in ema)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from conftest import train_args
 
-from lwrcli.checkpoint import load_checkpoint, save_checkpoint
-from lwrcli.config import load_config
-from lwrcli.evaluate import load_model
+from lwrcli.config.schema import load_config
 from lwrcli.models import build_model, classifier_key
+from lwrcli.train.checkpoint import load_checkpoint, save_checkpoint
+from lwrcli.use.evaluate import load_model
 
 COUNTS = [120, 60, 30, 12, 4]  # many, medium x2, few x2
 NAMES = ["cat", "dog", "ox", "emu", "yak"]
@@ -277,7 +277,7 @@ def test_mismatch_fails_with_the_difference(
 ) -> None:
     """An export whose logits differ beyond the tolerance is refused and removed (a negative
     tolerance stands in for a wrong exporter: every real difference exceeds it)."""
-    monkeypatch.setattr("lwrcli.export.TOLERANCE", -1.0)
+    monkeypatch.setattr("lwrcli.use.export.TOLERANCE", -1.0)
     out = ckpt.parent / "out"
     result = lwr("export", ckpt, "--format", "torchscript", "--out", out)
     assert result.code == 2 and "max |logit difference|" in result.err
@@ -301,7 +301,7 @@ def test_exporter_failure_names_the_reason(
     ckpt: Path,
     monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
 ) -> None:
-    monkeypatch.setattr("lwrcli.export.load_model", lambda c, d: _Unexportable().eval())
+    monkeypatch.setattr("lwrcli.use.export.load_model", lambda c, d: _Unexportable().eval())
     out = ckpt.parent / "out"
     result = lwr("export", ckpt, "--format", "onnx", "--out", out)
     assert result.code == 2
@@ -338,8 +338,8 @@ def test_help_has_an_example(lwr) -> None:  # noqa: ANN001
 
 
 def test_synthetic_inputs_are_seeded() -> None:
-    from lwrcli.export import check_inputs
-    from lwrcli.export_contract import InputContract
+    from lwrcli.use.export import check_inputs
+    from lwrcli.use.export_contract import InputContract
 
     contract = InputContract("uint8", 8, None, (0.5,) * 3, (0.25,) * 3)  # type: ignore[arg-type]
     a, b = check_inputs(contract), check_inputs(contract)

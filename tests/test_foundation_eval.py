@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from jpegtree import write_list_dataset
 
-from lwrcli.config import DataConfig, ModelConfig, TrainConfig
+from lwrcli.config.schema import DataConfig, ModelConfig, TrainConfig
 from lwrcli.data.arrays import load_arrays
 from lwrcli.data.loading import build_data
 from lwrcli.data.manifest import read_manifest
@@ -31,8 +31,8 @@ STD = torch.tensor(open_clip.constants.OPENAI_DATASET_STD).view(3, 1, 1)
 
 @pytest.mark.parametrize("cosine", [True, False])
 def test_class_mean_head_equals_independent_means(synthetic_data: Path, cosine: bool) -> None:
-    from lwrcli.build import build_components
     from lwrcli.models import get_classifier
+    from lwrcli.train.build import build_components
 
     cfg = TrainConfig(model=ModelConfig(name="small_cnn", width=8, cosine_classifier=cosine,
                                         head_init="class_mean"),
@@ -138,9 +138,9 @@ def test_zero_shot_refuses_a_checkpoint_and_tte_refuses_arrays(
 def test_validation_pass_uses_tte(clip_setup: dict[str, Path]) -> None:
     """eval_tte in training: the eval loaders yield five crops per image, scored by mean
     logits (what score_splits records each epoch)."""
-    from lwrcli.distributed import DistInfo
-    from lwrcli.evaluate import predict, score_splits
-    from lwrcli.zeroshot import zero_shot_config
+    from lwrcli.runtime.distributed import DistInfo
+    from lwrcli.use.evaluate import predict, score_splits
+    from lwrcli.use.zeroshot import zero_shot_config
 
     cfg = zero_shot_config(f"clip:{clip_setup['json']}", pretrained=clip_setup["weights"],
                            templates="single", device="cpu", tte=True)  # fmt: skip

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from lwrcli.analysis import weight_stats
-from lwrcli.checkpoint import load_checkpoint
-from lwrcli.config import load_config
-from lwrcli.geometry import class_geometry
-from lwrcli.lwr import lwr_penalty, project_rows, shared_direction
-from lwrcli.training import train_run
+from lwrcli.config.schema import load_config
+from lwrcli.train.checkpoint import load_checkpoint
+from lwrcli.train.geometry import class_geometry
+from lwrcli.train.lwr import lwr_penalty, project_rows, shared_direction
+from lwrcli.train.run import train_run
+from lwrcli.use.analysis import weight_stats
 
 
 def _numpy_geometry(w: np.ndarray, theta: float) -> dict[str, float]:
@@ -83,10 +83,10 @@ def test_lwr_share_equals_separate_gradients(synthetic_data: Path) -> None:
     backward passes on a copy of the model (same batch, same weights)."""
     import copy
 
-    from lwrcli.build import build_components
     from lwrcli.data.loading import build_data
-    from lwrcli.engine import Trainer
     from lwrcli.models import get_classifier
+    from lwrcli.train.build import build_components
+    from lwrcli.train.engine import Trainer
 
     cfg = load_config(
         "synthetic-lt-bs-lwr", overrides=["model.width=8", "device=cpu", "lwr.theta=0"]

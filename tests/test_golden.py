@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lwrcli.config import list_presets, load_config
+from lwrcli.config.schema import list_presets, load_config
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = yaml.safe_load((GOLDEN / "cases.yaml").read_text())

@@ -1,4 +1,4 @@
-"""Live logging (lwrcli.live_log): what TensorBoard, MLflow and W&B received, read back from
+"""Live logging (lwrcli.train.live_log): what TensorBoard, MLflow and W&B received, read back from
 their own files and compared with metrics.jsonl; sweeps grouped; a failing tracker warns once."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from conftest import train_args
 
-from lwrcli.config import TrainConfig
-from lwrcli.live_log import LiveLog, TensorBoardTracker, scalars
-from lwrcli.runlog import read_metrics
+from lwrcli.config.schema import TrainConfig
+from lwrcli.train.live_log import LiveLog, TensorBoardTracker, scalars
+from lwrcli.train.runlog import read_metrics
 
 SETS = ("epochs=2", "model.width=8", "batch_size=16")
 
@@ -131,7 +131,7 @@ def test_failing_trackers_warn_once_and_the_run_finishes(
     """MLflow missing (its import fails) and TensorBoard failing at every write: one warning
     each, exit 0, and metrics.jsonl complete."""
     pytest.importorskip("tensorboard")
-    import lwrcli.live_log as live_log
+    import lwrcli.train.live_log as live_log
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow...` raises ImportError
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)

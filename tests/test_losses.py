@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lwrcli.config import LossConfig
+from lwrcli.config.schema import LossConfig
 from lwrcli.errors import UserError
-from lwrcli.losses import (
+from lwrcli.methods.losses import (
     LOSSES,
     BalancedSoftmax,
     CrossEntropy,

@@ -17,13 +17,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import train_args
 
-from lwrcli.build import CompileFallback
-from lwrcli.config import LossConfig, load_config
-from lwrcli.equalization import draw_drops, equalized_cross_entropy, position_seed, tail_classes
+from lwrcli.config.schema import LossConfig, load_config
 from lwrcli.errors import UserError
-from lwrcli.influence import FeatureCapture
-from lwrcli.losses import InfluenceBalancedLoss, SoftmaxEqualizationLoss, build_loss
-from lwrcli.runlog import read_metrics
+from lwrcli.methods.equalization import (
+    draw_drops,
+    equalized_cross_entropy,
+    position_seed,
+    tail_classes,
+)
+from lwrcli.methods.influence import FeatureCapture
+from lwrcli.methods.losses import InfluenceBalancedLoss, SoftmaxEqualizationLoss, build_loss
+from lwrcli.train.build import CompileFallback
+from lwrcli.train.runlog import read_metrics
 
 COUNTS = [500, 120, 40, 9, 2]
 
@@ -405,7 +410,7 @@ def test_cli_trains_with_each_loss(lwr, five: Path, tmp_path: Path, loss: list[s
 
 def _draw_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], int, torch.Tensor]]:
     """Every SEQL draw of the process: (epoch, step), call within the step, the drops."""
-    import lwrcli.losses as losses_module
+    import lwrcli.methods.losses as losses_module
 
     log: list[tuple[tuple[int, int], int, torch.Tensor]] = []
     original = losses_module.draw_drops
@@ -430,8 +435,8 @@ def test_seql_draws_the_same_beta_after_a_mid_epoch_resume(
 
     from safetensors.torch import load_file
 
-    from lwrcli.engine import Interrupted, Trainer
-    from lwrcli.training import train_run
+    from lwrcli.train.engine import Interrupted, Trainer
+    from lwrcli.train.run import train_run
 
     overrides = [*TINY, "epochs=2", "checkpoint_every_steps=2", "eval_every=1"]
     cfg = load_config(
@@ -471,7 +476,7 @@ def test_seql_draws_the_same_beta_after_a_mid_epoch_resume(
 def test_trainer_switches_ib_on_at_its_epoch(
     five: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lwrcli.training import train_run
+    from lwrcli.train.run import train_run
 
     seen: list[tuple[int, bool, bool]] = []
     original = InfluenceBalancedLoss.loss
@@ -491,7 +496,7 @@ def test_trainer_switches_ib_on_at_its_epoch(
 
 def test_report_groups_ignore_ib_and_seql_settings_of_other_losses() -> None:
     """`lwr report` groups runs by the settings that act: IB's and SEQL's only with them."""
-    from lwrcli.report import acting
+    from lwrcli.studies.report import acting
 
     loss = {"reweight": "none", "ib_alpha": 1000.0, "ib_start_epoch": 100, "seql_gamma": 0.9}
     assert set(acting({"loss": {**loss, "name": "bs"}})) == {"loss.name", "loss.reweight"}

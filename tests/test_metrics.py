@@ -10,7 +10,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from lwrcli.metrics import (
+from lwrcli.train.metrics import (
     confusion_matrix,
     format_table,
     group_accuracy,

@@ -1,5 +1,5 @@
-"""mixup / CutMix / label smoothing (lwrcli.mixing): soft targets checked against closed forms
-recovered from the mixed images themselves, MiSLAS's label-aware ε re-computed in numpy,
+"""mixup / CutMix / label smoothing (lwrcli.methods.mixing): soft targets checked against closed
+forms recovered from the mixed images themselves, MiSLAS's label-aware ε re-computed in numpy,
 seeded reproducibility, refusals, and both data pipelines end to end."""
 
 from __future__ import annotations
@@ -11,10 +11,16 @@ import pytest
 import torch
 from conftest import train_args
 
-from lwrcli.config import LossConfig, load_config
+from lwrcli.config.schema import LossConfig, load_config
 from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.losses import LOSSES, build_loss, soft_target_losses
-from lwrcli.mixing import BatchMixer, build_mixer, label_aware_epsilon, smooth, smoothing_epsilon
+from lwrcli.methods.losses import LOSSES, build_loss, soft_target_losses
+from lwrcli.methods.mixing import (
+    BatchMixer,
+    build_mixer,
+    label_aware_epsilon,
+    smooth,
+    smoothing_epsilon,
+)
 
 C = 7  # classes; the batch below has N = C distinct labels, so every target is traceable
 
@@ -278,8 +284,8 @@ def test_both_pipelines_train_on_mixed_batches(
 ) -> None:
     """One epoch on each pipeline: every batch reaches the loss as soft targets (N, C) that
     sum to one, mixed (not one-hot) and smoothed."""
-    from lwrcli.engine import Trainer
-    from lwrcli.training import train_run
+    from lwrcli.train.engine import Trainer
+    from lwrcli.train.run import train_run
 
     data = request.getfixturevalue(source)
     seen: list[torch.Tensor] = []
@@ -306,10 +312,10 @@ def test_mixup_run_stopped_mid_epoch_resumes_bit_exact(
 ) -> None:
     from test_resume import _assert_same_run, _stop_at_step
 
-    from lwrcli.checkpoint import load_checkpoint
-    from lwrcli.engine import Interrupted
-    from lwrcli.runlog import read_metrics
-    from lwrcli.training import train_run
+    from lwrcli.train.checkpoint import load_checkpoint
+    from lwrcli.train.engine import Interrupted
+    from lwrcli.train.run import train_run
+    from lwrcli.train.runlog import read_metrics
 
     data = request.getfixturevalue(source)
     sets = [*TINY, *extra, *MIX, "epochs=2", "checkpoint_every_steps=2"]
@@ -370,8 +376,8 @@ def test_mislas_stage1_then_stage2_through_the_cli(lwr, small: Path, tmp_path: P
 
 
 def test_train_bn_keeps_only_batchnorm_in_training_mode() -> None:
+    from lwrcli.methods.stage2 import freeze_backbone
     from lwrcli.models import build_model
-    from lwrcli.stage2 import freeze_backbone
 
     cfg = load_config("synthetic-lt-bs", overrides=["model.width=8"])
     model = build_model(cfg.model, 5)

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lwrcli.config import ModelConfig, OptimConfig
+from lwrcli.config.schema import ModelConfig, OptimConfig
 from lwrcli.errors import UserError
 from lwrcli.models import build_model
-from lwrcli.optim import build_optimizer, set_lr
+from lwrcli.train.optim import build_optimizer, set_lr
 
 
 def _groups_by_name(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, tuple]:

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from lwrcli.errors import UserError
-from lwrcli.paper_rows import MARK, PaperRow, check_rows
-from lwrcli.sweep import Entry, SweepSpec, load_sweep_file, sweep_record
+from lwrcli.studies.paper_rows import MARK, PaperRow, check_rows
+from lwrcli.studies.sweep import Entry, SweepSpec, load_sweep_file, sweep_record
 
 SETS = ["epochs=1", "model.width=8", "batch_size=16", "eval_every=1", "log_every=2"]
 OLTR = {"all": 41.2, "many": 61.8, "medium": 41.4, "few": 17.6}

@@ -14,15 +14,15 @@ from conftest import train_args
 from jpegtree import write_image_folder, write_jpeg
 from PIL import Image
 
-from lwrcli.checkpoint import load_checkpoint, save_checkpoint
-from lwrcli.config import load_config
+from lwrcli.config.schema import load_config
 from lwrcli.data.arrays import load_arrays
 from lwrcli.data.loading import build_data
 from lwrcli.data.manifest import read_manifest
-from lwrcli.distributed import DistInfo
-from lwrcli.evaluate import load_model, predict
 from lwrcli.models import build_model, classifier_key
-from lwrcli.predict_inputs import collect_images
+from lwrcli.runtime.distributed import DistInfo
+from lwrcli.train.checkpoint import load_checkpoint, save_checkpoint
+from lwrcli.use.evaluate import load_model, predict
+from lwrcli.use.predict_inputs import collect_images
 
 SETS = (
     "epochs=1", "batch_size=4", "eval_batch_size=8", "model.name=small_cnn", "model.width=4",
@@ -33,7 +33,7 @@ SETS = (
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A folder dataset of JPEGs (stored as lists) and a small CNN trained one epoch on it."""
-    from lwrcli.cli import main
+    from lwrcli.cli.main import main
 
     base = tmp_path_factory.mktemp("predict")
     write_image_folder(base / "raw", [12, 7, 5])

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lwrcli.build import build_components
-from lwrcli.config import list_presets, load_config
+from lwrcli.config.schema import list_presets, load_config
 from lwrcli.data.loading import build_data
 from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.engine import Trainer
 from lwrcli.errors import UserError
-from lwrcli.losses import reweight_for_epoch
+from lwrcli.methods.losses import reweight_for_epoch
 from lwrcli.models import build_model, get_classifier
 from lwrcli.models import families as backbones
+from lwrcli.train.build import build_components
+from lwrcli.train.engine import Trainer
 
 TINY_CLIP = {
     "embed_dim": 16,

@@ -221,7 +221,7 @@ def test_scheduler_warning_saves_and_requeues(lwr, tmp_path: Path, small: Path) 
 
 
 def test_requeue_outside_slurm_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lwrcli.slurm import requeue_job
+    from lwrcli.runtime.slurm import requeue_job
 
     messages: list[str] = []
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

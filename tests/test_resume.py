@@ -15,12 +15,12 @@ import torch
 from conftest import REPO, train_args
 from safetensors.torch import load_file
 
-from lwrcli.checkpoint import PAUSE_ENV, load_checkpoint
-from lwrcli.config import load_config
+from lwrcli.config.schema import load_config
 from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.engine import Interrupted, Trainer
-from lwrcli.runlog import read_metrics
-from lwrcli.training import train_run
+from lwrcli.train.checkpoint import PAUSE_ENV, load_checkpoint
+from lwrcli.train.engine import Interrupted, Trainer
+from lwrcli.train.run import train_run
+from lwrcli.train.runlog import read_metrics
 
 TINY = ["model.width=8", "batch_size=16", "eval_every=1", "log_every=1", "device=cpu"]
 
@@ -205,7 +205,7 @@ def test_train_split_smaller_than_a_batch_is_refused(lwr, small: Path, tmp_path:
 def test_a_recipe_for_another_dataset_is_refused_before_loading(
     lwr, jpegs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lwrcli.training as training
+    import lwrcli.train.run as training
 
     def no_loading(*args, **kwargs):
         raise AssertionError("data loaders were built before the dataset check")
@@ -231,7 +231,7 @@ def test_resume_reads_damaged_run_files_as_user_errors(lwr, small: Path, tmp_pat
 
 
 def test_workers_never_exceed_the_cores(jpegs: Path) -> None:
-    from lwrcli.config import DataConfig
+    from lwrcli.config.schema import DataConfig
     from lwrcli.data.image_loader import available_cores, build_image_loader
     from lwrcli.data.manifest import read_manifest
 
@@ -248,8 +248,8 @@ def test_a_damaged_metrics_file_keeps_its_intact_records(tmp_path: Path) -> None
 
 
 def test_a_second_ctrl_c_during_a_save_waits_for_it(small: Path) -> None:
-    from lwrcli.build import build_components
     from lwrcli.data.loading import build_data
+    from lwrcli.train.build import build_components
 
     cfg = load_config("synthetic-lt-bs", overrides=TINY)
     data = build_data(small, cfg, torch.device("cpu"))

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from lwrcli.config import ScheduleConfig
-from lwrcli.schedule import lr_at
+from lwrcli.config.schema import ScheduleConfig
+from lwrcli.train.schedule import lr_at
 
 LDAM = ScheduleConfig(
     kind="multistep", warmup_epochs=5, milestones=[160, 180], factors=[0.01, 1e-4]

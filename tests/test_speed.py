@@ -12,12 +12,12 @@ import torch
 import yaml
 from conftest import train_args
 
-from lwrcli.build import build_components, resolve_speed_settings
-from lwrcli.config import TrainConfig, load_config
+from lwrcli.config.schema import TrainConfig, load_config
 from lwrcli.data.loading import build_data
-from lwrcli.device import eval_amp
-from lwrcli.engine import Trainer
-from lwrcli.evaluate import evaluate_checkpoint
+from lwrcli.runtime.device import eval_amp
+from lwrcli.train.build import build_components, resolve_speed_settings
+from lwrcli.train.engine import Trainer
+from lwrcli.use.evaluate import evaluate_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -144,7 +144,7 @@ def test_compile_wrapper_passes_no_sync_to_ddp() -> None:
     is the fallback wrapper around DDP, which must hand the call through."""
     import contextlib
 
-    from lwrcli.build import CompileFallback
+    from lwrcli.train.build import CompileFallback
 
     calls = []
 

@@ -11,12 +11,12 @@ from conftest import train_args
 from safetensors.torch import load_file
 from torch import nn
 
-from lwrcli.config import load_config
+from lwrcli.config.schema import load_config
 from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.losses import posthoc_logit_adjust, tau_normalize
+from lwrcli.methods.losses import posthoc_logit_adjust, tau_normalize
+from lwrcli.methods.stage2 import freeze_backbone, prepare_stage2
 from lwrcli.models import LWSHead, build_model
-from lwrcli.posthoc import TAU_GRID, head_logits, search_posthoc, search_tau_norm
-from lwrcli.stage2 import freeze_backbone, prepare_stage2
+from lwrcli.use.posthoc import TAU_GRID, head_logits, search_posthoc, search_tau_norm
 
 TINY = ["model.width=8", "batch_size=16", "eval_every=0", "log_every=1000"]
 NO_AUG = ["data.crop_padding=0", "data.flip=false"]
@@ -34,7 +34,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stage1(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch CE run: its last checkpoint is every test's init."""
-    from lwrcli.cli import main
+    from lwrcli.cli.main import main
 
     run = tmp_path_factory.mktemp("s1") / "run"
     with pytest.raises(SystemExit) as done:
@@ -195,7 +195,7 @@ def test_eval_search_selects_on_val_and_reports_test(
 ) -> None:
     """With val and test disagreeing (constructed features, a 2-d head), the reported τ is
     val's choice (0.6), and the test accuracy is the one at that τ, not test's best."""
-    import lwrcli.evaluate as ev
+    import lwrcli.use.evaluate as ev
 
     head, splits = _disagreeing_splits()
     real_load = ev.load_model

@@ -16,9 +16,9 @@ import yaml
 from conftest import REPO
 from safetensors.torch import load_file
 
-from lwrcli.config import list_presets, load_config
+from lwrcli.config.schema import list_presets, load_config
 from lwrcli.hooks import PAUSE_ENV
-from lwrcli.sweep import list_sweeps, load_sweep_file, parse_grid, split_values
+from lwrcli.studies.sweep import list_sweeps, load_sweep_file, parse_grid, split_values
 
 SETS = ["epochs=2", "model.width=8", "batch_size=16", "eval_every=1", "log_every=2"]
 NAMES = [
@@ -67,7 +67,7 @@ def test_grid_values_keep_bracketed_commas() -> None:
 @pytest.mark.parametrize("name", list_sweeps())
 def test_shipped_sweep_files_validate(name: str) -> None:
     """Every preset exists and every run's overrides validate (keys and values)."""
-    from lwrcli.sweep import Entry, plan_sweep
+    from lwrcli.studies.sweep import Entry, plan_sweep
 
     spec = load_sweep_file(name)
     assert spec.entries and spec.seeds
@@ -80,7 +80,7 @@ def test_shipped_sweep_files_validate(name: str) -> None:
             assert value in spec.grid[key]
     # Validate every run's config without a dataset: plan against a stub that skips the data.
     keys = {e.data or "" for e in spec.entries}
-    import lwrcli.sweep as sweep_mod
+    import lwrcli.studies.sweep as sweep_mod
 
     orig_read, orig_check = sweep_mod.read_manifest, sweep_mod.check_dataset_matches
     sweep_mod.read_manifest = lambda d: None  # type: ignore[assignment]

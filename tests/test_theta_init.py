@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lwrcli.checkpoint import THETA_REFERENCE, load_checkpoint
-from lwrcli.lwr import lwr_penalty, lwr_penalty_dense, project_rows, reference_rows
+from lwrcli.train.checkpoint import THETA_REFERENCE, load_checkpoint
+from lwrcli.train.lwr import lwr_penalty, lwr_penalty_dense, project_rows, reference_rows
 
 
 def _independent_r(
@@ -81,7 +81,7 @@ def test_theta_init_trains_resumes_and_analyses(
 ) -> None:
     from conftest import train_args
 
-    from lwrcli.engine import Trainer
+    from lwrcli.train.engine import Trainer
 
     sets = ["epochs=2", "model.width=8", "lwr.theta=init", "lwr.lambda_max=50"]
     run = tmp_path / "run"

@@ -17,13 +17,13 @@ from torch import nn
 pytest.importorskip("open_clip")
 pytest.importorskip("peft")
 
-from lwrcli.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint  # noqa: E402
-from lwrcli.config import ModelConfig, OptimConfig, load_config  # noqa: E402
+from lwrcli.config.schema import ModelConfig, OptimConfig, load_config  # noqa: E402
 from lwrcli.errors import UserError  # noqa: E402
-from lwrcli.evaluate import load_model  # noqa: E402
 from lwrcli.models import build_model, classifier_key  # noqa: E402
 from lwrcli.models.tuning import apply_tuning, bottleneck_width  # noqa: E402
-from lwrcli.optim import build_optimizer  # noqa: E402
+from lwrcli.train.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint  # noqa: E402
+from lwrcli.train.optim import build_optimizer  # noqa: E402
+from lwrcli.use.evaluate import load_model  # noqa: E402
 
 TINY = {
     "embed_dim": 32,
@@ -227,7 +227,7 @@ def test_stage2_init_from_a_frozen_base_checkpoint(
     """--init (cRT) rebuilds the base, loads the stored adapters, re-initialises the head; its
     own checkpoints keep storing the adapters (frozen now) and the head."""
     from lwrcli.data.manifest import read_manifest
-    from lwrcli.stage2 import prepare_stage2
+    from lwrcli.methods.stage2 import prepare_stage2
 
     manifest = read_manifest(small)
     sets = _clip_sets(tiny_json, base_file, "adaptformer")
@@ -294,7 +294,7 @@ def test_cli_train_eval_analyze_on_a_frozen_clip_base(
 
     from safetensors.torch import load_file
 
-    from lwrcli.runlog import read_metrics
+    from lwrcli.train.runlog import read_metrics
 
     base = tmp_path / "base.safetensors"
     shutil.copy(base_file, base)
@@ -345,8 +345,8 @@ def test_resume_of_a_stopped_lora_run_ends_like_an_uninterrupted_one(
 
     from safetensors.torch import load_file
 
-    from lwrcli.engine import Interrupted, Trainer
-    from lwrcli.training import train_run
+    from lwrcli.train.engine import Interrupted, Trainer
+    from lwrcli.train.run import train_run
 
     cfg = load_config(
         "synthetic-lt-bs-lwr", overrides=_clip_sets(tiny_json, base_file, "lora", "epochs=2")

@@ -12,18 +12,18 @@ import torch
 from conftest import train_args
 from safetensors.torch import load_file
 
-from lwrcli.build import build_components
-from lwrcli.checkpoint import load_checkpoint
-from lwrcli.config import load_config
+from lwrcli.config.schema import load_config
 from lwrcli.data.loading import build_data
 from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.engine import Interrupted, Trainer
 from lwrcli.errors import UserError
-from lwrcli.losses import DotRegression, build_loss
-from lwrcli.maxnorm import MAX_NORM_RADIUS, MaxNorm, project_rows, relative_radius
+from lwrcli.methods.losses import DotRegression, build_loss
+from lwrcli.methods.maxnorm import MAX_NORM_RADIUS, MaxNorm, project_rows, relative_radius
 from lwrcli.models import ETFHead, build_model, get_classifier, simplex_etf
-from lwrcli.runlog import read_metrics
-from lwrcli.training import train_run
+from lwrcli.train.build import build_components
+from lwrcli.train.checkpoint import load_checkpoint
+from lwrcli.train.engine import Interrupted, Trainer
+from lwrcli.train.run import train_run
+from lwrcli.train.runlog import read_metrics
 
 TINY = ["model.width=8", "batch_size=16", "eval_every=0", "log_every=1000", "device=cpu"]
 C = 5
@@ -253,7 +253,7 @@ def test_a_frozen_backbone_without_weights_is_refused(lwr, tiny: Path, tmp_path:
 @pytest.fixture(scope="module")
 def etf_ckpt(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-epoch ETF + DR run through the CLI: its last checkpoint."""
-    from lwrcli.cli import main
+    from lwrcli.cli.main import main
 
     run = tmp_path_factory.mktemp("etf") / "run"
     with pytest.raises(SystemExit) as done:
@@ -312,7 +312,7 @@ def test_an_etf_checkpoint_evaluates_and_exports(
 
 @pytest.fixture(scope="module")
 def wb_stage1(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lwrcli.cli import main
+    from lwrcli.cli.main import main
 
     run = tmp_path_factory.mktemp("wb1") / "run"
     with pytest.raises(SystemExit) as done:

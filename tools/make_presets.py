@@ -24,9 +24,9 @@ from presets_losses import loss_presets  # noqa: E402
 from presets_mixing import mislas_presets  # noqa: E402
 from presets_wbetf import wbetf_presets  # noqa: E402
 
-from lwrcli.config import TrainConfig  # noqa: E402
-from lwrcli.lwr import lambda_for_classes  # noqa: E402
+from lwrcli.config.schema import TrainConfig  # noqa: E402
 from lwrcli.models.families import model_data_defaults  # noqa: E402
+from lwrcli.train.lwr import lambda_for_classes  # noqa: E402
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2023, 0.1994, 0.2010]
@@ -35,8 +35,8 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # LWR as the paper's best setting: theta 0.4, projection on, lambda(t) linear over the run.
 # lambda_max is not given in the paper's summary: it follows the class count C by the measured
-# rule of lwrcli.lwr.lambda_for_classes (docs/lwr.md, "How strong is LWR?"), so every dataset sees
-# about CIFAR-100's share of the gradient (lambda 10 there).
+# rule of lwrcli.train.lwr.lambda_for_classes (docs/lwr.md, "How strong is LWR?"), so every
+# dataset sees about CIFAR-100's share of the gradient (lambda 10 there).
 NUM_CLASSES = {
     "cifar10": 10,
     "cifar100": 100,
@@ -512,7 +512,7 @@ def readme_table() -> str:
         "| preset | model | loss | LWR | epochs | paper top-1 all / many / med / few |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    from lwrcli.presets import loss_label, lwr_label
+    from lwrcli.studies.presets import loss_label, lwr_label
 
     for name, body in sorted(all_presets().items()):
         cfg = TrainConfig.model_validate(body)

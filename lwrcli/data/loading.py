@@ -13,10 +13,10 @@ from typing import Any, Protocol
 
 import torch
 
-from lwrcli.config import TrainConfig
+from lwrcli.config.schema import TrainConfig
 from lwrcli.data.manifest import Manifest, read_manifest
-from lwrcli.distributed import DistInfo
 from lwrcli.errors import UserError
+from lwrcli.runtime.distributed import DistInfo
 
 
 class BatchLoader(Protocol):

@@ -18,7 +18,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from lwrcli.config import ModelConfig
+from lwrcli.config.schema import ModelConfig
 from lwrcli.errors import UserError, did_you_mean
 from lwrcli.models import families, hub
 from lwrcli.models.bbn import to_bbn

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lwrcli.checkpoint import unwrap
-from lwrcli.device import no_autocast
 from lwrcli.errors import UserError
+from lwrcli.runtime.device import no_autocast
+from lwrcli.train.checkpoint import unwrap
 
 
 class CosineLinear(nn.Module):

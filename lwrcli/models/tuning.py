@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.config import ModelConfig
+from lwrcli.config.schema import ModelConfig
 from lwrcli.errors import UserError
 from lwrcli.models.heads import head_path
 

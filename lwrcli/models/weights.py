@@ -37,7 +37,7 @@ from lwrcli.errors import UserError
 from lwrcli.models.families import AUX_PREFIXES
 
 if TYPE_CHECKING:
-    from lwrcli.config import ModelConfig
+    from lwrcli.config.schema import ModelConfig
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 NESTED_KEYS = ("state_dict", "model", "module")  # training checkpoints that wrap the weights

@@ -1,0 +1,468 @@
+"""The `lwr` command line: thin commands that parse, call one library function, print a summary.
+
+User errors (lwrcli.errors.UserError and click usage errors) end as one paragraph on stderr
+and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lwrcli import __version__
+from lwrcli.cli.console import err_console, out_console
+from lwrcli.cli.console import fail as _fail
+from lwrcli.cli.export import export
+from lwrcli.cli.studies import models_list, presets_list, presets_show, report, sweep
+from lwrcli.cli.use import predict
+from lwrcli.data.sources import SOURCES
+from lwrcli.errors import UserError
+from lwrcli.runtime.distributed import DistInfo
+
+app = typer.Typer(
+    name="lwr",
+    help="Long-tailed image classification with the Logit Weight Repulsion regularizer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+presets_app = typer.Typer(help="The shipped training recipes.", no_args_is_help=True)
+app.add_typer(presets_app, name="presets")
+models_app = typer.Typer(help="Backbones: built-in, torchvision, timm.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"lwr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """Long-tailed image classification with the Logit Weight Repulsion regularizer."""
+
+
+@app.command("prepare-data")
+def prepare_data(
+    source: Annotated[str, typer.Argument(help=f"One of: {', '.join(SOURCES)}.")],
+    out: Annotated[Path, typer.Option("--out", help="Prepared dataset folder to create.")],
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Raw dataset folder (images or archives).")
+    ] = None,
+    imbalance_factor: Annotated[
+        float | None,
+        typer.Option("--imbalance-factor", help="n_max / n_min (cifar, synthetic: 100)."),
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Long-tail profile: exp (default), step or pareto.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the long-tailed selection (default 0).")
+    ] = None,
+    download: Annotated[
+        bool | None, typer.Option("--download", help="cifar: fetch the archive if missing.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out folder.")
+    ] = False,
+    split_dir: Annotated[
+        Path | None,
+        typer.Option("--split-dir", help="Folder with standard list files (else lwr's own)."),
+    ] = None,
+    train_list: Annotated[Path | None, typer.Option("--train-list")] = None,
+    val_list: Annotated[Path | None, typer.Option("--val-list")] = None,
+    test_list: Annotated[Path | None, typer.Option("--test-list")] = None,
+    verify: Annotated[
+        bool | None,
+        typer.Option("--verify/--no-verify", help="Check every image exists and decodes."),
+    ] = None,
+    skip_bad: Annotated[
+        bool | None,
+        typer.Option("--skip-bad", help="Leave corrupt images out (named in the manifest)."),
+    ] = None,
+    val_per_class: Annotated[
+        int | None,
+        typer.Option("--val-per-class", help="folder: images per class held out for val."),
+    ] = None,
+    test_per_class: Annotated[
+        int | None,
+        typer.Option("--test-per-class", help="folder: images per class held out for test."),
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option("--num-classes", help="synthetic: number of classes.")
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            "--image-size",
+            help="folder: store N x N uint8 arrays (centre crop, then resize) for the fast "
+            "device-resident pipeline.",
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="folder: auto (arrays when all images are one square size <= 64 px), "
+            "arrays or lists.",
+        ),
+    ] = None,
+    class_names: Annotated[
+        Path | None,
+        typer.Option(
+            "--class-names",
+            help="Class names in label order: one per line, 'name id' lines "
+            "(categories_places365.txt) or JSON with id + name (iNaturalist categories.json).",
+        ),
+    ] = None,
+    eval_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--eval-only",
+            help="imagenet-lt/places-lt/inat2018: test split only (e.g. for --zero-shot); "
+            "no train images needed.",
+        ),
+    ] = None,
+    min_per_class: Annotated[
+        int | None,
+        typer.Option(
+            "--min-per-class",
+            help="folder: keep at least N train images per class (clips the profile).",
+        ),
+    ] = None,
+    benchmark: Annotated[
+        bool, typer.Option("--benchmark", help="lists/folder: report loader images/s after.")
+    ] = False,
+) -> None:
+    """Build a long-tailed dataset once: CIFAR archives, split lists, folders, or synthetic."""
+    from lwrcli.data.prepare import prepare
+    from lwrcli.data.sources import source_options
+
+    options = source_options(
+        source,
+        root=root,
+        imbalance_factor=imbalance_factor,
+        profile=profile,
+        seed=seed,
+        download=download,
+        split_dir=split_dir,
+        train_list=train_list,
+        val_list=val_list,
+        test_list=test_list,
+        verify=verify,
+        val_per_class=val_per_class,
+        test_per_class=test_per_class,
+        num_classes=num_classes,
+        skip_bad=skip_bad,
+        image_size=image_size,
+        storage=storage,
+        class_names=class_names,
+        eval_only=eval_only,
+        min_per_class=min_per_class,
+    )
+    manifest = prepare(options, out, overwrite=overwrite)
+    groups = {k: len(v) for k, v in manifest.shot_groups.items()}
+    sizes = ", ".join(f"{k} {v:,}" for k, v in manifest.splits.items())
+    counts = (
+        f"train counts max {max(manifest.class_counts):,} min {min(manifest.class_counts):,}"
+        if manifest.class_counts_known
+        else "train counts unknown (published shot groups)"
+    )
+    err_console.print(
+        f"Prepared {manifest.name} in {out}: {manifest.num_classes} classes "
+        f"(names: {manifest.class_names_source}); {sizes} images; {counts}; "
+        f"many/medium/few classes {groups['many']}/{groups['medium']}/{groups['few']}."
+        + (" (synthetic data)" if manifest.synthetic else "")
+        + (
+            f" Images stored as {manifest.image_size}x{manifest.image_size} uint8 arrays: "
+            "training uses the device-resident pipeline."
+            if manifest.source == "folder" and manifest.storage == "arrays"
+            else ""
+        ),
+        highlight=False,
+    )
+    if benchmark:
+        from lwrcli.data.prepare import benchmark_loader
+
+        result = benchmark_loader(out)
+        err_console.print(f"Loader benchmark: {json.dumps(result)}", highlight=False)
+
+
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder to create.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="A shipped recipe.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A YAML config.")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key, e.g. --set lwr.theta=0.6."),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue this run folder.")
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Stage 2: start from this checkpoint (init.checkpoint)."),
+    ] = None,
+    requeue: Annotated[
+        bool,
+        typer.Option(
+            "--requeue",
+            help="SLURM: on the scheduler's warning (SIGUSR1/SIGTERM) save, then "
+            "'scontrol requeue $SLURM_JOB_ID'; the requeued job continues the run.",
+        ),
+    ] = False,
+) -> None:
+    """Train a model (CPU, one GPU, or many via torchrun) into a run folder. Run again with
+    the same arguments, it continues the run folder where it stopped."""
+    from lwrcli.config.schema import load_config
+    from lwrcli.train.run import train_run
+
+    if resume is not None:
+        if preset or config or overrides or out or init:
+            raise UserError(
+                "--resume RUN_DIR continues a run with its saved config; do not combine it "
+                "with --preset, --config, --set, --init or --out."
+            )
+        result = train_run(None, data, resume=resume, requeue=requeue)  # type: ignore[arg-type]
+    else:
+        if data is None or out is None:
+            raise UserError("lwr train needs --data DATA_DIR and --out RUN_DIR.")
+        sets = list(overrides or [])
+        if init is not None:  # a shortcut for --set init.checkpoint=PATH
+            sets.append(f"init.checkpoint={json.dumps(str(init))}")
+        cfg = load_config(preset, config, sets)
+        result = train_run(cfg, data, out, requeue=requeue)
+    if not result.is_main:
+        if result.stopped_late:
+            sys.exit(130)
+        return
+    last = result.history[-1] if result.history else {}
+    tops = {k: v for k, v in last.items() if k.endswith("_top1") and v is not None}
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in tops.items())
+    err_console.print(
+        f"Done: {result.epochs} epochs; {shown or 'no evaluation'}. "
+        f"Checkpoints in {result.run_dir / 'checkpoints'}.",
+        highlight=False,
+    )
+    if result.stopped_late:
+        _fail(
+            "the stop came too late to matter: it arrived after the run's last step, and the "
+            "run is complete and saved.",
+            130,
+        )
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="A .safetensors checkpoint (none with --zero-shot).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for summary.json and per_class.csv.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    split: Annotated[str | None, typer.Option(help="Split (default: the test split).")] = None,
+    posthoc_tau: Annotated[
+        float | None, typer.Option("--posthoc-tau", help="Post-hoc logit adjustment tau.")
+    ] = None,
+    tau_norm: Annotated[
+        float | None,
+        typer.Option("--tau-norm", help="tau-normalise classifier weights (bias dropped)."),
+    ] = None,
+    keep_bias: Annotated[
+        bool, typer.Option("--keep-bias", help="tau-norm: keep the classifier bias.")
+    ] = False,
+    tau_norm_search: Annotated[
+        bool,
+        typer.Option("--tau-norm-search", help="Pick tau-norm's tau in 0..2 on the val split."),
+    ] = False,
+    posthoc_tau_search: Annotated[
+        bool,
+        typer.Option("--posthoc-tau-search", help="Pick post-hoc tau in 0..2 on the val split."),
+    ] = False,
+    confusion: Annotated[bool, typer.Option("--confusion", help="Write confusion.csv.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    raw_weights: Annotated[
+        bool,
+        typer.Option("--raw-weights", help="The trained weights, not the checkpoint's EMA."),
+    ] = False,
+    tte: Annotated[
+        bool,
+        typer.Option("--tte", help="LIFT's test-time ensemble: mean logits of five crops."),
+    ] = False,
+    zero_shot: Annotated[
+        str | None,
+        typer.Option("--zero-shot", help="Score a CLIP text head untrained: clip:<arch>."),
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="--zero-shot: open_clip weights tag.")
+    ] = None,
+    pretrained: Annotated[
+        Path | None, typer.Option("--pretrained", help="--zero-shot: a local weights file.")
+    ] = None,
+    templates: Annotated[
+        str, typer.Option("--templates", help="--zero-shot prompts: openai or single.")
+    ] = "openai",
+) -> None:
+    """Top-1/top-5, many/medium/few and per-class accuracy of a checkpoint (or, with
+    --zero-shot, of a CLIP model's text head without training)."""
+    from lwrcli.train.metrics import format_table
+    from lwrcli.use.evaluate import default_eval_dir, evaluate_checkpoint
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got '{device}'.")
+    if data is None:
+        raise UserError("lwr eval needs --data DATA_DIR, the prepared dataset to score.")
+    if zero_shot is not None:
+        from lwrcli.use.zeroshot import default_zero_shot_dir, evaluate_zero_shot
+
+        adjusting = posthoc_tau, tau_norm, tau_norm_search or None, posthoc_tau_search or None
+        if checkpoint is not None or any(v is not None for v in adjusting):
+            raise UserError(
+                "--zero-shot scores a CLIP model without training: give no checkpoint and no "
+                "τ option (--tau-norm, --posthoc-tau and their searches need a trained head)."
+            )
+        if templates not in ("openai", "single"):
+            raise UserError(f"--templates must be openai or single, got '{templates}'.")
+        target = out or default_zero_shot_dir(zero_shot, data)
+        summary = evaluate_zero_shot(
+            zero_shot, data, target, split, weights, pretrained, templates, tte, confusion, device
+        )
+    else:
+        if checkpoint is None:
+            raise UserError("lwr eval needs a CHECKPOINT, or --zero-shot clip:<arch>.")
+        if weights is not None or pretrained is not None:
+            raise UserError("--weights and --pretrained go with --zero-shot only.")
+        target = out or default_eval_dir(checkpoint, split)
+        summary = evaluate_checkpoint(
+            checkpoint,
+            data,
+            target,
+            split,
+            posthoc_tau,
+            tau_norm,
+            confusion,
+            device,
+            keep_bias=keep_bias,
+            tau_norm_search=tau_norm_search,
+            posthoc_tau_search=posthoc_tau_search,
+            tte=tte,
+            raw_weights=raw_weights,
+        )
+    title = f"{summary['dataset']} / {summary['split']} — {summary['adjustment']}"
+    if summary.get("weights") == "ema":
+        title += " — EMA weights"
+    if summary.get("tte"):
+        title += " — test-time ensemble"
+    if as_json:
+        out_console.file.write(json.dumps(summary) + "\n")
+        err_console.print(format_table(summary, title))
+    else:
+        out_console.print(format_table(summary, title))
+        out_console.print(f"Per-class accuracy and summary.json in {target}", highlight=False)
+
+
+@app.command("analyze-weights")
+def analyze_weights(
+    checkpoints: Annotated[list[Path], typer.Argument(help="One or more checkpoints.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for plots and summary.json.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Prepared dataset (class counts/names).")
+    ] = None,
+    svg: Annotated[bool, typer.Option("--svg", help="Also write SVG plots.")] = False,
+) -> None:
+    """Class-weight norms and cosines against class frequency: plots + JSON summary."""
+    from lwrcli.use.analysis import analyze_checkpoints, summary_table
+
+    formats = ("png", "svg") if svg else ("png",)
+    summary = analyze_checkpoints(list(checkpoints), out, data, formats)
+    out_console.print(summary_table(summary))
+    out_console.print(f"Plots and summary.json in {out}", highlight=False)
+
+
+# predict and export live in cli_use and cli_export, the study commands in cli_studies;
+# registered here so `lwr --help` lists them after eval and analyze-weights.
+app.command()(predict)
+app.command()(export)
+app.command()(sweep)
+app.command()(report)
+presets_app.command("list")(presets_list)
+presets_app.command("show")(presets_show)
+models_app.command("list")(models_list)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point. Typer/click handle usage errors (exit 2 with a usage line); our
+    UserError and interruptions are mapped here, so no user error ends in a traceback.
+
+    Under torchrun every process runs this: errors of the set-up (config, data, model: the
+    same on every process) are reported by rank 0 alone; an error inside the training loop
+    by the process that raised it, with its rank named."""
+    from lwrcli.runtime.distributed import launched
+    from lwrcli.train.engine import Interrupted
+
+    world = launched()
+    try:
+        app(args=argv, prog_name="lwr")
+    except UserError as exc:
+        _fail_from(world, exc, str(exc), 2)
+    except KeyboardInterrupt:
+        _fail_from(world, None, "interrupted; nothing half-written was kept.", 130)
+    except Interrupted as exc:
+        _fail_from(
+            world,
+            None,
+            f"interrupted in {exc}; the run was saved there. Continue with "
+            "'lwr train --resume RUN_DIR'.",
+            130,
+        )
+    except Exception as exc:
+        if not world.enabled:
+            raise
+        if _peer_failed(exc):  # a consequence: the process that failed reports the cause
+            err_console.print(
+                f"rank {world.rank} of {world.world_size} stopped: another process failed.",
+                highlight=False,
+                markup=False,
+            )
+            sys.exit(1)
+        import traceback
+
+        traceback.print_exc()
+        _fail_from(world, exc, f"{type(exc).__name__}: {exc}", 1)
+
+
+def _peer_failed(exc: BaseException) -> bool:
+    """A collective broken because another process died (gloo/NCCL), not a fault here."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistBackendError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer")
+    )
+
+
+def _fail_from(world: DistInfo, exc: BaseException | None, message: str, code: int) -> None:
+    rank = getattr(exc, "lwr_rank", None)
+    if world.enabled and rank is not None:
+        message = f"on rank {rank} of {world.world_size}: {message}"
+    if world.is_main or rank is not None:
+        _fail(message, code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The study commands of `lwr`: sweeps over presets, grids and seeds, reports over runs, and
+the listings of presets and backbones. Plain typed functions, registered by lwrcli.cli.main."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from lwrcli.cli.console import err_console, out_console
+from lwrcli.cli.console import fail as _fail
+from lwrcli.errors import UserError
+
+
+def sweep(
+    data: Annotated[
+        list[str], typer.Option("--data", help="Prepared dataset, or KEY=DIR for sweep files.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Sweep folder (one run folder per run).")],
+    preset: Annotated[list[str] | None, typer.Option("--preset", help="A shipped recipe.")] = None,
+    config: Annotated[list[Path] | None, typer.Option("--config", help="A YAML config.")] = None,
+    file: Annotated[
+        str | None, typer.Option("--file", help="A sweep file (or a shipped sweep's name).")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="e.g. 0,1,2 (default 0).")] = None,
+    grid: Annotated[
+        list[str] | None, typer.Option("--grid", help="key=v1,v2,... e.g. lwr.theta=0.2,0.4.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key in every run.")
+    ] = None,
+    parallel: Annotated[
+        int, typer.Option("--parallel", min=1, help="Runs at a time, as subprocesses.")
+    ] = 1,
+    plan: Annotated[bool, typer.Option("--plan", help="Only write plan.sh.")] = False,
+    slurm: Annotated[bool, typer.Option("--slurm", help="Only write sweep.sbatch.")] = False,
+    gpus_per_run: Annotated[
+        int, typer.Option("--gpus-per-run", min=1, help="--plan/--slurm: torchrun ranks.")
+    ] = 1,
+) -> None:
+    """Presets x grid values x seeds into SWEEP_DIR; re-run to continue; --plan/--slurm."""
+    from lwrcli.studies import sweep_launch
+    from lwrcli.studies.sweep import build_spec, parse_data, plan_sweep, run_sweep
+    from lwrcli.train.engine import Interrupted
+    from lwrcli.train.live_log import sweep_group
+
+    spec = build_spec(preset or [], [str(c) for c in config or []], file, seeds, grid, overrides)
+    runs = plan_sweep(spec, parse_data(data), out)
+    if spec.paper_only:  # recorded in sweep.json for `lwr report`; nothing to train
+        names = ", ".join(r.name for r in spec.paper_only)
+        err_console.print(f"Paper-only rows (not trained here): {names}.", highlight=False)
+    if plan or slurm:
+        for flag, writer in (
+            ("plan", sweep_launch.write_plan),
+            ("slurm", sweep_launch.write_slurm),
+        ):
+            if (plan, slurm)[flag == "slurm"]:
+                path = writer(out, spec, runs, gpus_per_run)
+                err_console.print(f"Wrote {path} ({len(runs)} runs).", highlight=False)
+        return
+    try:
+        # Live logging groups the runs (MLflow parent run, W&B group), subprocesses included.
+        warn = functools.partial(err_console.print, highlight=False)
+        with sweep_group(out, [r.cfg for r in runs], warn=warn):
+            if parallel > 1:
+                counts = sweep_launch.run_parallel(out, spec, runs, parallel)
+            else:
+                counts = run_sweep(out, spec, runs)
+    except Interrupted:
+        _fail(
+            "sweep interrupted; finished runs and the last complete epoch of the current run "
+            "are kept. Run the same command again to continue.",
+            130,
+        )
+        return
+    done = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    err_console.print(f"Sweep of {len(runs)} runs in {out}: {done}.", highlight=False)
+    if counts.get("failed"):
+        _fail(f"{counts['failed']} runs failed; see {out / 'logs'}.", 1)
+
+
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="Sweep or run folders.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the table, JSON and plots.")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Group (label, preset or run) for deltas.")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+    fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or json.")] = "md",
+    svg: Annotated[bool, typer.Option("--svg", help="Also write SVG plots.")] = False,
+) -> None:
+    """Runs grouped by config: mean ± std over seeds, deltas, paper numbers, curves."""
+    from lwrcli.studies.report import build_report, render, write_outputs
+
+    result = build_report(list(dirs), split, baseline)
+    if not result["groups"]:
+        raise UserError(
+            f"No finished run to report in {', '.join(map(str, dirs))} "
+            f"({len(result['incomplete'])} unfinished)."
+        )
+    out_console.file.write(render(result, fmt))
+    if fmt != "md":
+        from lwrcli.studies.report import notes
+
+        err_console.print(notes(result), highlight=False)
+    if out is not None:
+        written = write_outputs(result, out, fmt, svg)
+        err_console.print(f"Wrote {', '.join(p.name for p in written)} in {out}", highlight=False)
+
+
+def presets_list() -> None:
+    """All shipped presets with dataset, model, loss, LWR and epochs."""
+    from lwrcli.studies.presets import presets_table, sweeps_table
+
+    # Off a terminal (pipes, CI) rich assumes 80 columns; give the table room instead.
+    console = out_console if out_console.is_terminal else Console(width=160)
+    console.print(presets_table())
+    console.print(sweeps_table())
+
+
+def presets_show(name: Annotated[str, typer.Argument(help="Preset name.")]) -> None:
+    """The full, validated config of one preset (YAML)."""
+    from lwrcli.config.schema import config_to_yaml, load_config
+
+    out_console.file.write(config_to_yaml(load_config(preset=name)))
+
+
+def models_list(
+    pattern: Annotated[
+        str | None, typer.Argument(help="Glob (convnext_*) or substring (vit) of the name.")
+    ] = None,
+) -> None:
+    """Model names for model.name, with parameter counts (for a 1000-class head)."""
+    from lwrcli.models import list_models, models_table
+
+    console = out_console if out_console.is_terminal else Console(width=160)
+    console.print(models_table(list_models(pattern), pattern))

@@ -1,0 +1,1 @@
+"""The run's config: pydantic sections, presets and `--set` overrides, migrations."""

@@ -1,0 +1,1 @@
+"""Methods as registered units: losses, model variants, fixed heads, training tricks."""

@@ -1,0 +1,1 @@
+"""Many runs: sweeps, reports, paper rows, the presets table."""

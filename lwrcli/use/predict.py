@@ -1,0 +1,239 @@
+"""`lwr predict`: a trained checkpoint on new images -> top-k classes per image (CSV / JSON Lines).
+
+An image is prepared exactly as `lwr eval` prepares the images of the checkpoint's own test
+split, so a prediction here equals eval's for the same file:
+- large-image runs (datasets stored as lists): decoded to RGB (torchvision, PIL fallback),
+  shorter side to `data.resize`, centre crop `data.image_size` (LIFT's five crops with
+  `--tte`), normalised by `data.mean`/`data.std` — lwrcli.data.transforms, as the eval loader;
+- small-image runs (uint8 arrays: CIFAR, synthetic, small folders): the image is first made
+  the stored square the way `prepare-data folder` stores one (centre crop of the shorter side,
+  PIL bilinear to the stored size), then treated as the device loader treats a stored image
+  at evaluation (upsampled to `data.array_resize` when set, normalised; five crops with
+  `--tte`).
+Which of the two, and the stored size, come from the checkpoint's metadata (written by
+training since predict exists), else from the run's prepared dataset (run.json names it),
+else from the dataset the recipe names (CIFAR: 32 px arrays); otherwise lists (`input_spec`).
+
+Logits go through the same path as eval (the head's input captured, then the head, K crops'
+logits averaged); `logit-adjust` subtracts τ·log π with π the checkpoint's train counts,
+`tau-norm` τ-normalises the head (bias dropped), both as `lwr eval` does.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch.utils.data import DataLoader
+
+from lwrcli.data.image_loader import available_cores
+from lwrcli.errors import UserError
+from lwrcli.methods.losses import posthoc_logit_adjust
+from lwrcli.models import get_classifier
+from lwrcli.runtime.device import eval_amp, resolve_device
+from lwrcli.train.checkpoint import load_checkpoint
+from lwrcli.use.evaluate import crop_logits, head_inputs, load_model
+from lwrcli.use.predict_inputs import Collate, Preprocess, collect_images, input_spec
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+POSTHOC = ("none", "tau-norm", "logit-adjust")
+
+
+def output_format(out: Path) -> str:
+    """'csv' or 'jsonl' from the output's extension (case-insensitive)."""
+    fmt = FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise UserError(
+            f"--out {out}: unknown output format '{Path(out).suffix or '(no extension)'}'; "
+            "name the file .csv or .jsonl (JSON Lines)."
+        )
+    return fmt
+
+
+def summary_path(out: Path) -> Path:
+    """The summary written beside the predictions: preds.csv -> preds.csv.summary.json."""
+    return Path(out).with_name(Path(out).name + ".summary.json")
+
+
+@dataclass
+class Options:
+    top_k: int = 5
+    posthoc: str = "none"
+    tau: float = 1.0
+    tte: bool = False
+    device: str = "auto"
+    batch_size: int | None = None
+    workers: int | None = None
+    overwrite: bool = False
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+
+
+def _check_options(opts: Options, out: Path) -> None:
+    if opts.posthoc not in POSTHOC:
+        raise UserError(f"--posthoc must be one of {', '.join(POSTHOC)}, got '{opts.posthoc}'.")
+    if opts.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got '{opts.device}'.")
+    if opts.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {opts.top_k}.")
+    output_format(out)
+    for path in (out, summary_path(out)):
+        if path.exists() and not opts.overwrite:
+            raise UserError(f"{path} exists; pass --overwrite to replace it, or another --out.")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name ending in .csv or .jsonl.")
+
+
+def _progress(total: int, enabled: bool | None) -> Any:
+    """A rich bar on stderr in a terminal (transient), else a do-nothing stand-in."""
+    if not (sys.stderr.isatty() if enabled is None else enabled):
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True, markup=False), transient=True,
+    )  # fmt: skip
+    bar.start()
+    bar.add_task("predict", total=total)
+    return bar
+
+
+class _Writer:
+    """Rows into an open text file: CSV (path, then id/name/prob per rank) or JSON Lines."""
+
+    def __init__(self, f: TextIO, fmt: str, k: int) -> None:
+        self.f, self.fmt = f, fmt
+        if fmt == "csv":
+            self.csv = csv.writer(f)
+            ranks = [(f"top{r}_id", f"top{r}_name", f"top{r}_prob") for r in range(1, k + 1)]
+            self.csv.writerow(["path", *(c for cols in ranks for c in cols)])
+
+    def row(self, path: str, ids: list[int], names: list[str], probs: list[float]) -> None:
+        if self.fmt == "csv":
+            cells = [x for triple in zip(ids, names, probs) for x in triple]
+            self.csv.writerow([path, *cells])
+        else:
+            record = {"path": path, "ids": ids, "names": names, "probs": probs}
+            self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _temp_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def predict_images(
+    checkpoint: Path, inputs: Sequence[Path], out: Path, opts: Options | None = None
+) -> dict[str, Any]:
+    """Classify every image of `inputs` with `checkpoint`; write `out` (.csv / .jsonl) and its
+    summary beside it (`summary_path`) atomically. Returns the summary; raises UserError,
+    writing nothing, when no image could be classified."""
+    opts = opts or Options()
+    out = Path(out)
+    _check_options(opts, out)
+    fmt = output_format(out)
+    paths = collect_images(inputs)
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    dev = resolve_device(opts.device)
+    spec = input_spec(ckpt)
+    prep = Preprocess(spec, cfg.data, opts.tte, dev)
+    model = load_model(ckpt, dev)
+    head = get_classifier(model)
+    amp = eval_amp(cfg.amp, dev)
+    num_classes = ckpt.classifier_weight.shape[0]
+    k = min(opts.top_k, num_classes)
+    names = list(ckpt.class_names) if len(ckpt.class_names) == num_classes else []
+    names = names or [str(c) for c in range(num_classes)]
+    tau_norm = opts.tau if opts.posthoc == "tau-norm" else None
+    prior = torch.tensor(ckpt.class_counts, dtype=torch.float64)
+    if opts.posthoc == "logit-adjust":
+        posthoc_logit_adjust(torch.zeros(1, num_classes), prior, opts.tau)  # empty classes fail now
+    workers = min(cfg.data.num_workers if opts.workers is None else opts.workers, available_cores())
+    loader = DataLoader(
+        prep.dataset(paths),
+        batch_size=opts.batch_size or cfg.eval_batch_size,
+        num_workers=workers,
+        collate_fn=Collate(),
+        pin_memory=dev.type == "cuda",
+        prefetch_factor=2 if workers > 0 else None,
+    )
+    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp, skipped, done = _temp_beside(out), [], 0
+    bar = _progress(len(paths), opts.progress)
+    start = time.perf_counter()
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = _Writer(f, fmt, k)
+            for images, idx, bad in loader:
+                skipped += [{"path": str(paths[i]), "reason": r} for i, r in bad]
+                if images is not None:
+                    x = prep.to_device(images, cfg.channels_last is True)
+                    with torch.no_grad():
+                        feats = head_inputs(model, [(x, idx)], amp)[0][0]
+                        logits = crop_logits(head, feats, tau_norm, keep_bias=False).cpu()
+                    if opts.posthoc == "logit-adjust":
+                        logits = posthoc_logit_adjust(logits, prior, opts.tau)
+                    probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
+                    for i, ids, ps in zip(idx.tolist(), top.tolist(), probs.tolist()):
+                        writer.row(str(paths[i]), ids, [names[c] for c in ids], ps)
+                    done += len(idx)
+                if bar is not None:
+                    bar.advance(0, len(idx) + len(bad))
+            f.flush()
+            os.fsync(f.fileno())
+        seconds = time.perf_counter() - start
+        if done == 0:
+            shown = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:5])
+            raise UserError(
+                f"None of the {len(paths)} images could be read, so nothing was written: "
+                f"{shown}{' ...' if len(skipped) > 5 else ''}."
+            )
+        summary = {
+            "checkpoint": str(checkpoint),
+            "output": str(out),
+            "format": fmt,
+            "images": done,
+            "skipped": skipped,
+            "top_k": k,
+            "num_classes": num_classes,
+            "posthoc": opts.posthoc,
+            "tau": opts.tau if opts.posthoc != "none" else None,
+            "tte": opts.tte,
+            "preprocessing": prep.spec.storage + ": " + spec.describe(cfg.data, opts.tte),
+            "preprocessing_from": spec.origin,
+            "device": str(dev),
+            "seconds": round(seconds, 3),
+            "images_per_s": round(done / seconds, 1) if seconds > 0 else None,
+        }
+        side = summary_path(out)
+        side_tmp = _temp_beside(side)
+        try:
+            side_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            os.replace(side_tmp, side)
+        finally:
+            side_tmp.unlink(missing_ok=True)
+        os.replace(tmp, out)  # last: an existing output is always a complete one
+        return summary
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        for d in made:  # folders this command created, removed again (innermost first)
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+        if bar is not None:
+            bar.stop()
