@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from bench_train import PRESET, lwr_runner, timed, write_dataset
 
-from lwrcli.config.schema import load_config
+from lwrcli.config import load_config
 from lwrcli.data.loading import build_data
 from lwrcli.data.profiles import long_tailed_counts
 

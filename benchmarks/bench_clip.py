@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lwrcli.config.schema import LossConfig, LWRConfig, ModelConfig
+from lwrcli.config import LossConfig, LWRConfig, ModelConfig
 from lwrcli.methods.losses import build_loss
 from lwrcli.models import build_model, get_classifier
 from lwrcli.runtime.device import autocast_context

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lwrcli.config.schema import DataConfig
+from lwrcli.config import DataConfig
 from lwrcli.data.folder import prepare_folder
 from lwrcli.data.throughput import loader_benchmark
 

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from lwrcli.config.schema import ModelConfig
+from lwrcli.config import ModelConfig
 from lwrcli.data.device_loader import DeviceImageLoader
 from lwrcli.models import build_model
 

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lwrcli.config.schema import load_config
+from lwrcli.checkpoint.files import save_checkpoint
+from lwrcli.config import load_config
 from lwrcli.data.folder import prepare_folder
 from lwrcli.data.image_loader import build_image_loader, to_device
 from lwrcli.data.manifest import read_manifest
 from lwrcli.models import build_model, classifier_key
 from lwrcli.runtime.device import resolve_device
-from lwrcli.train.checkpoint import save_checkpoint
 from lwrcli.use.predict import Options, predict_images
 
 CLASSES = 8

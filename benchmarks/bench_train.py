@@ -39,7 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from lwrcli.config.schema import ModelConfig, load_config
+from lwrcli.config import ModelConfig, load_config
 from lwrcli.data.arrays import write_arrays
 from lwrcli.data.loading import build_data
 from lwrcli.data.manifest import make_manifest, write_manifest

@@ -63,7 +63,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench_* modules
 from bench_train import step_fn, write_dataset  # noqa: E402
 
-from lwrcli.config.schema import load_config  # noqa: E402
+from lwrcli.config import load_config  # noqa: E402
 from lwrcli.data.loading import DataBundle, build_data  # noqa: E402
 from lwrcli.data.manifest import make_manifest  # noqa: E402
 from lwrcli.data.profiles import long_tailed_counts  # noqa: E402

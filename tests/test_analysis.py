@@ -10,10 +10,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from lwrcli.config.schema import TrainConfig
+from lwrcli.checkpoint.files import save_checkpoint
+from lwrcli.config import TrainConfig
 from lwrcli.data.manifest import make_manifest, write_manifest
 from lwrcli.errors import UserError
-from lwrcli.train.checkpoint import save_checkpoint
 from lwrcli.use.analysis import analyze_checkpoints, summary_table, weight_stats
 from lwrcli.use.plots import _block_mean
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from conftest import REPO
 from safetensors.torch import save_file
 
-from lwrcli.config.schema import ModelConfig, OptimConfig, TrainConfig, validate_config
+from lwrcli.checkpoint.files import load_checkpoint, save_checkpoint
+from lwrcli.config import ModelConfig, OptimConfig, TrainConfig, validate_config
 from lwrcli.errors import UserError
 from lwrcli.models import (
     build_model,
@@ -23,7 +24,6 @@ from lwrcli.models import (
     model_data_defaults,
 )
 from lwrcli.models import families as backbones
-from lwrcli.train.checkpoint import load_checkpoint, save_checkpoint
 from lwrcli.train.lwr import lwr_penalty, lwr_penalty_dense
 from lwrcli.train.optim import build_optimizer
 from lwrcli.use.analysis import weight_stats
@@ -221,7 +221,7 @@ def test_timm_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_builtin_name_validation_imports_neither_timm_nor_torchvision() -> None:
     code = (
-        "import sys; from lwrcli.config.schema import ModelConfig; ModelConfig(name='resnet32'); "
+        "import sys; from lwrcli.config import ModelConfig; ModelConfig(name='resnet32'); "
         "print('timm' in sys.modules, 'torchvision' in sys.modules)"
     )
     out = subprocess.run(
@@ -258,7 +258,7 @@ def test_model_data_defaults() -> None:
 
 
 def test_model_data_defaults_fill_only_what_data_leaves_unset() -> None:
-    from lwrcli.config.schema import validate_config
+    from lwrcli.config import validate_config
     from lwrcli.train.build import with_model_data_defaults
 
     cfg = with_model_data_defaults(validate_config({"model": {"name": "torchvision:resnet18"}}))

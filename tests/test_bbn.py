@@ -13,7 +13,8 @@ import torch
 from conftest import train_args
 from safetensors.torch import load_file
 
-from lwrcli.config.schema import LossConfig, ModelConfig, load_config
+from lwrcli.checkpoint.files import load_checkpoint
+from lwrcli.config import LossConfig, ModelConfig, load_config
 from lwrcli.data.loading import build_data
 from lwrcli.data.paired import PairedLoader, cumulative_alpha
 from lwrcli.data.samplers import class_probabilities, epoch_indices
@@ -23,7 +24,6 @@ from lwrcli.methods.losses import build_loss
 from lwrcli.models import build_model, get_classifier
 from lwrcli.models.bbn import BBNNet
 from lwrcli.train.build import build_components
-from lwrcli.train.checkpoint import load_checkpoint
 from lwrcli.train.engine import Interrupted, Trainer
 from lwrcli.train.run import train_run
 from lwrcli.train.runlog import read_metrics

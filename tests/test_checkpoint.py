@@ -7,18 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lwrcli.config.schema import TrainConfig
+from lwrcli.checkpoint.files import checkpoint_payload, load_checkpoint, save_checkpoint
+from lwrcli.checkpoint.resume import RunState, commit_resume_point, load_train_state, resume_point
+from lwrcli.config import TrainConfig
 from lwrcli.errors import UserError
-from lwrcli.train.checkpoint import (
-    RunState,
-    checkpoint_payload,
-    commit_resume_point,
-    load_checkpoint,
-    load_train_state,
-    resume_point,
-    save_checkpoint,
-    unwrap,
-)
+from lwrcli.runtime.modules import unwrap
 
 
 class Tiny(torch.nn.Module):
@@ -195,7 +188,7 @@ def test_an_interrupted_write_leaves_the_old_pair_and_no_temp(
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     _commit(tmp_path, model, opt, 1)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    import lwrcli.train.checkpoint as ck
+    import lwrcli.checkpoint.files as ck
 
     calls = []
 

@@ -200,7 +200,7 @@ def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
 
 
 def test_presets_list_and_show(lwr) -> None:
-    from lwrcli.config.schema import list_presets
+    from lwrcli.config import list_presets
 
     r = lwr("presets", "list")
     assert r.code == 0

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 open_clip = pytest.importorskip("open_clip")
 
-from lwrcli.config.schema import ModelConfig  # noqa: E402
+from lwrcli.config import ModelConfig  # noqa: E402
 from lwrcli.models import build_model, get_classifier  # noqa: E402
 from lwrcli.models.clip import create_clip  # noqa: E402
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from lwrcli.config.schema import (
+from lwrcli.config import (
     TrainConfig,
     apply_override,
     list_presets,

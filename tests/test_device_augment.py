@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from lwrcli.config.schema import DataConfig, load_config
+from lwrcli.config import DataConfig, load_config
 from lwrcli.data.device_augment import (
     AUTO_BINS,
     AUTOAUGMENT_POLICIES,

@@ -14,7 +14,7 @@ from conftest import REPO, train_args
 from jpegtree import write_image_folder
 from safetensors.torch import load_file
 
-from lwrcli.config.schema import load_config
+from lwrcli.config import load_config
 from lwrcli.data.folder import prepare_folder
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.train.run import train_run
@@ -141,7 +141,7 @@ def test_sync_bn_on_cpu_is_a_clear_error(lwr, data: Path, tmp_path: Path) -> Non
 
 
 def test_group_norm_only_for_builtin_models() -> None:
-    from lwrcli.config.schema import validate_config
+    from lwrcli.config import validate_config
     from lwrcli.errors import UserError
 
     with pytest.raises(UserError, match="model.norm=group applies to the built-in"):

@@ -14,12 +14,12 @@ from jpegtree import write_image_folder
 from safetensors.torch import load_file
 from torch import nn
 
-from lwrcli.config.schema import EMAConfig, load_config
+from lwrcli.checkpoint.files import EMA_PREFIX, EMA_STEPS, load_checkpoint
+from lwrcli.config import EMAConfig, load_config
 from lwrcli.data.folder import prepare_folder
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.errors import UserError
 from lwrcli.methods.ema import WeightEMA
-from lwrcli.train.checkpoint import EMA_PREFIX, EMA_STEPS, load_checkpoint
 from lwrcli.train.engine import Interrupted, Trainer
 from lwrcli.train.run import train_run
 from lwrcli.train.runlog import read_metrics

@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import train_args
 
-from lwrcli.config.schema import load_config
+from lwrcli.checkpoint.files import load_checkpoint, save_checkpoint
+from lwrcli.config import load_config
 from lwrcli.models import build_model, classifier_key
-from lwrcli.train.checkpoint import load_checkpoint, save_checkpoint
 from lwrcli.use.evaluate import load_model
 
 COUNTS = [120, 60, 30, 12, 4]  # many, medium x2, few x2

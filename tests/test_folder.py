@@ -11,7 +11,7 @@ import pytest
 import torch
 from jpegtree import write_image_folder, write_jpeg
 
-from lwrcli.config.schema import DataConfig
+from lwrcli.config import DataConfig
 from lwrcli.data.folder import prepare_folder
 from lwrcli.data.image_loader import build_image_loader, to_device
 from lwrcli.errors import UserError

@@ -11,7 +11,7 @@ import torch
 from conftest import train_args
 from PIL import Image
 
-from lwrcli.config.schema import load_config
+from lwrcli.config import load_config
 from lwrcli.data.arrays import load_arrays
 from lwrcli.data.device_loader import DeviceImageLoader
 from lwrcli.data.folder import prepare_folder

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from jpegtree import write_list_dataset
 
-from lwrcli.config.schema import DataConfig, ModelConfig, TrainConfig
+from lwrcli.config import DataConfig, ModelConfig, TrainConfig
 from lwrcli.data.arrays import load_arrays
 from lwrcli.data.loading import build_data
 from lwrcli.data.manifest import read_manifest
@@ -139,7 +139,7 @@ def test_validation_pass_uses_tte(clip_setup: dict[str, Path]) -> None:
     """eval_tte in training: the eval loaders yield five crops per image, scored by mean
     logits (what score_splits records each epoch)."""
     from lwrcli.runtime.distributed import DistInfo
-    from lwrcli.use.evaluate import predict, score_splits
+    from lwrcli.train.scoring import predict, score_splits
     from lwrcli.use.zeroshot import zero_shot_config
 
     cfg = zero_shot_config(f"clip:{clip_setup['json']}", pretrained=clip_setup["weights"],

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lwrcli.config.schema import load_config
-from lwrcli.train.checkpoint import load_checkpoint
+from lwrcli.checkpoint.files import load_checkpoint
+from lwrcli.config import load_config
 from lwrcli.train.geometry import class_geometry
 from lwrcli.train.lwr import lwr_penalty, project_rows, shared_direction
 from lwrcli.train.run import train_run

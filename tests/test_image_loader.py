@@ -10,7 +10,7 @@ import torch
 from jpegtree import write_jpeg, write_list_dataset
 from PIL import Image
 
-from lwrcli.config.schema import DataConfig
+from lwrcli.config import DataConfig
 from lwrcli.data.image_loader import ListDataset, build_image_loader, to_device
 from lwrcli.data.listfile import prepare_listfile
 from lwrcli.data.manifest import read_manifest

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import train_args
 
-from lwrcli.config.schema import TrainConfig
+from lwrcli.config import TrainConfig
 from lwrcli.train.live_log import LiveLog, TensorBoardTracker, scalars
 from lwrcli.train.runlog import read_metrics
 

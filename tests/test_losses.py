@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lwrcli.config.schema import LossConfig
+from lwrcli.config import LossConfig
 from lwrcli.errors import UserError
 from lwrcli.methods.losses import (
     LOSSES,

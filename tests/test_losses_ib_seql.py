@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import train_args
 
-from lwrcli.config.schema import LossConfig, load_config
+from lwrcli.config import LossConfig, load_config
 from lwrcli.errors import UserError
 from lwrcli.methods.equalization import (
     draw_drops,

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lwrcli.config.schema import LWRConfig, LWRScheduleConfig, validate_config
+from lwrcli.config import LWRConfig, LWRScheduleConfig, validate_config
 from lwrcli.errors import UserError
 from lwrcli.train.lwr import (
     build_regularizer,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import train_args
 
-from lwrcli.config.schema import LossConfig, load_config
+from lwrcli.config import LossConfig, load_config
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.methods.losses import LOSSES, build_loss, soft_target_losses
 from lwrcli.methods.mixing import (
@@ -312,7 +312,7 @@ def test_mixup_run_stopped_mid_epoch_resumes_bit_exact(
 ) -> None:
     from test_resume import _assert_same_run, _stop_at_step
 
-    from lwrcli.train.checkpoint import load_checkpoint
+    from lwrcli.checkpoint.files import load_checkpoint
     from lwrcli.train.engine import Interrupted
     from lwrcli.train.run import train_run
     from lwrcli.train.runlog import read_metrics

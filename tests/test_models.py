@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lwrcli.config.schema import ModelConfig
+from lwrcli.config import ModelConfig
 from lwrcli.errors import UserError
 from lwrcli.models import MODELS, CosineLinear, build_model, count_parameters, get_classifier
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lwrcli.config.schema import ModelConfig, OptimConfig
+from lwrcli.config import ModelConfig, OptimConfig
 from lwrcli.errors import UserError
 from lwrcli.models import build_model
 from lwrcli.train.optim import build_optimizer, set_lr

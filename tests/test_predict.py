@@ -14,14 +14,15 @@ from conftest import train_args
 from jpegtree import write_image_folder, write_jpeg
 from PIL import Image
 
-from lwrcli.config.schema import load_config
+from lwrcli.checkpoint.files import load_checkpoint, save_checkpoint
+from lwrcli.config import load_config
 from lwrcli.data.arrays import load_arrays
 from lwrcli.data.loading import build_data
 from lwrcli.data.manifest import read_manifest
 from lwrcli.models import build_model, classifier_key
 from lwrcli.runtime.distributed import DistInfo
-from lwrcli.train.checkpoint import load_checkpoint, save_checkpoint
-from lwrcli.use.evaluate import load_model, predict
+from lwrcli.train.scoring import predict
+from lwrcli.use.evaluate import load_model
 from lwrcli.use.predict_inputs import collect_images
 
 SETS = (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lwrcli.config.schema import list_presets, load_config
+from lwrcli.config import list_presets, load_config
 from lwrcli.data.loading import build_data
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.errors import UserError

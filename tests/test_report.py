@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lwrcli.config.schema import config_to_yaml, load_config
+from lwrcli.config import config_to_yaml, load_config
 from lwrcli.studies.report import build_report, render
 
 SCORES = ("top1", "top5", "many", "medium", "few")

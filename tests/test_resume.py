@@ -15,9 +15,10 @@ import torch
 from conftest import REPO, train_args
 from safetensors.torch import load_file
 
-from lwrcli.config.schema import load_config
+from lwrcli.checkpoint.files import load_checkpoint
+from lwrcli.checkpoint.resume import PAUSE_ENV
+from lwrcli.config import load_config
 from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.train.checkpoint import PAUSE_ENV, load_checkpoint
 from lwrcli.train.engine import Interrupted, Trainer
 from lwrcli.train.run import train_run
 from lwrcli.train.runlog import read_metrics
@@ -231,7 +232,7 @@ def test_resume_reads_damaged_run_files_as_user_errors(lwr, small: Path, tmp_pat
 
 
 def test_workers_never_exceed_the_cores(jpegs: Path) -> None:
-    from lwrcli.config.schema import DataConfig
+    from lwrcli.config import DataConfig
     from lwrcli.data.image_loader import available_cores, build_image_loader
     from lwrcli.data.manifest import read_manifest
 

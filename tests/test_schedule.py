@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lwrcli.config.schema import ScheduleConfig
+from lwrcli.config import ScheduleConfig
 from lwrcli.train.schedule import lr_at
 
 LDAM = ScheduleConfig(

@@ -12,7 +12,7 @@ import torch
 import yaml
 from conftest import train_args
 
-from lwrcli.config.schema import TrainConfig, load_config
+from lwrcli.config import TrainConfig, load_config
 from lwrcli.data.loading import build_data
 from lwrcli.runtime.device import eval_amp
 from lwrcli.train.build import build_components, resolve_speed_settings

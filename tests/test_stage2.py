@@ -11,7 +11,7 @@ from conftest import train_args
 from safetensors.torch import load_file
 from torch import nn
 
-from lwrcli.config.schema import load_config
+from lwrcli.config import load_config
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.methods.losses import posthoc_logit_adjust, tau_normalize
 from lwrcli.methods.stage2 import freeze_backbone, prepare_stage2

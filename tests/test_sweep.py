@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO
 from safetensors.torch import load_file
 
-from lwrcli.config.schema import list_presets, load_config
+from lwrcli.config import list_presets, load_config
 from lwrcli.hooks import PAUSE_ENV
 from lwrcli.studies.sweep import list_sweeps, load_sweep_file, parse_grid, split_values
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lwrcli.train.checkpoint import THETA_REFERENCE, load_checkpoint
+from lwrcli.checkpoint.files import THETA_REFERENCE, load_checkpoint
 from lwrcli.train.lwr import lwr_penalty, lwr_penalty_dense, project_rows, reference_rows
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO, train_args
 from safetensors.torch import load_file
 
-from lwrcli.config.schema import load_config
+from lwrcli.config import load_config
 from lwrcli.train.engine import Interrupted, Trainer, TrainingDiverged
 from lwrcli.train.run import train_run
 
@@ -116,7 +116,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
         train_run(cfg, synthetic_data, tmp_path / "run")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
-    from lwrcli.train.checkpoint import load_checkpoint
+    from lwrcli.checkpoint.files import load_checkpoint
 
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").epoch == 1
 
@@ -183,7 +183,7 @@ def test_ctrl_c_keeps_last_epoch_and_resume_finishes(tmp_path: Path, synthetic_d
     assert "Traceback" not in err and "--resume" in err
     done = len(metrics.read_text().splitlines()) - 1  # past the epoch-0 geometry record
     assert 1 <= done < 40
-    from lwrcli.train.checkpoint import load_checkpoint
+    from lwrcli.checkpoint.files import load_checkpoint
 
     assert load_checkpoint(run / "checkpoints" / "last.safetensors").epoch == done
     # Resume continues from there; the saved config is shortened to one more epoch for speed.

@@ -17,11 +17,11 @@ from torch import nn
 pytest.importorskip("open_clip")
 pytest.importorskip("peft")
 
-from lwrcli.config.schema import ModelConfig, OptimConfig, load_config  # noqa: E402
+from lwrcli.checkpoint.files import checkpoint_payload, load_checkpoint, save_checkpoint  # noqa: E402
+from lwrcli.config import ModelConfig, OptimConfig, load_config  # noqa: E402
 from lwrcli.errors import UserError  # noqa: E402
 from lwrcli.models import build_model, classifier_key  # noqa: E402
 from lwrcli.models.tuning import apply_tuning, bottleneck_width  # noqa: E402
-from lwrcli.train.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint  # noqa: E402
 from lwrcli.train.optim import build_optimizer  # noqa: E402
 from lwrcli.use.evaluate import load_model  # noqa: E402
 

@@ -12,7 +12,8 @@ import torch
 from conftest import train_args
 from safetensors.torch import load_file
 
-from lwrcli.config.schema import load_config
+from lwrcli.checkpoint.files import load_checkpoint
+from lwrcli.config import load_config
 from lwrcli.data.loading import build_data
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.errors import UserError
@@ -20,7 +21,6 @@ from lwrcli.methods.losses import DotRegression, build_loss
 from lwrcli.methods.maxnorm import MAX_NORM_RADIUS, MaxNorm, project_rows, relative_radius
 from lwrcli.models import ETFHead, build_model, get_classifier, simplex_etf
 from lwrcli.train.build import build_components
-from lwrcli.train.checkpoint import load_checkpoint
 from lwrcli.train.engine import Interrupted, Trainer
 from lwrcli.train.run import train_run
 from lwrcli.train.runlog import read_metrics

@@ -13,7 +13,7 @@ import torch
 from conftest import train_args
 from safetensors.torch import save_file
 
-from lwrcli.config.schema import ModelConfig, load_config
+from lwrcli.config import ModelConfig, load_config
 from lwrcli.errors import UserError
 from lwrcli.models import base_of, build_model, families, get_classifier, list_models
 from lwrcli.models import clip as lwr_clip

@@ -24,7 +24,7 @@ from presets_losses import loss_presets  # noqa: E402
 from presets_mixing import mislas_presets  # noqa: E402
 from presets_wbetf import wbetf_presets  # noqa: E402
 
-from lwrcli.config.schema import TrainConfig  # noqa: E402
+from lwrcli.config import TrainConfig  # noqa: E402
 from lwrcli.models.families import model_data_defaults  # noqa: E402
 from lwrcli.train.lwr import lambda_for_classes  # noqa: E402
 

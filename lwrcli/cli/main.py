@@ -226,7 +226,7 @@ def train(
 ) -> None:
     """Train a model (CPU, one GPU, or many via torchrun) into a run folder. Run again with
     the same arguments, it continues the run folder where it stopped."""
-    from lwrcli.config.schema import load_config
+    from lwrcli.config import load_config
     from lwrcli.train.run import train_run
 
     if resume is not None:

@@ -125,7 +125,7 @@ def presets_list() -> None:
 
 def presets_show(name: Annotated[str, typer.Argument(help="Preset name.")]) -> None:
     """The full, validated config of one preset (YAML)."""
-    from lwrcli.config.schema import config_to_yaml, load_config
+    from lwrcli.config import config_to_yaml, load_config
 
     out_console.file.write(config_to_yaml(load_config(preset=name)))
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from lwrcli.config.schema import DataConfig
+from lwrcli.config import DataConfig
 
 # Every op any of the three policies uses; an image's drawn op is an index into this tuple.
 OPS = (

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from lwrcli.config.schema import DataConfig
+from lwrcli.config import DataConfig
 from lwrcli.data.manifest import Manifest
 from lwrcli.data.samplers import epoch_indices
 from lwrcli.data.transforms import (

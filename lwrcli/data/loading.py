@@ -6,14 +6,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from lwrcli.config.schema import TrainConfig
+from lwrcli.config import TrainConfig
 from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.errors import UserError
 from lwrcli.runtime.distributed import DistInfo
@@ -167,7 +167,11 @@ def build_data(
     dist: DistInfo | None = None,
     train: bool = True,
     splits: list[str] | None = None,
+    train_wrap: Callable[[Any, Callable[..., Any]], Any] | None = None,
 ) -> DataBundle:
+    """The loaders of a prepared dataset. `train_wrap(loader, second)` replaces the training
+    loader (a method that draws two batches per step), where `second(sampler=..., seed=...)`
+    builds another loader over the training split, sharing its device-resident images."""
     dist = dist or DistInfo()
     manifest = read_manifest(data_dir)
     wanted = eval_splits(manifest) if splits is None else splits
@@ -194,16 +198,16 @@ def build_data(
     if train:
         check_train_size(manifest.splits.get("train", 0), cfg.batch_size, data_dir)
     train_loader = loader("train", True) if train else None
-    if train_loader is not None and cfg.model.bbn:  # BBN: + the reversed sampler's batches
-        from lwrcli.data.paired import REVERSED_SEED_OFFSET, PairedLoader
+    if train_loader is not None and train_wrap is not None:
+        first = train_loader
 
-        seed = cfg.seed + REVERSED_SEED_OFFSET
-        args = (data_dir, manifest, cfg, device, dist, "train", True, "reversed", seed)
-        if manifest.storage == "arrays":  # the same device-resident images, not a second copy
-            second = _arrays_loader(*args, shared=train_loader)
-        else:
-            second = _list_loader(*args)
-        train_loader = PairedLoader(train_loader, second, manifest.num_classes, cfg.epochs)
+        def second(sampler: str, seed: int) -> BatchLoader:
+            args = (data_dir, manifest, cfg, device, dist, "train", True, sampler, seed)
+            if manifest.storage == "arrays":  # the same device-resident images, not a copy
+                return _arrays_loader(*args, shared=first)
+            return _list_loader(*args)
+
+        train_loader = train_wrap(train_loader, second)
     return DataBundle(manifest, train_loader, {s: loader(s, False) for s in wanted}, data_dir)
 
 
@@ -221,7 +225,7 @@ def _arrays_loader(
 ) -> BatchLoader:
     """Small images: the split's uint8 tensor moved to the device once. `sampler` and `seed`
     replace the config's, and `shared` (a loader of the same split) lends its device tensors
-    (BBN's reversed branch: lwrcli.data.paired)."""
+    (a second training loader: build_data's `train_wrap`)."""
     from lwrcli.data.arrays import load_arrays
     from lwrcli.data.device_augment import device_policy
     from lwrcli.data.device_loader import DeviceImageLoader
@@ -264,7 +268,7 @@ def _list_loader(
     seed: int | None = None,
 ) -> BatchLoader:
     """Large images: a worker DataLoader whose batches are moved to the device. `sampler` and
-    `seed` replace the config's (BBN's reversed branch: lwrcli.data.paired)."""
+    `seed` replace the config's (a second training loader: build_data's `train_wrap`)."""
     from lwrcli.data.image_loader import build_image_loader
 
     dl = build_image_loader(

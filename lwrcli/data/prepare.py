@@ -85,7 +85,7 @@ def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manif
 
 def benchmark_loader(data_dir: Path, workers: int = 2, batch_size: int = 64) -> dict[str, Any]:
     """Loader images/s of a `lists` dataset with the ImageNet-style training transforms."""
-    from lwrcli.config.schema import DataConfig
+    from lwrcli.config import DataConfig
     from lwrcli.data.throughput import loader_benchmark
 
     if read_manifest(data_dir).storage != "lists":

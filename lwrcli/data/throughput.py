@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lwrcli.config.schema import DataConfig
+from lwrcli.config import DataConfig
 from lwrcli.data.image_loader import build_image_loader, to_device
 from lwrcli.data.manifest import read_manifest
 

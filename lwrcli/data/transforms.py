@@ -19,7 +19,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from lwrcli.config.schema import DataConfig
+from lwrcli.config import DataConfig
 
 
 def train_transform(cfg: DataConfig) -> v2.Compose:

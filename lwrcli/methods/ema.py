@@ -1,4 +1,4 @@
-"""Exponential moving average of the weights (config block `ema`).
+"""Exponential moving average of the weights (section `ema:`).
 
 torch.optim.swa_utils.AveragedModel keeps the average: a copy of the model made when the run
 is built (the average starts at the initial weights, w_ema_0 = w_0) and updated after every
@@ -18,17 +18,30 @@ eval, analyze-weights, predict and export; resume restores both.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from lwrcli.config.schema import EMAConfig
+from lwrcli.checkpoint.files import EMA_PREFIX, EMA_STEPS, Checkpoint
+from lwrcli.checkpoint.frozen_base import stored_state
+from lwrcli.config.sections import Section
 from lwrcli.errors import UserError
-from lwrcli.models import classifier_key
-from lwrcli.train.checkpoint import EMA_PREFIX, EMA_STEPS, Checkpoint
-from lwrcli.train.components import Components
-from lwrcli.train.frozen_base import stored_state
+from lwrcli.methods.base import Method, RunParts
+from lwrcli.models.heads import classifier_key
+
+
+class EMAConfig(Section):
+    """Exponential moving average of the weights: what training evaluates and selects on,
+    and what a checkpoint's users (eval, predict, export, analysis) load."""
+
+    enabled: bool = False
+    decay: float = Field(0.9999, ge=0.0, lt=1.0, description="per update")
+    every: int = Field(1, ge=1, le=100000, description="optimizer steps between updates")
+    # decay min(decay, (1 + n) / (10 + n)) at the n-th update, so short runs average too.
+    warmup: bool = False
 
 
 class WeightEMA:
@@ -107,13 +120,27 @@ def raise_no_ema(ckpt: Checkpoint) -> None:
     )
 
 
-def attach_ema(parts: Components, cfg: EMAConfig, weights: Checkpoint | None) -> WeightEMA:
-    """Average `parts.raw_model` (Components): the hook after each step, evaluation on the
-    average, its tensors in every checkpoint; `weights` (a resume) restores the average."""
-    ema = WeightEMA(parts.raw_model, cfg)
-    if weights is not None:
-        ema.load(weights)
-    parts.after_step.append(ema.after_step)
-    parts.eval_model = ema.module
-    parts.checkpoint_tensors.append(ema.state_tensors)
-    return ema
+class EMAMethod(Method):
+    name, slot, key, label, config = "ema", "trick", "ema", "EMA", EMAConfig
+
+    def active(self, section: Any) -> bool:
+        return section.enabled
+
+    def acting(self, section: dict[str, Any]) -> set[str]:
+        return set(section) if section.get("enabled") else {"enabled"}
+
+    def describe(self, section: Any) -> str:
+        return f"EMA {section.decay:g}"
+
+    def attach(self, parts: RunParts, cfg: Any, saved: Any) -> None:
+        """Average `parts.raw_model`: the hook after each step, evaluation on the average,
+        its tensors in every checkpoint; `saved` (a resume) restores the average."""
+        ema = WeightEMA(parts.raw_model, cfg.section("ema"))
+        if saved is not None:
+            ema.load(saved)
+        parts.after_step.append(ema.after_step)
+        parts.eval_model = ema.module
+        parts.checkpoint_tensors.append(ema.state_tensors)
+
+
+METHOD = EMAMethod()

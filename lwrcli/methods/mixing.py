@@ -1,8 +1,8 @@
-"""Soft training targets: mixup / CutMix on each batch, uniform and label-aware smoothing.
+"""mixup / CutMix on each training batch (section `mixing:`), both pipelines.
 
 `BatchMixer` turns a training batch (x (N, 3, H, W), y (N,) class ids) into (x mixed, targets
-(N, C) float32 probabilities) for the losses that take soft targets (CE, BS, LA). The engine
-calls it on every batch of either pipeline (device-resident arrays or the image DataLoader),
+(N, C) float32 probabilities) for the losses that take soft targets (CE, BS, LA, DR). The
+engine calls it on every batch of either pipeline (device-resident arrays or the image DataLoader),
 after the batch reached the device.
 
 Mixing uses torchvision's `v2.MixUp` / `v2.CutMix` (and `v2.RandomChoice` between them), which
@@ -15,71 +15,20 @@ global batch (pairs never cross processes; rank is in the seed so the parts diff
 torchvision pairs each sample with its neighbour (`roll(1)`); the batch is first put in a
 seeded random order, so the pairs are random even when the sampler groups a class's images
 together (class-balanced sampling takes `num_samples_cls` of a class in a row).
-
-Label smoothing (Szegedy et al.) and MiSLAS's label-aware smoothing (Zhong et al., CVPR 2021,
-github.com/dvlab-research/MiSLAS, `LabelAwareSmoothing`): target (1 - ε_y) e_y + ε_y / C,
-which with CE is MiSLAS's (1 - ε_y) NLL + ε_y mean_c(-log p_c). Smoothing is linear in the
-target, so a mixed target q becomes Σ_c q_c [(1 - ε_c) e_c + ε_c / C].
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
-from torchvision.transforms import v2
 
-from lwrcli.config.schema import LossConfig, TrainConfig
-from lwrcli.errors import UserError
-
-
-def label_aware_epsilon(
-    class_counts: Sequence[int] | Tensor, head: float, tail: float, shape: str, power: float = 1.0
-) -> Tensor:
-    """MiSLAS's ε_c (C,) float64: `tail` for the rarest class (n_K) up to `head` for the most
-    frequent (n_1), along f(x), x = (n_c - n_K) / (n_1 - n_K):
-    concave ε = tail + (head - tail) sin(π x / 2); linear ε = tail + (head - tail) x;
-    convex ε = head + (head - tail) sin(3π/2 + π x / 2); exp ε = tail + (head - tail) x^power.
-    Equal counts (no head, no tail) give `head` for every class."""
-    n = torch.as_tensor(class_counts, dtype=torch.float64)
-    n1, nk = n.max(), n.min()
-    if n1 == nk:
-        return torch.full_like(n, head)
-    x = (n - nk) / (n1 - nk)
-    if shape == "concave":
-        return tail + (head - tail) * torch.sin(x * math.pi / 2)
-    if shape == "linear":
-        return tail + (head - tail) * x
-    if shape == "convex":
-        return head + (head - tail) * torch.sin(1.5 * math.pi + x * math.pi / 2)
-    if shape == "exp":
-        return tail + (head - tail) * x.pow(power)
-    raise ValueError(f"unknown label smoothing shape {shape!r}")
-
-
-def smoothing_epsilon(cfg: LossConfig, class_counts: Sequence[int] | Tensor) -> Tensor | None:
-    """ε per class (C,) float64 from the loss config, or None when smoothing is off."""
-    if not cfg.smoothing:
-        return None
-    c = len(class_counts)
-    if cfg.label_smoothing_tail is None:
-        return torch.full((c,), cfg.label_smoothing, dtype=torch.float64)
-    return label_aware_epsilon(
-        class_counts,
-        cfg.label_smoothing,
-        cfg.label_smoothing_tail,
-        cfg.label_smoothing_shape,
-        cfg.label_smoothing_power,
-    )
-
-
-def smooth(target: Tensor, epsilon: Tensor) -> Tensor:
-    """Soft targets (N, C) -> Σ_c q_c [(1 - ε_c) e_c + ε_c / C]; epsilon (C,) on their device."""
-    eps = epsilon.to(target.dtype)
-    return target * (1.0 - eps) + (target @ eps)[:, None] / target.shape[1]
+from lwrcli.config.sections import Section
+from lwrcli.methods.base import Method, RunParts
+from lwrcli.methods.losses import soft_target_losses
 
 
 def mixing_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -97,22 +46,23 @@ class BatchMixer:
         cutmix_alpha: float = 0.0,
         mix_prob: float = 1.0,
         switch_prob: float = 0.5,
-        epsilon: Tensor | None = None,
         seed: int = 0,
         rank: int = 0,
     ) -> None:
+        # Imported here: torchvision (and its models) stay out of config validation.
+        from torchvision.transforms import v2
+
         self.num_classes = num_classes
         self.mix_prob = mix_prob
         self.seed, self.rank = seed, rank
-        self.epsilon = epsilon
-        ways: list[v2.Transform] = []
+        ways: list[Any] = []
         if mix_prob <= 0:
-            pass  # never mixed: only the targets change (smoothing)
+            pass  # never mixed: the targets become one-hot probabilities
         elif cutmix_alpha > 0:
             ways.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
         if mixup_alpha > 0 and mix_prob > 0:
             ways.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
-        self.transform: v2.Transform | None = None
+        self.transform: Any = None
         if len(ways) == 2:
             self.transform = v2.RandomChoice(ways, p=[switch_prob, 1.0 - switch_prob])
         elif ways:
@@ -129,10 +79,6 @@ class BatchMixer:
             target = F.one_hot(y, self.num_classes).float()
         else:
             target = y.float()
-        if self.epsilon is not None:
-            if self.epsilon.device != target.device:
-                self.epsilon = self.epsilon.to(target.device)
-            target = smooth(target, self.epsilon)
         return x, target
 
     def _mix(self, x: Tensor, y: Tensor, seed: int) -> tuple[Tensor, Tensor]:
@@ -154,25 +100,62 @@ class BatchMixer:
         return x, target
 
 
-def build_mixer(cfg: TrainConfig, class_counts: Sequence[int], rank: int = 0) -> BatchMixer | None:
-    """The run's target transform, or None when neither mixing nor smoothing is on."""
-    data = cfg.data
-    epsilon = smoothing_epsilon(cfg.loss, class_counts)
-    if not data.mixing and epsilon is None:
-        return None
-    if epsilon is not None and bool((epsilon > 1.0).any() or (epsilon < 0.0).any()):
-        raise UserError(
-            f"Label smoothing gives some class an ε outside [0, 1] (shape "
-            f"{cfg.loss.label_smoothing_shape}, head {cfg.loss.label_smoothing}, tail "
-            f"{cfg.loss.label_smoothing_tail}); choose head and tail values in [0, 1)."
+class MixingConfig(Section):
+    """Batch-level mixing: alpha of the Beta(α, α) draw, 0 = off; a batch is mixed with
+    probability `prob`, by CutMix with `switch_prob` when both are on."""
+
+    mixup_alpha: float = Field(0.0, ge=0.0, le=100.0)
+    cutmix_alpha: float = Field(0.0, ge=0.0, le=100.0)
+    prob: float = Field(1.0, ge=0.0, le=1.0)
+    switch_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+    @property
+    def active(self) -> bool:
+        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
+
+
+class MixingMethod(Method):
+    name, slot, key, label, config = "mixing", "trick", "mixing", "mixup/CutMix", MixingConfig
+
+    def active(self, section: Any) -> bool:
+        return section.active
+
+    def acting(self, section: dict[str, Any]) -> set[str]:
+        on = self.active(self.config.model_validate(section))
+        return set(section) if on else {"mixup_alpha", "cutmix_alpha"}
+
+    def describe(self, section: Any) -> str:
+        parts = [f"mixup α={section.mixup_alpha:g}"] if section.mixup_alpha > 0 else []
+        parts += [f"CutMix α={section.cutmix_alpha:g}"] if section.cutmix_alpha > 0 else []
+        return " + ".join(parts)
+
+    def check(self, cfg: Any) -> None:
+        if self.active(cfg.section("mixing")):
+            require_soft_targets(cfg, "mixup/CutMix")
+
+    def attach(self, parts: RunParts, cfg: Any, saved: Any) -> None:
+        m = cfg.section("mixing")
+        mixer = BatchMixer(
+            parts.data.num_classes,
+            m.mixup_alpha,
+            m.cutmix_alpha,
+            m.prob,
+            m.switch_prob,
+            cfg.seed,
+            parts.rank,
         )
-    return BatchMixer(
-        len(class_counts),
-        data.mixup_alpha,
-        data.cutmix_alpha,
-        data.mix_prob,
-        data.mix_switch_prob,
-        epsilon,
-        cfg.seed,
-        rank,
-    )
+        parts.batch_transforms.append(mixer)
+
+
+def require_soft_targets(cfg: Any, what: str) -> None:
+    """Soft targets (class probabilities) need a loss that takes them."""
+    able = soft_target_losses()
+    if cfg.loss.name not in able:
+        raise ValueError(
+            f"{what} trains on soft targets (class probabilities), which loss.name="
+            f"{cfg.loss.name} cannot take (it needs one true class per sample): use "
+            f"loss.name={' / '.join(able)}, or turn {what} off"
+        )
+
+
+METHOD = MixingMethod()

@@ -1,29 +1,65 @@
-"""Stage-2 model surgery (decoupled training, Kang et al. 2020): start from another run's
-weights, re-initialise the classifier (cRT), freeze the backbone with its BatchNorm
-statistics, or learn only per-class scales of the trained classifier (LWS).
+"""Decoupled classifier training (Kang et al., ICLR 2020), section `stage2:`: on a frozen
+representation, re-train the classifier (cRT) or learn only per-class scales of the trained
+one (LWS); optionally on features computed once (lwrcli.methods.stage2_cache), or with
+MiSLAS's shifted BatchNorm statistics.
 
-`prepare_stage2` is called once by build_components; `apply_structure` alone rebuilds an
-LWS head so `lwr eval` can load an LWS checkpoint (whose head holds `scales`).
+The stage-1 weights come in through the core `init` section (`--init RUN/checkpoints/
+last.safetensors`, with `init.reset_classifier` for cRT); this module freezes the backbone
+and rebuilds an LWS head, for training and for every user of an LWS checkpoint.
 """
 
 from __future__ import annotations
 
 import types
-from pathlib import Path
+from typing import Any, Literal
 
+import torch
+from pydantic import model_validator
 from torch import nn
 
-from lwrcli.config.schema import TrainConfig
-from lwrcli.data.manifest import Manifest
+from lwrcli.checkpoint.files import load_checkpoint
+from lwrcli.config.sections import Section
 from lwrcli.errors import UserError
-from lwrcli.models import CosineLinear, LWSHead, get_classifier, head_path, set_head
-from lwrcli.train.checkpoint import Checkpoint, load_checkpoint
-from lwrcli.train.frozen_base import restore_weights
+from lwrcli.methods.base import Method
+from lwrcli.methods.stage2_cache import use_cached_features
+from lwrcli.models.heads import LWSHead, get_classifier, head_path, set_head
 
 
-def apply_structure(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """The head's structure for the config: an LWSHead around the classifier for LWS."""
-    if cfg.stage2.mode == "lws" and not isinstance(get_classifier(model), LWSHead):
+class Stage2Config(Section):
+    """crt: re-initialised classifier; lws: only per-class scales s_c learn. Both freeze the
+    backbone, BatchNorm statistics included."""
+
+    mode: Literal["none", "crt", "lws"] = "none"
+    freeze: Literal["none", "backbone"] = "none"
+    # Backbone features computed once and the head trained on them (augmentation must be off).
+    cache_features: bool = False
+    # MiSLAS's shifted BatchNorm: the frozen backbone's BN running statistics follow the
+    # stage-2 (re-sampled) batches; every parameter, BN affine ones included, stays frozen.
+    train_bn: bool = False
+
+    @property
+    def frozen_backbone(self) -> bool:
+        return self.freeze == "backbone" or self.mode != "none"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Stage2Config:
+        if self.cache_features and not self.frozen_backbone:
+            raise ValueError(
+                "stage2.cache_features needs a frozen backbone (stage2.mode=crt or lws, or "
+                "stage2.freeze=backbone): features of a training backbone change every step"
+            )
+        if self.train_bn and not self.frozen_backbone:
+            raise ValueError(
+                "stage2.train_bn updates the BatchNorm statistics of a frozen backbone: set "
+                "stage2.freeze=backbone (or stage2.mode=crt/lws); a trained backbone's BN "
+                "statistics update anyway"
+            )
+        return self
+
+
+def apply_structure(model: nn.Module, section: Any) -> nn.Module:
+    """The head's structure for the section: an LWSHead around the classifier for LWS."""
+    if section.mode == "lws" and not isinstance(get_classifier(model), LWSHead):
         set_head(model, LWSHead(get_classifier(model)))
     return model
 
@@ -82,101 +118,96 @@ def freeze_backbone(model: nn.Module, train_bn: bool = False) -> None:
         root.eval()
 
 
-def reset_classifier(model: nn.Module) -> None:
-    """A freshly initialised head of the same shape (cRT), from the global RNG (seeded)."""
-    head = get_classifier(model)
-    if isinstance(head, CosineLinear):
-        fresh = CosineLinear(head.weight.shape[1], head.weight.shape[0], head.scale)
-        fresh = fresh.to(head.weight.device)
-        set_head(model, fresh)
-    elif hasattr(head, "reset_parameters"):
-        head.reset_parameters()
-    else:
-        raise UserError(f"Cannot re-initialise a {type(head).__name__} head for cRT.")
 
+class Stage2Method(Method):
+    name, slot, key, label, config = "stage2", "trick", "stage2", "stage 2", Stage2Config
 
-def load_init(path: Path, manifest: Manifest, cfg: TrainConfig) -> Checkpoint:
-    """The init checkpoint, checked against the dataset (class list, fingerprint) and the
-    model config; every mismatch is a UserError naming what differs."""
-    ckpt = load_checkpoint(path)
-    if ckpt.class_names != manifest.class_names:
-        raise UserError(
-            f"init.checkpoint {path} was trained on another class list "
-            f"({len(ckpt.class_names)} classes) than {manifest.name} ({manifest.num_classes} "
-            "classes): a stage-2 run must use the dataset its stage-1 run was trained on."
-        )
-    fp = ckpt.meta.get("dataset_fingerprint")
-    if fp != manifest.fingerprint:
-        raise UserError(
-            f"init.checkpoint {path} was trained on another prepared dataset (fingerprint "
-            f"{(fp or 'none')[:12]}, this one {manifest.fingerprint[:12]}): a stage-2 run must "
-            "use the dataset its stage-1 run was trained on."
-        )
-    mine, theirs = cfg.model, ckpt.config.model
-    differ = [
-        f"model.{k}={getattr(theirs, k)}"
-        for k in (
-            "name",
-            "cosine_classifier",
-            "width",
-            "resnet_width",
-            "etf_classifier",
-            "etf_feature_bn",
-            "tuning",
-            "tuning_dim",
-        )
-        if getattr(mine, k) != getattr(theirs, k)
-    ]
-    if differ:
-        raise UserError(
-            f"init.checkpoint {path} holds a different model; add --set {' '.join(differ)} "
-            "so stage 2 builds the model it was trained with."
-        )
-    if ckpt.config.stage2.mode == "lws":
-        raise UserError(f"init.checkpoint {path} is an LWS run; start stage 2 from stage 1.")
-    return ckpt
+    def active(self, section: Any) -> bool:
+        return section.frozen_backbone or section.cache_features or section.train_bn
 
+    def acting(self, section: dict[str, Any]) -> set[str]:
+        return set(section) if self.active(self.config.model_validate(section)) else {"mode"}
 
-def prepare_stage2(
-    model: nn.Module, cfg: TrainConfig, manifest: Manifest, load: bool = True
-) -> nn.Module:
-    """Init weights (when `load`; a resumed run loads its own), classifier reset, frozen
-    backbone and LWS head, as the config says. Returns the model (its head may be new)."""
-    if cfg.init.checkpoint is not None and load:
-        ckpt = load_init(cfg.init.checkpoint, manifest, cfg)
-        try:
-            restore_weights(model, ckpt)
-        except RuntimeError as exc:
+    def describe(self, section: Any) -> str:
+        what = {"crt": "cRT", "lws": "LWS", "none": "frozen backbone"}[section.mode]
+        return what + (" (shifted BN)" if section.train_bn else "")
+
+    def check(self, cfg: Any) -> None:
+        s2 = cfg.section("stage2")
+        if s2.mode == "crt" and not cfg.init.reset_classifier:
+            raise ValueError(
+                "stage2.mode=crt re-trains the classifier: set init.reset_classifier=true"
+            )
+        if s2.mode == "lws" and cfg.init.reset_classifier:
+            raise ValueError(
+                "stage2.mode=lws learns scales of the trained classifier: set "
+                "init.reset_classifier=false"
+            )
+        if not s2.cache_features:
+            return
+        if s2.train_bn or cfg.section("mixing").active:
+            raise ValueError(
+                "stage2.cache_features computes each image's features once, which neither "
+                "stage2.train_bn (statistics change every batch) nor mixup/CutMix (images mixed "
+                "every batch) allows: set stage2.cache_features=false"
+            )
+        if cfg.section("ema").enabled:
+            raise ValueError(
+                "stage2.cache_features trains the head alone on cached features: ema.enabled "
+                "is not supported there; set ema.enabled=false or stage2.cache_features=false"
+            )
+        if cfg.data.augment != "none":
+            raise ValueError(
+                f"stage2.cache_features computes each image's features once, so "
+                f"data.augment={cfg.data.augment} cannot apply: set data.augment=none"
+            )
+        if cfg.data.crop_padding > 0 or cfg.data.flip:
+            raise ValueError(
+                "stage2.cache_features computes each image's features once, so augmentation "
+                "must be off: set data.crop_padding=0 and data.flip=false (or "
+                "stage2.cache_features=false to augment with the backbone under no_grad)"
+            )
+
+    def check_start(self, cfg: Any, manifest: Any) -> None:
+        """A stage-2 recipe needs its stage-1 checkpoint, and that one must not be LWS."""
+        s2, model = cfg.section("stage2"), cfg.model
+        if s2.mode != "none" and cfg.init.checkpoint is None:
             raise UserError(
-                f"init.checkpoint {cfg.init.checkpoint} does not fit the model "
-                f"({str(exc).splitlines()[0]})."
-            ) from None
-    if cfg.init.reset_classifier:
-        reset_classifier(model)
-    if cfg.stage2.frozen_backbone:
-        freeze_backbone(model, cfg.stage2.train_bn)
-    return apply_structure(model, cfg)
+                f"'{cfg.name}' is a stage-2 recipe (stage2.mode={s2.mode}): pass the "
+                "stage-1 weights with --init RUN/checkpoints/last.safetensors."
+            )
+        if (
+            s2.freeze == "backbone"
+            and cfg.init.checkpoint is None
+            and model.weights is None
+            and model.pretrained is None
+        ):
+            raise UserError(
+                f"'{cfg.name}' trains on a frozen backbone (stage2.freeze=backbone), but nothing "
+                "gives that backbone its weights: pass the stage-1 run with --init "
+                "RUN/checkpoints/last.safetensors (or model.weights / model.pretrained)."
+            )
+        if cfg.init.checkpoint is not None:
+            init = load_checkpoint(cfg.init.checkpoint)
+            if init.config.section("stage2").mode == "lws":
+                raise UserError(
+                    f"init.checkpoint {cfg.init.checkpoint} is an LWS run; start stage 2 from "
+                    "stage 1."
+                )
+
+    def adapt_run_model(self, model: nn.Module, cfg: Any) -> nn.Module:
+        s2 = cfg.section("stage2")
+        if s2.frozen_backbone:
+            freeze_backbone(model, s2.train_bn)
+        return apply_structure(model, s2)
+
+    def eval_structure(self, model: nn.Module, cfg: Any) -> nn.Module:
+        return apply_structure(model, cfg.section("stage2"))
+
+    def replace_parts(self, parts: Any, cfg: Any, device: torch.device) -> Any:
+        if cfg.section("stage2").cache_features:
+            return use_cached_features(parts, cfg, device)
+        return parts
 
 
-def check_stage2_start(cfg: TrainConfig, manifest: Manifest) -> None:
-    """Before a run folder is created: a stage-2 recipe needs its init checkpoint, and that
-    checkpoint must belong to this dataset."""
-    if cfg.stage2.mode != "none" and cfg.init.checkpoint is None:
-        raise UserError(
-            f"'{cfg.name}' is a stage-2 recipe (stage2.mode={cfg.stage2.mode}): pass the "
-            "stage-1 weights with --init RUN/checkpoints/last.safetensors."
-        )
-    model = cfg.model
-    if (
-        cfg.stage2.freeze == "backbone"
-        and cfg.init.checkpoint is None
-        and model.weights is None
-        and model.pretrained is None
-    ):
-        raise UserError(
-            f"'{cfg.name}' trains on a frozen backbone (stage2.freeze=backbone), but nothing "
-            "gives that backbone its weights: pass the stage-1 run with --init "
-            "RUN/checkpoints/last.safetensors (or model.weights / model.pretrained)."
-        )
-    if cfg.init.checkpoint is not None:
-        load_init(cfg.init.checkpoint, manifest, cfg)
+METHOD = Stage2Method()

@@ -1,57 +1,63 @@
 """Models: families (built-in, torchvision, timm, CLIP), heads and their initialisation,
-pretrained weights, and the one entry the build layer calls (`build_model`)."""
+pretrained weights, and the one entry the build layer calls (`build_model`).
+
+The heads and the built-in networks import eagerly (torch only); the factory and what it
+reaches (torchvision, timm, open_clip, the hub) only when one of its names is first used, so
+validating a config or importing a method never loads a model library.
+"""
+
+import importlib
+from typing import Any
 
 from lwrcli.models.builtin import ResNetCifar, SmallCNN, norm_layer
-from lwrcli.models.factory import (
-    CLASSIFIER_KEY,
-    MODELS,
-    build_model,
-    count_parameters,
-    fetch_weights,
-    freeze,
-    is_convolutional,
-    is_convolutional_name,
-    list_models,
-    model_data_defaults,
-    models_table,
-)
 from lwrcli.models.heads import (
     CosineLinear,
-    ETFHead,
     LWSHead,
     classifier_key,
     get_classifier,
     head_path,
     make_classifier,
     set_head,
-    simplex_etf,
 )
-from lwrcli.models.weights import base_identity, base_of
+
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "CLASSIFIER_KEY",
+            "MODELS",
+            "build_model",
+            "count_parameters",
+            "fetch_weights",
+            "freeze",
+            "is_convolutional",
+            "is_convolutional_name",
+            "list_models",
+            "model_data_defaults",
+            "models_table",
+        ),
+        "lwrcli.models.factory",
+    ),
+    "base_identity": "lwrcli.models.factory",
+    "base_of": "lwrcli.models.weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lwrcli.models' has no attribute {name!r}")
+
 
 __all__ = [
-    "CLASSIFIER_KEY",
-    "MODELS",
     "CosineLinear",
-    "ETFHead",
     "LWSHead",
     "ResNetCifar",
     "SmallCNN",
-    "base_identity",
-    "base_of",
-    "build_model",
     "classifier_key",
-    "count_parameters",
-    "fetch_weights",
-    "freeze",
     "get_classifier",
     "head_path",
-    "is_convolutional",
-    "is_convolutional_name",
-    "list_models",
     "make_classifier",
-    "model_data_defaults",
-    "models_table",
     "norm_layer",
     "set_head",
-    "simplex_etf",
+    *_LAZY,
 ]

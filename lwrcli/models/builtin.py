@@ -59,6 +59,7 @@ class ResNetCifar(nn.Module):
         cosine: bool = False,
         norm: str = "batch",
         width: int = 16,
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
@@ -70,7 +71,7 @@ class ResNetCifar(nn.Module):
                 layers.append(_BasicBlock(in_planes, planes, stride if i == 0 else 1, norm))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
-        self.fc = make_classifier(4 * width, num_classes, cosine)
+        self.fc = make_classifier(4 * width, num_classes, cosine, scale)
         for m in self.modules():  # LDAM-DRW's _weights_init: kaiming-normal convs and linears
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -87,7 +88,12 @@ class SmallCNN(nn.Module):
     """Three conv stages (w, 2w, 4w) with pooling: trains in seconds on synthetic data on a CPU."""
 
     def __init__(
-        self, num_classes: int, width: int = 32, cosine: bool = False, norm: str = "batch"
+        self,
+        num_classes: int,
+        width: int = 32,
+        cosine: bool = False,
+        norm: str = "batch",
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         chans = (3, width, 2 * width, 4 * width)
@@ -100,7 +106,7 @@ class SmallCNN(nn.Module):
                 nn.MaxPool2d(2),
             ]
         self.body = nn.Sequential(*stages)
-        self.fc = make_classifier(4 * width, num_classes, cosine)
+        self.fc = make_classifier(4 * width, num_classes, cosine, scale)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)

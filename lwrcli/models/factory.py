@@ -18,20 +18,19 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from lwrcli.config.schema import ModelConfig
+from lwrcli.config import ModelConfig
+from lwrcli.config.slots import slot_method
 from lwrcli.errors import UserError, did_you_mean
 from lwrcli.models import families, hub
-from lwrcli.models.bbn import to_bbn
 from lwrcli.models.builtin import ResNetCifar, SmallCNN
 from lwrcli.models.heads import (
-    ETFHead,
     get_classifier,
     make_classifier,
     set_head,
     set_submodule,
 )
 from lwrcli.models.tuning import apply_tuning
-from lwrcli.models.weights import base_identity, load_pretrained, refusing_pickles
+from lwrcli.models.weights import identity, load_pretrained, refusing_pickles
 
 # Deprecated: the head of the built-in models only. Use classifier_key(model).
 CLASSIFIER_KEY = "fc.weight"
@@ -54,7 +53,7 @@ def _external(
     set_submodule(
         model,
         path,
-        make_classifier(old.in_features, num_classes, cfg.cosine_classifier, cfg.cosine_scale),
+        make_classifier(old.in_features, num_classes, cfg.cosine, head_scale(cfg)),
     )
     model.lwr_head = path
     return model
@@ -69,11 +68,18 @@ def _own(build: Callable[[ModelConfig, int], nn.Module]) -> Callable[[ModelConfi
     return wrapped
 
 
+def head_scale(cfg: ModelConfig) -> float:
+    """The cosine head's logit scale (1 for any other head)."""
+    return float(getattr(cfg.head, "scale", 1.0)) if cfg.cosine else 1.0
+
+
 # The built-in names; any other valid name (torchvision:, timm:) goes through _external.
 MODELS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
-    "small_cnn": _own(lambda cfg, c: SmallCNN(c, cfg.width, cfg.cosine_classifier, cfg.norm)),
+    "small_cnn": _own(
+        lambda cfg, c: SmallCNN(c, cfg.width, cfg.cosine, cfg.norm, head_scale(cfg))
+    ),
     "resnet32": _own(
-        lambda cfg, c: ResNetCifar(c, 5, cfg.cosine_classifier, cfg.norm, cfg.resnet_width)
+        lambda cfg, c: ResNetCifar(c, 5, cfg.cosine, cfg.norm, cfg.resnet_width, head_scale(cfg))
     ),
     **{name: _external for name in families.ALIASES},
 }
@@ -123,6 +129,18 @@ def _named_backbone(cfg: ModelConfig, log: Callable[[str], None]) -> nn.Module:
     return model
 
 
+def base_identity(cfg: ModelConfig) -> dict[str, str] | None:
+    """The identity of the pretrained base `cfg` loads (see the module docstring), fetching
+    named weights into the cache if needed; None when the model starts from random weights."""
+    if cfg.pretrained is not None:
+        return identity(str(cfg.pretrained), cfg.pretrained)
+    if cfg.weights is not None:
+        named = hub.resolve(cfg.name, cfg.weights)
+        return identity(named.label, hub.fetch(named))
+    return None
+
+
+
 def fetch_weights(cfg: ModelConfig) -> Path | None:
     """The local file of `cfg.weights`, downloaded into the hub cache if needed (None without
     named weights). Training calls it before creating the run folder, so a missing file
@@ -148,7 +166,7 @@ def _clip(
     if cfg.pretrained is not None:
         log(load_pretrained(whole, cfg.pretrained, head="head").message())
     model, text_map = clip.build_classifier(
-        whole, num_classes, cfg.cosine_classifier, cfg.cosine_scale, cfg.clip_projection
+        whole, num_classes, cfg.cosine, head_scale(cfg), cfg.clip_projection
     )
     if cfg.head_init == "text":
         if class_names is None or len(class_names) != num_classes:
@@ -188,14 +206,15 @@ def build_model(
         model = _external(cfg, num_classes, log)
     else:
         model = MODELS.get(cfg.name, _external)(cfg, num_classes)
-    if cfg.etf_classifier:  # a fixed simplex ETF in place of the family's head
-        d = get_classifier(model).weight.shape[1]
-        set_head(model, ETFHead(d, num_classes, cfg.etf_feature_bn))
+    d = get_classifier(model).weight.shape[1]
+    own_head = slot_method("head", cfg.head.name).build_head(cfg.head, d, num_classes)
+    if own_head is not None:  # a fixed head, say, in place of the family's
+        set_head(model, own_head)
     if cfg.pretrained is not None and not cfg.name.startswith("clip:"):
         result = load_pretrained(model, cfg.pretrained, head=model.lwr_head)
         log(result.message())
-    if cfg.bbn:  # BBN's two branches (lwrcli.models.bbn); freeze paths name its modules
-        model = to_bbn(model, cfg.name, pretrained=cfg.pretrained is not None or bool(cfg.weights))
+    # A structural variant (two branches, experts); freeze paths name its modules.
+    model = slot_method("variant", cfg.variant.name).restructure(model, cfg.variant, cfg)
     if cfg.freeze:
         freeze(model, cfg.freeze)
     # The base a frozen-base checkpoint refers to (name and sha256 of the file loaded).

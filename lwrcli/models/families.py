@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lwrcli.errors import UserError, closest
+from lwrcli.models.weights import AUX_PREFIXES
 
 # Built-in names: our own architectures, and short aliases kept from before `torchvision:`.
 OWN = ("small_cnn", "resnet32")
@@ -37,7 +38,6 @@ TORCHVISION_KWARGS: dict[str, dict[str, Any]] = {
     "googlenet": {"aux_logits": False, "init_weights": True},
     "inception_v3": {"aux_logits": False, "init_weights": True},
 }
-AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 # Where torchvision families keep their head, tried in order after timm's get_classifier():
 # ResNet/RegNet/ResNeXt `fc`, ViT `heads.head`, Swin `head`, and `classifier` (a Linear, or a
 # Sequential whose last Linear is the head: EfficientNet, MobileNet, ConvNeXt, VGG, MaxViT).
@@ -307,4 +307,25 @@ def model_data_defaults(name: str) -> dict[str, Any] | None:
             "mean": tuple(float(v) for v in kw["mean"]),
             "std": tuple(float(v) for v in kw["std"]),
         }
+    return None
+
+
+def fixed_input_size(name: str) -> int | None:
+    """The one input size a model accepts (a ViT's position embeddings, a CLIP tower's
+    attention pooling), or None when any size works (convolutional nets with global pooling).
+    CLIP image towers always; timm models whose pretrained_cfg says `fixed_input_size`;
+    torchvision's ViTs and MaxViT, which assert their image size."""
+    if name in OWN:
+        return None
+    family, _, arch = resolve(name).partition(":")
+    if family == "clip":
+        return int(model_data_defaults(name)["image_size"])  # type: ignore[index]
+    if family == "timm":
+        cfg = import_timm().get_pretrained_cfg(arch)
+        if cfg is not None and getattr(cfg, "fixed_input_size", False):
+            return int(cfg.input_size[-1])
+        return None
+    if family == "torchvision" and arch.startswith(("vit_", "maxvit")):
+        size = getattr(meta_backbone(name), "image_size", None)  # as built, without weights
+        return int(size[0] if isinstance(size, (list, tuple)) else size) if size else 224
     return None

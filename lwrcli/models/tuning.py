@@ -42,11 +42,38 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.config.schema import ModelConfig
-from lwrcli.errors import UserError
+from lwrcli.config import ModelConfig
+from lwrcli.errors import UserError, did_you_mean
 from lwrcli.models.heads import head_path
+from lwrcli.registry import load_plugins
 
 TOWER_METHODS = ("lora", "adapter", "adaptformer", "vpt")  # these need the list of blocks
+BUILTIN_TUNINGS = ("full", "head", "bitfit", "layernorm", *TOWER_METHODS)
+# Tuning methods from plugins: name -> add(model, num_classes, tuning_dim), which adds the
+# method's modules; their parameters and the head train, the rest of the base is frozen.
+PLUGIN_TUNINGS: dict[str, Callable[[nn.Module, int, int | None], None]] = {}
+
+
+def register_tuning(name: str, add: Callable[[nn.Module, int, int | None], None]) -> None:
+    """A tuning method from a plugin (lwrcli.registry.load_plugins): `model.tuning: NAME`."""
+    if name in BUILTIN_TUNINGS or name in PLUGIN_TUNINGS:
+        raise ValueError(f"tuning method '{name}' is already registered")
+    PLUGIN_TUNINGS[name] = add
+
+
+def tuning_names() -> list[str]:
+    load_plugins()
+    return [*BUILTIN_TUNINGS, *PLUGIN_TUNINGS]
+
+
+def check_tuning(name: str) -> None:
+    """UserError unless `name` is a tuning method (built-in or from a plugin)."""
+    names = tuning_names()
+    if name not in names:
+        raise UserError(
+            f"model.tuning={name!r} is not a tuning method.{did_you_mean(name, names)} "
+            f"Choices: {', '.join(names)}."
+        )
 
 
 def bottleneck_width(num_classes: int, blocks: int) -> int:
@@ -275,6 +302,8 @@ def apply_tuning(model: nn.Module, cfg: ModelConfig, num_classes: int) -> nn.Mod
         }
         add[method]()
         model.lwr_tuning_dim = width
+    elif method in PLUGIN_TUNINGS:
+        PLUGIN_TUNINGS[method](model, num_classes, cfg.tuning_dim)
     added = {n for n, p in model.named_parameters() if id(p) not in before}
     norms = _norm_param_names(model) if method == "layernorm" else set()
     for name, p in model.named_parameters():

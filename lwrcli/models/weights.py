@@ -10,7 +10,7 @@ any other key that does not fit is an error, because a silently half-loaded back
 badly without anyone noticing.
 
 Base-weights identity (for checkpoints of runs whose pretrained base stays frozen):
-`base_identity(cfg.model)` -> {"name", "sha256", "file"} or None when the model starts from
+`base_identity(cfg.model)` (lwrcli.models.factory) -> {"name", "sha256", "file"} or None when the model starts from
 random weights. `name` is `model.weights` qualified by the model (`clip:ViT-B-16@openai`,
 `torchvision:resnet152@IMAGENET1K_V1`, `timm:vit_base_patch16_clip_224@openai`) or the local
 file's path; `sha256` is the hex digest of the file actually loaded; `file` where it lay on this
@@ -28,17 +28,14 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from lwrcli.errors import UserError
-from lwrcli.models.families import AUX_PREFIXES
 
-if TYPE_CHECKING:
-    from lwrcli.config.schema import ModelConfig
-
+# Auxiliary classifier heads of some torchvision models (Inception, GoogLeNet): never loaded.
+AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 NESTED_KEYS = ("state_dict", "model", "module")  # training checkpoints that wrap the weights
 
@@ -190,19 +187,6 @@ def file_sha256(path: Path) -> str:
 def identity(name: str, path: Path) -> dict[str, str]:
     """{"name", "sha256", "file"} of the weights file `path` known as `name`."""
     return {"name": name, "sha256": file_sha256(path), "file": str(Path(path).resolve())}
-
-
-def base_identity(cfg: ModelConfig) -> dict[str, str] | None:
-    """The identity of the pretrained base `cfg` loads (see the module docstring), fetching
-    named weights into the cache if needed; None when the model starts from random weights."""
-    if cfg.pretrained is not None:
-        return identity(str(cfg.pretrained), cfg.pretrained)
-    if cfg.weights is not None:
-        from lwrcli.models import hub  # hub reads files through this module
-
-        named = hub.resolve(cfg.name, cfg.weights)
-        return identity(named.label, hub.fetch(named))
-    return None
 
 
 def base_of(model: nn.Module) -> dict[str, str] | None:

@@ -4,40 +4,30 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from lwrcli.config.schema import TrainConfig, list_presets, load_config
-
-LOSS_NAMES = {
-    "ce": "CE",
-    "focal": "Focal",
-    "ldam": "LDAM",
-    "bs": "BalancedSoftmax",
-    "la": "LA",
-    "ib": "IB",
-    "seql": "SEQL",
-    "dr": "DR",
-}
+from lwrcli.config import TrainConfig, list_presets, load_config
+from lwrcli.config.slots import slot_method
 
 
 def loss_label(cfg: TrainConfig) -> str:
-    label = LOSS_NAMES[cfg.loss.name]
-    if cfg.loss.name == "focal":
-        label += f" (γ={cfg.loss.focal_gamma:g})"
-    if cfg.loss.name == "la":
-        label += f" (τ={cfg.loss.la_tau:g})"
-    if cfg.loss.name == "ib":
-        label += f" (α={cfg.loss.ib_alpha:g} from {cfg.loss.ib_start_epoch})"
-    if cfg.loss.name == "seql":
-        label += f" (γ={cfg.loss.seql_gamma:g}, λ={cfg.loss.seql_lambda:g})"
+    """The loss with its settings and re-weighting, then the head and every trick that acts:
+    each method says its own part (Method.describe)."""
+    label = slot_method("loss", cfg.loss.name).describe(cfg.loss)
     if cfg.loss.reweight == "drw":
         label += f"-DRW@{cfg.loss.drw_epoch}"
     elif cfg.loss.reweight == "cb":
         label += "-CB"
-    if cfg.model.etf_classifier:
-        label += ", fixed ETF head"
-    if cfg.optim.max_norm is not None:
-        label += f", MaxNorm {cfg.optim.max_norm:g}" + (
-            " (relative)" if cfg.optim.max_norm_mode == "relative" else ""
-        )
+    head = cfg.model.head
+    # A linear or cosine head shows in the model column; another head is a method here.
+    extras = [] if head.name in ("linear", "cosine") else [slot_method("head", head.name).describe(head)]
+    extras += [m.describe(cfg.section(m.key)) for m in cfg.methods() if m.slot == "trick"]
+    return ", ".join([label, *extras])
+
+
+def model_label(cfg: TrainConfig) -> str:
+    """'resnet32 (cosine) BBN': the network, a cosine head, a structural variant."""
+    label = cfg.model.name + (" (cosine)" if cfg.model.cosine else "")
+    if cfg.model.variant.name != "plain":
+        label += " " + slot_method("variant", cfg.model.variant.name).label
     return label
 
 
@@ -62,9 +52,7 @@ def presets_table() -> Table:
         table.add_row(
             name,
             cfg.dataset,
-            cfg.model.name
-            + (" (cosine)" if cfg.model.cosine_classifier else "")
-            + (" BBN" if cfg.model.bbn else ""),
+            model_label(cfg),
             loss_label(cfg),
             lwr_label(cfg),
             str(cfg.epochs),

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lwrcli.config import migrate
+from lwrcli.config.slots import methods_of
 from lwrcli.errors import UserError
 from lwrcli.runtime.runname import run_name, sweep_root
 from lwrcli.studies import paper_rows
@@ -95,7 +97,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def read_run(path: Path) -> Run:
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    config = migrate(yaml.safe_load((path / "config.yaml").read_text()) or {})
     info_path = path / "run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     metrics = path / "metrics.jsonl"
@@ -127,14 +129,10 @@ def score(run: Run, split: str) -> None:
                 run.scored = {m: s.get(m) for m in METRICS}
 
 
-# Settings that act only when another setting has a value: key prefix -> (switch, values).
+# Core settings that act only when another setting has a value: prefix -> (switch, values).
+# A method's own settings: the method says which act (Method.acting).
 CONDITIONAL = {
     "lwr.": ("lwr.enabled", (True,)),
-    "loss.focal_gamma": ("loss.name", ("focal",)),
-    "loss.ldam_": ("loss.name", ("ldam",)),
-    "loss.la_tau": ("loss.name", ("la",)),
-    "loss.ib_": ("loss.name", ("ib",)),
-    "loss.seql_": ("loss.name", ("seql",)),
     "loss.drw_epoch": ("loss.reweight", ("drw",)),
     "loss.beta": ("loss.reweight", ("cb", "drw")),
 }
@@ -142,8 +140,15 @@ CONDITIONAL = {
 
 def acting(config: dict[str, Any]) -> dict[str, Any]:
     """The flattened settings that change what a run trains: name-only fields and settings
-    switched off by another (λ and θ without LWR, τ without logit adjustment) left out."""
-    flat = flatten({k: v for k, v in config.items() if k not in NOT_SETTINGS})
+    switched off by another (λ and θ without LWR, a trick's settings while it is off) left
+    out. `config` is a run's config.yaml in the current format (lwrcli.config.migrate)."""
+    config = {k: v for k, v in config.items() if k not in NOT_SETTINGS}
+    for key, method in trick_methods().items():
+        section = config.get(key)
+        if isinstance(section, dict):
+            keep = method.acting(section)
+            config[key] = {k: v for k, v in section.items() if k in keep}
+    flat = flatten(config)
     out = {}
     for key, value in flat.items():
         rule = next((r for p, r in CONDITIONAL.items() if key.startswith(p)), None)
@@ -151,6 +156,11 @@ def acting(config: dict[str, Any]) -> dict[str, Any]:
             continue
         out[key] = value
     return out
+
+
+def trick_methods() -> dict[str, Any]:
+    """Top-level config key -> the registered trick that owns the section."""
+    return {m.key: m for m in methods_of("trick").values()}
 
 
 def _seedless(settings: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lwrcli.config.schema import TrainConfig, load_config, read_yaml
+from lwrcli.config import TrainConfig, load_config, read_yaml
 from lwrcli.data.loading import check_dataset_matches
 from lwrcli.data.manifest import read_manifest
 from lwrcli.errors import UserError
@@ -138,7 +138,7 @@ def parse_seeds(raw: str | None) -> list[int] | None:
 
 
 def sweeps_dir() -> Path:
-    from lwrcli.config.schema import presets_dir
+    from lwrcli.config import presets_dir
 
     return presets_dir() / "sweeps"
 
@@ -372,7 +372,7 @@ def run_state(run_dir: Path, epochs: int) -> str:
     if epochs_done(run_dir) >= epochs:
         return "done"
     if (run_dir / "checkpoints" / "last.safetensors").is_file():
-        from lwrcli.train.checkpoint import load_checkpoint
+        from lwrcli.checkpoint.files import load_checkpoint
 
         # metrics.jsonl is written after the checkpoint: a stop in between is still done.
         if load_checkpoint(run_dir / "checkpoints" / "last.safetensors").epoch >= epochs:

@@ -1,8 +1,8 @@
-"""Build a run's components once from its config: model, loss, optimizer, LWR, wrappers.
+"""Build a run's components once from its resolved config: model, loss, optimizer, LWR, and
+what each of the run's methods adds (lwrcli.methods: hooks after each step, state in every
+checkpoint, the training loader, ...); the Trainer only runs the loop.
 
-Each piece comes from its own module's factory (`build_model`, `build_loss`,
-`build_optimizer`, `build_regularizer`; data from `build_data`), so adding a loss, a sampler
-or an optimizer touches one factory and its test; the Trainer only runs the loop.
+The config is resolved before this (lwrcli.train.resolve); nothing here resolves again.
 """
 
 from __future__ import annotations
@@ -14,95 +14,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.config.schema import TrainConfig
+from lwrcli.checkpoint.files import THETA_REFERENCE, Checkpoint
+from lwrcli.checkpoint.frozen_base import restore_weights
+from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
-from lwrcli.data.paired import cumulative_alpha
 from lwrcli.errors import UserError
-from lwrcli.methods.ema import attach_ema
-from lwrcli.methods.influence import FeatureCapture
 from lwrcli.methods.losses import build_loss
-from lwrcli.methods.maxnorm import MAX_NORM_RADIUS, MaxNorm, resolve_radius
-from lwrcli.methods.mixing import build_mixer
-from lwrcli.methods.stage2 import prepare_stage2
-from lwrcli.models import (
-    build_model,
-    get_classifier,
-    is_convolutional_name,
-    model_data_defaults,
-)
-from lwrcli.models.bbn import BBNNet
+from lwrcli.models import build_model, get_classifier
 from lwrcli.runtime.distributed import DistInfo
-from lwrcli.train.checkpoint import THETA_REFERENCE, Checkpoint
 from lwrcli.train.components import Components
-from lwrcli.train.frozen_base import restore_weights
-from lwrcli.train.lwr import build_regularizer, reference_rows, resolve_lambda_max
+from lwrcli.train.init_weights import start_weights
+from lwrcli.train.lwr import build_regularizer, reference_rows
 from lwrcli.train.optim import build_optimizer
-
-
-def with_model_data_defaults(cfg: TrainConfig) -> TrainConfig:
-    """Input size and normalisation from the model where it defines them (timm's
-    pretrained_cfg, torchvision's weight transforms); values set in `data` win."""
-    defaults = model_data_defaults(cfg.model.name)
-    if not defaults:
-        return cfg
-    given = cfg.data.model_fields_set
-    update = {k: v for k, v in defaults.items() if k not in given}
-    if not update:
-        return cfg
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update=update)})
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def resolve_speed_settings(
-    cfg: TrainConfig, device: torch.device, storage: str = "arrays"
-) -> TrainConfig:
-    """The config with `auto` speed settings made concrete for this device, model and data
-    storage (`arrays`: device-resident small images, static shapes; `lists`: DataLoader).
-
-    amp: bf16 on CUDA where the GPU supports it, none (fp32) on CPU. channels_last: on for
-    convolutional models on every device. compile: on for CUDA; off on CPU, where compiling
-    ResNet-32's training step takes longer than it saves within the first epoch (docs/training.md,
-    'Speed settings'). compile_mode: default. `reduce-overhead` (CUDA graphs, for launch-bound
-    ResNet-32 at batch 128) is one setting away but stays out of `auto` until it has been
-    measured on a GPU. Concrete values are kept as given; resolving a resolved config changes
-    nothing.
-    """
-    cuda = device.type == "cuda"
-    amp = cfg.amp
-    if amp == "auto":
-        amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
-    channels_last = cfg.channels_last
-    if channels_last == "auto":
-        channels_last = is_convolutional_name(cfg.model.name)
-    compile_ = cfg.compile
-    if compile_ == "auto":
-        compile_ = cuda
-    mode = cfg.compile_mode
-    if mode == "auto":
-        mode = "default"  # reduce-overhead: opt-in until measured on a GPU
-    return cfg.model_copy(
-        update={
-            "amp": amp,
-            "channels_last": channels_last,
-            "compile": compile_,
-            "compile_mode": mode,
-        }
-    )
-
-
-def speed_summary(cfg: TrainConfig) -> str:
-    """One phrase for the run's start-up line, e.g. 'amp bf16, channels_last on, compile off'."""
-
-    def on(value: object) -> str:
-        return "on" if value is True else "off" if value is False else str(value)
-
-    compiled = on(cfg.compile)
-    if cfg.compile is True and cfg.compile_mode != "default":
-        compiled += f" ({cfg.compile_mode})"
-    return f"amp {cfg.amp}, channels_last {on(cfg.channels_last)}, compile {compiled}"
 
 
 class CompileFallback(nn.Module):
@@ -201,6 +128,17 @@ def wrap_for_training(
     return wrapped
 
 
+def train_loader_hook(cfg: TrainConfig, num_classes: int) -> Any:
+    """build_data's `train_wrap`: each method's say on the training loader, in order."""
+
+    def wrap(loader: Any, second: Callable[..., Any]) -> Any:
+        for method in cfg.methods():
+            loader = method.train_loader(loader, second, cfg, num_classes)
+        return loader
+
+    return wrap
+
+
 def build_components(
     cfg: TrainConfig,
     data: DataBundle,
@@ -209,12 +147,10 @@ def build_components(
     weights: Checkpoint | None = None,
 ) -> Components:
     """Model (seeded with cfg.seed, so its initialisation does not depend on data loading),
-    loss, optimizer and regularizer; `weights` restores a checkpoint's model state. Speed
-    settings and `lwr.lambda_max: auto` are resolved here too (train_run resolves them
-    earlier, for the data and the run folder)."""
+    loss, optimizer and regularizer, then each method's additions in registry order;
+    `weights` restores a checkpoint's model state (a resumed run)."""
     dist = dist or DistInfo()
-    cfg = resolve_speed_settings(cfg, device, data.manifest.storage)
-    cfg = resolve_lambda_max(cfg, data.num_classes)
+    methods = cfg.methods()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, class_names=data.manifest.class_names)
     if cfg.sync_bn:
@@ -224,8 +160,12 @@ def build_components(
                 "model.norm=group (batch-independent) or sync_bn=false."
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # Stage 2: init weights (not when resuming), head reset, frozen backbone, LWS scales.
-    model = prepare_stage2(model, cfg, data.manifest, load=weights is None).to(device)
+    # Init weights (not when resuming) and head reset, then what the methods change (stage 2:
+    # a frozen backbone, LWS's scales).
+    model = start_weights(model, cfg, data.manifest, load=weights is None)
+    for method in methods:
+        model = method.adapt_run_model(model, cfg)
+    model = model.to(device)
     if cfg.channels_last is True:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if weights is not None:
@@ -248,9 +188,6 @@ def build_components(
         # The head as this run starts it (text, class means, cRT reset, ...): each pair's margin.
         theta_reference = reference_rows(get_classifier(model).weight, cfg.lwr.proj)
     loss = build_loss(cfg.loss, counts, seed=cfg.seed).to(device)
-    if loss.needs_features:  # IB reads the head's input h: a pre-hook on the head keeps it
-        loss.features = FeatureCapture(get_classifier(model))
-    after_step, run_tensors = max_norm_hooks(cfg, model, weights)
     parts = Components(
         model=wrap_for_training(model, cfg, device, dist),
         raw_model=model,
@@ -262,31 +199,10 @@ def build_components(
         theta_reference=theta_reference,
         data=data,
         base_lr=lr,
-        after_step=after_step,
-        run_tensors=run_tensors,
-        mix=build_mixer(cfg, data.class_counts, dist.rank),
+        rank=dist.rank,
     )
-    if cfg.ema.enabled:
-        attach_ema(parts, cfg.ema, weights)
-    if isinstance(model, BBNNet):  # the model weights its branches as the loader its targets
-        bbn, epochs = model, cfg.epochs
-        parts.before_epoch.append(lambda epoch: bbn.set_alpha(cumulative_alpha(epoch, epochs)))
+    for method in methods:
+        method.attach(parts, cfg, weights)
+    for method in methods:
+        parts = method.replace_parts(parts, cfg, device)
     return parts
-
-
-def max_norm_hooks(
-    cfg: TrainConfig, model: nn.Module, weights: Checkpoint | None
-) -> tuple[list[Callable[[], None]], dict[str, torch.Tensor]]:
-    """MaxNorm's after-step projection of the head's rows and its radius for the checkpoint
-    (none without optim.max_norm). A resumed run reuses its saved radius."""
-    if cfg.optim.max_norm is None:
-        return [], {}
-    head = get_classifier(model).weight
-    saved = weights.extras.get(MAX_NORM_RADIUS) if weights is not None else None
-    if weights is not None and saved is None and cfg.optim.max_norm_mode == "relative":
-        raise UserError(
-            f"optim.max_norm_mode=relative: this checkpoint holds no radius ({MAX_NORM_RADIUS}); "
-            "it was written before MaxNorm existed."
-        )
-    hook = MaxNorm(head, resolve_radius(cfg.optim, head, saved))
-    return [hook], hook.state()

@@ -17,16 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.config.schema import TrainConfig
+from lwrcli.checkpoint.resume import RunState
+from lwrcli.config import TrainConfig
 from lwrcli.errors import UserError
 from lwrcli.hooks import hook_point
 from lwrcli.methods.losses import reweight_for_epoch
 from lwrcli.models import get_classifier
 from lwrcli.runtime.device import autocast_context
 from lwrcli.runtime.distributed import DistInfo, all_reduce_sum
-from lwrcli.train.checkpoint import (
-    RunState,
-)
 from lwrcli.train.components import Components
 from lwrcli.train.geometry import class_geometry, gradient_share
 from lwrcli.train.live_log import LiveLog
@@ -36,7 +34,7 @@ from lwrcli.train.progress import TrainProgress
 from lwrcli.train.runlog import append_metrics
 from lwrcli.train.saves import CheckpointWriter
 from lwrcli.train.schedule import lr_at
-from lwrcli.use.evaluate import score_splits
+from lwrcli.train.scoring import score_splits
 
 
 class TrainingDiverged(UserError):
@@ -194,12 +192,12 @@ class Trainer(CheckpointWriter):
         batches = iter(loader)
         for step in range(start, steps):
             x, y = next(batches)
-            if self.parts.mix is not None:  # lwrcli.methods.mixing, seeded by this batch's position
-                x, y = self.parts.mix(x, y, epoch, step)
+            for transform in self.parts.batch_transforms:  # seeded by the batch's position
+                x, y = transform(x, y, epoch, step)
             t = epoch + (step + 1) / steps
             log_step = (step + 1) % self.cfg.log_every == 0
             self._measure_share = log_step or step + 1 == steps
-            self.loss_fn.set_position(epoch, step)  # IB's switch epoch, SEQL's seeded draws
+            self.loss_fn.set_position(epoch, step)  # a switch epoch, seeded draws
             terms = self.train_step(x, y, t, weight)
             self._measure_share = False
             b = y.shape[0]

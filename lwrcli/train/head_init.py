@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lwrcli.config.schema import TrainConfig
+from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle, build_data
 from lwrcli.errors import UserError
 from lwrcli.models import get_classifier
 from lwrcli.runtime.distributed import DistInfo, all_gather_cat
-from lwrcli.use.evaluate import head_inputs
+from lwrcli.models.features import head_inputs
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

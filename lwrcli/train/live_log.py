@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from lwrcli.config.schema import TrainConfig
+from lwrcli.config import TrainConfig
 
 TRACKERS_FILE = "trackers.json"  # in the run folder: tracker run ids, for continuation
 TENSORBOARD_DIR = "tensorboard"

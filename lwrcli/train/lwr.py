@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lwrcli.config.schema import LWRConfig, TrainConfig
+from lwrcli.config import LWRConfig, TrainConfig
 from lwrcli.runtime.device import no_autocast
 
 # A margin: the fixed θ, or (`theta: init`) the reference unit rows V̂⁰ (C, d) of the head at
@@ -223,20 +223,12 @@ def lambda_for_classes(classes: int) -> float:
     return float(f"{10.0 * share_at(100) / share_at(max(classes, 2)):.2g}")
 
 
-def resolve_lambda_max(cfg: TrainConfig, num_classes: int) -> TrainConfig:
-    """The config with `lwr.lambda_max: auto` made the number used for C = num_classes."""
-    if cfg.lwr.lambda_max != "auto":
-        return cfg
-    lwr = cfg.lwr.model_copy(update={"lambda_max": lambda_for_classes(num_classes)})
-    return cfg.model_copy(update={"lwr": lwr})
-
-
 def lwr_lambda(cfg: LWRConfig, t: float, total_epochs: int) -> float:
     """λ(t) = lambda_max * s(t); the schedule's end defaults to the end of training."""
     if not cfg.enabled:
         return 0.0
     if cfg.lambda_max == "auto":
-        raise ValueError("lwr.lambda_max 'auto' must be resolved first (resolve_lambda_max)")
+        raise ValueError("lwr.lambda_max 'auto' must be resolved first (lwrcli.train.resolve)")
     sched = cfg.schedule
     end = float(total_epochs) if sched.end is None else sched.end
     return cfg.lambda_max * schedule_factor(t, sched.kind, sched.start, end)

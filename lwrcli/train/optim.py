@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.config.schema import OptimConfig
+from lwrcli.config import OptimConfig
 from lwrcli.errors import UserError
 from lwrcli.models import head_path
-from lwrcli.train.checkpoint import unwrap
+from lwrcli.runtime.modules import unwrap
 
 # Layer ids for layer-wise lr decay. Blocks: torchvision ViT `encoder.layers.encoder_layer_i`
 # and timm's top-level `blocks.i` (ViT, DeiT, BEiT, EVA, ...). Embeddings get id 0; the rest

@@ -19,29 +19,24 @@ from typing import Any
 import torch
 
 from lwrcli import __version__
-from lwrcli.config.schema import TrainConfig, config_to_yaml, read_yaml, validate_config
+from lwrcli.checkpoint.files import Checkpoint
+from lwrcli.checkpoint.resume import load_train_state, resume_point
+from lwrcli.config import TrainConfig, config_to_yaml, read_yaml, validate_config
 from lwrcli.data.loading import build_data, check_dataset_matches
 from lwrcli.data.manifest import read_manifest
 from lwrcli.errors import UserError
-from lwrcli.methods.stage2 import check_stage2_start
 from lwrcli.models import count_parameters
 from lwrcli.runtime.device import bf16_warning, resolve_device
 from lwrcli.runtime.distributed import DistInfo, barrier, setup, teardown
 from lwrcli.runtime.slurm import requeue_job
-from lwrcli.train.build import (
-    build_components,
-    resolve_speed_settings,
-    speed_summary,
-    with_model_data_defaults,
-)
-from lwrcli.train.checkpoint import Checkpoint, load_train_state, resume_point
+from lwrcli.train.build import build_components, train_loader_hook
 from lwrcli.train.engine import Interrupted, Trainer
+from lwrcli.train.init_weights import check_start
 from lwrcli.train.live_log import LiveLog
-from lwrcli.train.lwr import resolve_lambda_max
 from lwrcli.train.progress import TrainProgress
+from lwrcli.train.resolve import resolve_config, speed_summary
 from lwrcli.train.rundir import RUN_INFO, Created, inspect_run_dir, prepare_run_dir, read_run_info
 from lwrcli.train.runlog import METRICS, reconcile_metrics
-from lwrcli.train.stage2_cache import use_cached_features
 
 
 def environment_record(device: torch.device) -> dict[str, Any]:
@@ -112,7 +107,6 @@ def train_run(
             raise UserError("lwr train needs --data DATA_DIR and --out RUN_DIR (or --resume).")
         run_dir = out
         resume_ckpt = None
-    cfg = with_model_data_defaults(cfg)
     dist_kind = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
     dist = setup(dist_kind, cfg.dist_timeout_minutes)
     if not dist.is_main:  # everything a user reads comes once, from rank 0
@@ -122,10 +116,10 @@ def train_run(
         device = resolve_device(cfg.device, dist.local_rank)
         manifest = read_manifest(data_dir)
         check_dataset_matches(cfg, manifest, data_dir)  # before any loader
-        requested = speed_summary(cfg)
-        cfg = resolve_speed_settings(cfg, device, manifest.storage)
-        lambda_auto = cfg.lwr.enabled and cfg.lwr.lambda_max == "auto"
-        cfg = resolve_lambda_max(cfg, manifest.num_classes)
+        resolved = resolve_config(
+            cfg, device, manifest.storage, manifest.num_classes, manifest.image_size
+        )
+        cfg, requested = resolved.cfg, resolved.requested
         if resume is None:
             # Every process looks before rank 0 writes anything (the barrier below).
             found = inspect_run_dir(run_dir, cfg, manifest.fingerprint)
@@ -140,14 +134,13 @@ def train_run(
             if found == "continue":
                 _, data_dir, resume_ckpt, resume_state = _load_resume(run_dir, data_dir)
                 continuing = True
-            else:
-                check_stage2_start(cfg, manifest)  # before the run folder exists
+            else:  # before the run folder exists
+                check_start(cfg, manifest)
         barrier(dist)
         torch.manual_seed(cfg.seed)
-        data = build_data(data_dir, cfg, device, dist)
+        wrap = train_loader_hook(cfg, manifest.num_classes)
+        data = build_data(data_dir, cfg, device, dist, train_wrap=wrap)
         parts = build_components(cfg, data, device, dist, resume_ckpt)
-        if cfg.stage2.cache_features:
-            parts = use_cached_features(parts, cfg, device)
         progress = progress or TrainProgress(cfg.epochs, enabled=dist.is_main)
         trainer = Trainer(cfg, parts, device, run_dir, dist, progress)
         warning = bf16_warning(device, cfg.amp)
@@ -176,12 +169,8 @@ def train_run(
             created = prepare_run_dir(run_dir)
             _write_run_files(run_dir, cfg, data_dir, data.manifest.fingerprint, device, requested)
             progress.message(_start_line(cfg, data, parts, trainer, dist, device, requested))
-            if lambda_auto:
-                progress.message(
-                    f"lwr.lambda_max auto: {cfg.lwr.lambda_max:g} for {data.num_classes} "
-                    "classes (10 · share(100) / share(C), docs/lwr.md 'How strong is LWR?'); "
-                    "saved in config.yaml."
-                )
+            for note in resolved.notes:
+                progress.message(note)
             if trainer.select_split == data.manifest.test_split:
                 progress.message(
                     "Note: selecting the best checkpoint on the TEST split, as configured "
@@ -263,7 +252,6 @@ def _start_line(
         f"{device}; "
         + _batch_note(cfg, dist)
         + f", lr {parts.base_lr:g}"
-        + _scaling_note(cfg)
         + f"; model selection on: {trainer.select_split or 'none (last epoch)'}; "
         + speed_summary(cfg)
         + (f" (asked: {requested})" if requested != speed_summary(cfg) else "")
@@ -280,13 +268,6 @@ def _batch_note(cfg: TrainConfig, dist: DistInfo) -> str:
         f"world size {dist.world_size}, batch {per} per process{accum}, "
         f"global batch {cfg.batch_size}"
     )
-
-
-def _scaling_note(cfg: TrainConfig) -> str:
-    base = cfg.optim.base_batch_size
-    if base is None or base == cfg.batch_size or cfg.optim.lr_scaling == "none":
-        return ""
-    return f" ({cfg.optim.lr_scaling} scaling of lr {cfg.optim.lr:g} from batch {base})"
 
 
 def _write_run_files(

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lwrcli.config.schema import TrainConfig, read_yaml, validate_config
+from lwrcli.checkpoint.files import load_checkpoint
+from lwrcli.config import TrainConfig, read_yaml, validate_config
 from lwrcli.errors import UserError
-from lwrcli.train.checkpoint import load_checkpoint
 from lwrcli.train.live_log import TENSORBOARD_DIR, TRACKERS_FILE, WANDB_DIR
 
 RUN_INFO = "run.json"

@@ -13,14 +13,10 @@ from typing import Any
 
 import torch
 
+from lwrcli.checkpoint.files import THETA_REFERENCE, atomic_save, checkpoint_payload
+from lwrcli.checkpoint.resume import commit_resume_point
 from lwrcli.models import classifier_key
 from lwrcli.runtime.distributed import all_reduce_sum, barrier
-from lwrcli.train.checkpoint import (
-    THETA_REFERENCE,
-    atomic_save,
-    checkpoint_payload,
-    commit_resume_point,
-)
 from lwrcli.train.runlog import append_metrics
 
 

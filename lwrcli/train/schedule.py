@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from lwrcli.config.schema import ScheduleConfig
+from lwrcli.config import ScheduleConfig
 
 
 def lr_at(cfg: ScheduleConfig, base_lr: float, t: float, total_epochs: int) -> float:

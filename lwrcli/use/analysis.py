@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from rich.table import Table
 
+from lwrcli.checkpoint.files import THETA_REFERENCE, load_checkpoint
 from lwrcli.data.manifest import GROUPS, read_manifest, shot_group, shot_groups
 from lwrcli.errors import UserError
-from lwrcli.train.checkpoint import THETA_REFERENCE, load_checkpoint
 from lwrcli.train.lwr import Margin, lwr_penalty, resolve_margin
 from lwrcli.use import plots
 

@@ -16,60 +16,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from lwrcli.checkpoint.files import Checkpoint, load_checkpoint
+from lwrcli.checkpoint.frozen_base import restore_weights
 from lwrcli.data.loading import BatchLoader, build_data
 from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.errors import UserError
 from lwrcli.methods.losses import posthoc_logit_adjust
-from lwrcli.methods.stage2 import apply_structure
 from lwrcli.models import build_model, get_classifier
 from lwrcli.runtime.device import autocast_context, eval_amp, resolve_device
 from lwrcli.runtime.distributed import DistInfo, all_gather_cat
-from lwrcli.train.checkpoint import Checkpoint, load_checkpoint
-from lwrcli.train.frozen_base import restore_weights
 from lwrcli.train.metrics import confusion_matrix, summarize, write_per_class_csv
+from lwrcli.models.features import head_inputs
+from lwrcli.train.scoring import SCORES, predict
 from lwrcli.use.posthoc import bias_treatment, head_logits, search_posthoc, search_tau_norm
 
-SCORES = ("top1", "top5", "many", "medium", "few")
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, loader: BatchLoader, device: torch.device, amp: str, dist: DistInfo
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C) float32 and targets (N,) for a whole split, gathered over ranks. A
-    test-time-ensemble batch (B, K, 3, S, S) scores each image by its K crops' mean logits
-    (LIFT averages logits, not probabilities)."""
-    model.eval()
-    logits, targets = [], []
-    with autocast_context(device, amp):
-        for x, y in loader:
-            if x.dim() == 5:
-                out = model(x.flatten(0, 1)).float()
-                logits.append(out.view(x.shape[0], x.shape[1], -1).mean(1))
-            else:
-                logits.append(model(x).float())
-            targets.append(y)
-    out = torch.cat(logits), torch.cat(targets)
-    return all_gather_cat(out[0], dist), all_gather_cat(out[1], dist)
-
-
-def score_splits(
-    model: nn.Module,
-    loaders: dict[str, BatchLoader],
-    class_counts: list[int],
-    device: torch.device,
-    amp: str,
-    dist: DistInfo,
-) -> dict[str, float | None]:
-    """`{split}_{top1,top5,many,medium,few}` and `{split}_images` (how many were scored) for
-    every split: what a training epoch records."""
-    out: dict[str, float | None] = {}
-    for split, loader in loaders.items():
-        logits, targets = predict(model, loader, device, amp, dist)
-        s = summarize(logits.cpu(), targets.cpu(), class_counts)
-        out.update({f"{split}_{key}": s[key] for key in SCORES})
-        out[f"{split}_images"] = int(targets.numel())  # all processes' predictions, gathered
-    return out
 
 
 def default_eval_dir(checkpoint: Path, split: str | None) -> Path:
@@ -83,31 +43,6 @@ def default_eval_dir(checkpoint: Path, split: str | None) -> Path:
 
 
 @torch.no_grad()
-def head_inputs(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], amp: str
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(features (B, d) float32, labels (B,)) per batch: what the head receives, captured by
-    a hook, so any backbone works without knowing where its features end. no_grad, not
-    inference_mode: cached features later enter autograd as a trained head's inputs. Batches
-    of K crops (B, K, 3, S, S) give features (B, K, d)."""
-    head = get_classifier(model)
-    captured: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda m, args: captured.append(args[0].float()))
-    out = []
-    model.eval()
-    try:
-        for x, y in batches:
-            crops = x.shape[1] if x.dim() == 5 else 0
-            with autocast_context(x.device, amp):
-                model(x.flatten(0, 1) if crops else x)
-            f = captured.pop()
-            # Test-time-ensemble crops: (B, K, d), the head's logits averaged later.
-            out.append((f.view(x.shape[0], crops, -1) if crops else f, y))
-    finally:
-        hook.remove()
-    return out
-
-
 def check_compatible(ckpt: Checkpoint, manifest: Manifest, data_dir: Path) -> None:
     """A checkpoint only makes sense on a dataset with the same classes."""
     c_ckpt = ckpt.classifier_weight.shape[0]
@@ -121,12 +56,11 @@ def check_compatible(ckpt: Checkpoint, manifest: Manifest, data_dir: Path) -> No
 
 def load_model(ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
     """The checkpoint's model as trained (an LWS run's head keeps its scales)."""
-    model = apply_structure(
-        build_model(
-            ckpt.config.model, ckpt.classifier_weight.shape[0], class_names=ckpt.class_names
-        ),
-        ckpt.config,
+    model = build_model(
+        ckpt.config.model, ckpt.classifier_weight.shape[0], class_names=ckpt.class_names
     )
+    for method in ckpt.config.methods():  # what the methods changed (LWS's head)
+        model = method.eval_structure(model, ckpt.config)
     try:
         restore_weights(model, ckpt)
     except RuntimeError as exc:

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from lwrcli import __version__
+from lwrcli.checkpoint.files import Checkpoint, load_checkpoint
 from lwrcli.data.manifest import Manifest
 from lwrcli.errors import UserError
-from lwrcli.train.checkpoint import Checkpoint, load_checkpoint
 from lwrcli.use.evaluate import load_model
 from lwrcli.use.export_contract import InputContract, Preprocessed, find_manifest, resolve_contract
 from lwrcli.use.model_card import write_model_card

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lwrcli.checkpoint.files import Checkpoint
 from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.errors import UserError
-from lwrcli.train.checkpoint import Checkpoint
 from lwrcli.train.rundir import RUN_INFO, read_run_info
 from lwrcli.use.evaluate import check_compatible
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lwrcli import __version__
-from lwrcli.config.schema import config_to_yaml
+from lwrcli.checkpoint.files import Checkpoint
+from lwrcli.config import config_to_yaml
 from lwrcli.data.manifest import GROUPS, Manifest, shot_groups
-from lwrcli.train.checkpoint import Checkpoint
 from lwrcli.use.export_contract import InputContract
 
 SCORES = ("top1", "top5", "many", "medium", "few")

@@ -35,13 +35,14 @@ from typing import Any, TextIO
 import torch
 from torch.utils.data import DataLoader
 
+from lwrcli.checkpoint.files import load_checkpoint
 from lwrcli.data.image_loader import available_cores
 from lwrcli.errors import UserError
 from lwrcli.methods.losses import posthoc_logit_adjust
 from lwrcli.models import get_classifier
 from lwrcli.runtime.device import eval_amp, resolve_device
-from lwrcli.train.checkpoint import load_checkpoint
-from lwrcli.use.evaluate import crop_logits, head_inputs, load_model
+from lwrcli.models.features import head_inputs
+from lwrcli.use.evaluate import crop_logits, load_model
 from lwrcli.use.predict_inputs import Collate, Preprocess, collect_images, input_spec
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lwrcli.config.schema import DataConfig
+from lwrcli.checkpoint.files import Checkpoint
+from lwrcli.config import DataConfig
 from lwrcli.data.device_loader import DeviceImageLoader
 from lwrcli.data.folder_arrays import fit_square
 from lwrcli.data.manifest import read_manifest
@@ -27,7 +28,6 @@ from lwrcli.data.transforms import (
     tte_transform,
 )
 from lwrcli.errors import UserError
-from lwrcli.train.checkpoint import Checkpoint
 from lwrcli.train.rundir import RUN_INFO, read_run_info
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})

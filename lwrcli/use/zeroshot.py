@@ -11,19 +11,21 @@ or from the published groups of an evaluation-only ImageNet-LT.
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from lwrcli.config.schema import ModelConfig, TrainConfig
+from lwrcli.config import ModelConfig, TrainConfig
 from lwrcli.data.loading import build_data
 from lwrcli.data.manifest import group_counts, read_manifest
 from lwrcli.errors import UserError
 from lwrcli.models import build_model
 from lwrcli.runtime.device import eval_amp, resolve_device
 from lwrcli.runtime.distributed import DistInfo
-from lwrcli.train.build import with_model_data_defaults
+from lwrcli.train.resolve import resolve_config
 from lwrcli.train.metrics import summarize
 from lwrcli.use.evaluate import predict, write_outputs
 
@@ -38,8 +40,8 @@ def zero_shot_config(
     device: str = "auto",
     tte: bool = False,
 ) -> TrainConfig:
-    """The evaluation config of a zero-shot CLIP classifier (input size and normalisation
-    from the model)."""
+    """The evaluation config of a zero-shot CLIP classifier, before it is resolved for a
+    dataset (lwrcli.train.resolve: input size and normalisation from the model)."""
     if not name.startswith("clip:"):
         raise UserError(
             f"--zero-shot needs a CLIP model, clip:<arch> (e.g. clip:ViT-B-16), not '{name}'."
@@ -49,8 +51,7 @@ def zero_shot_config(
             name=name,
             weights=weights,
             pretrained=pretrained,
-            cosine_classifier=True,
-            cosine_scale=ZERO_SHOT_SCALE,
+            head={"name": "cosine", "scale": ZERO_SHOT_SCALE},
             head_init="text",
             clip_projection=True,  # CLIP's own zero-shot geometry: the joint space
             text_templates=templates,  # type: ignore[arg-type]
@@ -59,7 +60,11 @@ def zero_shot_config(
     except ValidationError as exc:
         why = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         raise UserError(f"--zero-shot {name}: {why.rstrip('.?!')}.") from None
-    return with_model_data_defaults(cfg)
+    return cfg
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def default_zero_shot_dir(name: str, data_dir: Path) -> Path:
@@ -80,8 +85,10 @@ def evaluate_zero_shot(
     confusion: bool = False,
     device: str = "auto",
     batch_size: int | None = None,
+    log: Callable[[str], None] = _stderr,
 ) -> dict[str, Any]:
-    """Top-1/top-5, shot groups and per-class accuracy of CLIP's text head on a split."""
+    """Top-1/top-5, shot groups and per-class accuracy of CLIP's text head on a split; `log`
+    receives what resolving decided (an input size the model needs)."""
     manifest = read_manifest(data_dir)
     split = split or manifest.test_split
     if split not in manifest.splits:
@@ -94,6 +101,10 @@ def evaluate_zero_shot(
     if batch_size is not None:
         cfg.eval_batch_size = batch_size
     dev = resolve_device(cfg.device)
+    resolved = resolve_config(cfg, dev, manifest.storage, manifest.num_classes, manifest.image_size)
+    cfg = resolved.cfg
+    for note in resolved.notes:
+        log(note)
     data = build_data(data_dir, cfg, dev, DistInfo(), train=False, splits=[split])
     model = build_model(cfg.model, manifest.num_classes, class_names=manifest.class_names)
     amp = eval_amp("auto", dev)

@@ -9,14 +9,11 @@ whole. Models here are unwrapped (no DDP / torch.compile wrappers).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from lwrcli.errors import UserError
-
-if TYPE_CHECKING:
-    from lwrcli.train.checkpoint import Checkpoint
 
 
 def _head_prefix(classifier_key: str) -> str:
@@ -45,7 +42,7 @@ def stored_state(
     return partial, meta
 
 
-def restore_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+def restore_weights(model: torch.nn.Module, ckpt: Any) -> None:
     """Load a checkpoint's tensors into a model built from its config.
 
     A whole-model checkpoint loads strictly. A frozen-base checkpoint (`stored: trainable`)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
-from lwrcli.config.schema import TrainConfig
 from lwrcli.data.device_loader import DeviceImageLoader
 from lwrcli.errors import UserError
-from lwrcli.models import get_classifier
-from lwrcli.train.components import Components
-from lwrcli.use.evaluate import head_inputs
+from lwrcli.models.features import head_inputs
+from lwrcli.models.heads import get_classifier
 
 
 class FeatureBatches:
@@ -70,7 +69,7 @@ def _in_order(loader: DeviceImageLoader, batch_size: int) -> Iterator[tuple[torc
         yield loader.normalize(loader.images[start:end]), loader.labels[start:end]
 
 
-def use_cached_features(parts: Components, cfg: TrainConfig, device: torch.device) -> Components:
+def use_cached_features(parts: Any, cfg: Any, device: torch.device) -> Any:
     """Components whose model is the head alone and whose loaders yield cached features."""
     base = parts.data.train
     if not isinstance(base, DeviceImageLoader):
