@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo-output
 
-.PHONY: demo test docs lint clean
+.PHONY: demo test test-quick docs lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The quick tier: everything but the end-to-end runs marked slow (a few minutes on 2 cores).
+test-quick: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The site from docs/ (mkdocs.yml): --strict, so a broken link or a page left out of nav fails.
 docs: $(BIN)/python

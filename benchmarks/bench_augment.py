@@ -4,11 +4,11 @@ ResNet-32 on CIFAR-100-LT-shaped data (random uint8 images, the 10,847 long-tail
 IF 100), batch 128, lwr's engine (`build_components` + `Trainer.train_step` over the device
 loader; bench_train.py's runner), once per variant. A variant is a name and `--set`
 overrides; the first is the baseline every ratio is against. Defaults: plain crop + flip,
-and + RandAugment (N 2, M 9). Add variants as they exist, e.g. after mixup lands:
+and + RandAugment (N 2, M 9). Add variants with any config key, e.g. mixup:
 
     python benchmarks/bench_augment.py --variant plain: \\
         --variant randaugment:data.augment=randaugment \\
-        --variant ra+mixup:data.augment=randaugment,data.mixup_alpha=1
+        --variant ra+mixup:data.augment=randaugment,mixing.mixup_alpha=1
 
 Each variant is built and warmed up first; then `--repeats` rounds time `--steps` steps of
 every variant in a rotated order, so machine noise hits all of them. Reported: median

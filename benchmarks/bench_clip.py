@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lwrcli.config import LossConfig, LWRConfig, ModelConfig
+from lwrcli.config import LWRConfig, ModelConfig, loss_section
 from lwrcli.methods.losses import build_loss
 from lwrcli.models import build_model, get_classifier
 from lwrcli.runtime.device import autocast_context
@@ -73,15 +73,14 @@ def make_step(
     torch.manual_seed(0)
     cfg = ModelConfig(
         name="clip:ViT-B-16",
-        cosine_classifier=True,
-        cosine_scale=25.0,
+        head={"name": "cosine", "scale": 25.0},
         tuning=variant["tuning"],
     )
     model = build_model(cfg, CLASSES).to(device).train()
     counts = torch.tensor(
         [max(5, int(1280 * 0.994**c)) for c in range(CLASSES)], dtype=torch.float64
     )
-    loss_fn = build_loss(LossConfig(name="la"), counts).to(device)
+    loss_fn = build_loss(loss_section(name="la"), counts).to(device)
     head = get_classifier(model).weight
     regularizer = None
     if variant.get("lwr"):

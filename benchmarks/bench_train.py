@@ -45,8 +45,9 @@ from lwrcli.data.loading import build_data
 from lwrcli.data.manifest import make_manifest, write_manifest
 from lwrcli.data.profiles import long_tailed_counts
 from lwrcli.models import build_model
-from lwrcli.train.build import build_components, resolve_speed_settings, speed_summary
+from lwrcli.train.build import build_components
 from lwrcli.train.engine import Trainer
+from lwrcli.train.resolve import resolve_speed_settings, speed_summary
 
 MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # LDAM-DRW's CIFAR-100 values
 PRESET = "cifar100-lt-ir100-ce"
@@ -59,7 +60,7 @@ VARIANTS: dict[str, list[str]] = {
     "bf16 + channels_last": ["amp=bf16", "channels_last=true", "compile=false"],
     "compile (+ auto)": ["compile=true"],
     # Batch-level mixing (lwrcli.methods.mixing) on top of the defaults: its cost per step.
-    "defaults + mixup/CutMix": ["data.mixup_alpha=0.2", "data.cutmix_alpha=1.0"],
+    "defaults + mixup/CutMix": ["mixing.mixup_alpha=0.2", "mixing.cutmix_alpha=1.0"],
 }
 
 
@@ -182,8 +183,8 @@ def step_fn(trainer: Trainer, t: float = 10.0) -> Callable[[], int]:
         except StopIteration:
             batches = iter(loader)
             x, y = next(batches)
-        if trainer.parts.mix is not None:  # as Trainer.train_epoch does (mixup, smoothing)
-            x, y = trainer.parts.mix(x, y, 0, done)
+        for transform in trainer.parts.batch_transforms:  # as Trainer.train_epoch does
+            x, y = transform(x, y, 0, done)
         done += 1
         trainer.train_step(x, y, t, None)
         return int(y.shape[0])

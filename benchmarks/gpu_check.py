@@ -67,10 +67,11 @@ from lwrcli.config import load_config  # noqa: E402
 from lwrcli.data.loading import DataBundle, build_data  # noqa: E402
 from lwrcli.data.manifest import make_manifest  # noqa: E402
 from lwrcli.data.profiles import long_tailed_counts  # noqa: E402
-from lwrcli.train.build import build_components, resolve_speed_settings, speed_summary  # noqa: E402
+from lwrcli.train.build import build_components  # noqa: E402
 from lwrcli.train.engine import Trainer  # noqa: E402
 from lwrcli.train.lwr import lwr_penalty  # noqa: E402
 from lwrcli.train.progress import TrainProgress  # noqa: E402
+from lwrcli.train.resolve import resolve_speed_settings, speed_summary  # noqa: E402
 
 CIFAR_PRESET = "cifar100-lt-ir100-ce"
 CIFAR_TRAIN = 10_847  # CIFAR-100-LT IF 100

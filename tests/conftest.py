@@ -49,6 +49,54 @@ def lwr(capsys: pytest.CaptureFixture[str]):
     return run
 
 
+# The small synthetic dataset most tests train on: 5 classes, 90 train images (40, 23, 14, 8, 5:
+# 6 steps of 16 per epoch), 4 test images per class. Built once per session.
+SMALL = dict(num_classes=5, n_max=40, test_per_class=4, imbalance_factor=8, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lwrcli.data.synthetic import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("small") / "data"
+    prepare_synthetic(out, **SMALL)  # type: ignore[arg-type]
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_val(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`small` with another seed and a validation split (3 per class): model selection."""
+    from lwrcli.data.synthetic import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("small_val") / "data"
+    prepare_synthetic(
+        out, num_classes=5, n_max=40, test_per_class=4, imbalance_factor=8, val_per_class=3
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_ir10(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5 classes, 63 train images (counts 30, 16, 9, 5, 3), 5 test images per class."""
+    from lwrcli.data.synthetic import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("small_ir10") / "data"
+    prepare_synthetic(out, num_classes=5, n_max=30, test_per_class=5, imbalance_factor=10, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5 classes of 16-px images, 24 ... 4 train images per class: ResNet-32 stays cheap."""
+    from lwrcli.data.synthetic import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("small16") / "data"
+    prepare_synthetic(
+        out, num_classes=5, n_max=24, test_per_class=2, imbalance_factor=6, image_size=16, seed=1
+    )
+    return out
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lwrcli.data.synthetic import prepare_synthetic

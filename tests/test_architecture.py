@@ -166,11 +166,18 @@ def test_no_module_is_over_the_size_limit() -> None:
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
+# The migration table maps the old keys, which named methods, to their new places: it is the
+# one core module that must name them.
+NAMES_OLD_KEYS = ("config/migrate.py",)
+
+
 def test_the_core_names_no_method() -> None:
     hits = []
     for entry in CORE:
         paths = sorted((PACKAGE / entry).rglob("*.py")) if "." not in entry else [PACKAGE / entry]
         for path in paths:
+            if str(path.relative_to(PACKAGE)) in NAMES_OLD_KEYS:
+                continue
             for i, line in enumerate(path.read_text().splitlines(), 1):
                 if METHOD_WORDS.search(line):
                     hits.append(f"{path.relative_to(PACKAGE)}:{i}: {line.strip()}")

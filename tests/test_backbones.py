@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import REPO, train_args
 from safetensors.torch import save_file
 
 from lwrcli.checkpoint.files import load_checkpoint, save_checkpoint
@@ -26,6 +26,7 @@ from lwrcli.models import (
 from lwrcli.models import families as backbones
 from lwrcli.train.lwr import lwr_penalty, lwr_penalty_dense
 from lwrcli.train.optim import build_optimizer
+from lwrcli.train.resolve import check_model, resolve_config
 from lwrcli.use.analysis import weight_stats
 
 COUNTS = [40, 25, 12, 8, 5, 3, 2]  # 7 classes, long-tailed
@@ -137,7 +138,7 @@ def test_cosine_classifier_on_a_torchvision_head() -> None:
     from lwrcli.models import CosineLinear
 
     model = build_model(
-        ModelConfig(name="torchvision:mobilenet_v3_small", cosine_classifier=True), 7
+        ModelConfig(name="torchvision:mobilenet_v3_small", head={"name": "cosine"}), 7
     )
     assert isinstance(model.classifier[3], CosineLinear)
     assert get_classifier(model) is model.classifier[3]
@@ -203,20 +204,35 @@ def test_pretrained_other_architecture_is_an_error(tmp_path: Path) -> None:
 # --- names, listing, data defaults ---------------------------------------------------------
 
 
-def test_model_names_are_validated_with_closest_suggestions() -> None:
-    with pytest.raises(UserError, match="Did you mean 'torchvision:convnext_tiny'"):
-        validate_config({"model": {"name": "torchvision:convnxt_tiny"}})
-    with pytest.raises(UserError, match="Did you mean 'torchvision:resnet18'"):
-        validate_config({"model": {"name": "resnet18"}})
-    with pytest.raises(UserError, match="model.name.*Built-in: small_cnn"):
-        validate_config({"model": {"name": "vgg"}})
+def test_model_names_are_validated_with_closest_suggestions(
+    lwr, synthetic_data: Path, tmp_path: Path
+) -> None:
+    """Names are checked when the run is resolved (validating a config imports no model
+    library), and `lwr train` refuses a bad one before it creates the run folder."""
+    cpu = torch.device("cpu")
+    for name, hint in [
+        ("torchvision:convnxt_tiny", "Did you mean 'torchvision:convnext_tiny'"),
+        ("resnet18", "Did you mean 'torchvision:resnet18'"),
+        ("vgg", "model.name.*Built-in: small_cnn"),
+    ]:
+        cfg = validate_config({"model": {"name": name}})
+        with pytest.raises(UserError, match=hint):
+            check_model(cfg)
+        with pytest.raises(UserError, match=hint):
+            resolve_config(cfg, cpu)
+    out = tmp_path / "run"
+    res = lwr(*train_args("synthetic-lt-bs", synthetic_data, out, "model.name=vgg", "epochs=1"))
+    assert res.code == 2 and "Traceback" not in res.err
+    assert "model.name=vgg" in res.err and "Built-in: small_cnn" in " ".join(res.err.split())
+    assert not out.exists()
 
 
 def test_timm_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
     with pytest.raises(UserError, match=r"pip install 'lwrcli\[timm\]'"):
-        ModelConfig(name="timm:resnet18")
+        check_model(validate_config({"model": {"name": "timm:resnet18"}}))
     assert ModelConfig(name="torchvision:resnet18").name == "torchvision:resnet18"
+    check_model(validate_config({"model": {"name": "torchvision:resnet18"}}))
 
 
 def test_builtin_name_validation_imports_neither_timm_nor_torchvision() -> None:
@@ -259,7 +275,7 @@ def test_model_data_defaults() -> None:
 
 def test_model_data_defaults_fill_only_what_data_leaves_unset() -> None:
     from lwrcli.config import validate_config
-    from lwrcli.train.build import with_model_data_defaults
+    from lwrcli.train.resolve import with_model_data_defaults
 
     cfg = with_model_data_defaults(validate_config({"model": {"name": "torchvision:resnet18"}}))
     assert cfg.data.image_size == 224 and cfg.data.resize == 256

@@ -4,42 +4,32 @@ learning. Each property is checked against an independent computation (numpy, fl
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import train_args
+from resume_scenario import cut_and_resume
 from safetensors.torch import load_file
 
-from lwrcli.checkpoint.files import load_checkpoint
-from lwrcli.config import LossConfig, ModelConfig, load_config
-from lwrcli.data.loading import build_data
+from lwrcli.config import ModelConfig, TrainConfig, load_config, loss_section
+from lwrcli.data.loading import DataBundle, build_data
+from lwrcli.data.manifest import read_manifest
 from lwrcli.data.paired import PairedLoader, cumulative_alpha
 from lwrcli.data.samplers import class_probabilities, epoch_indices
-from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.errors import UserError
 from lwrcli.methods.losses import build_loss
 from lwrcli.models import build_model, get_classifier
 from lwrcli.models.bbn import BBNNet
-from lwrcli.train.build import build_components
-from lwrcli.train.engine import Interrupted, Trainer
+from lwrcli.train.build import build_components, train_loader_hook
+from lwrcli.train.engine import Trainer
+from lwrcli.train.resolve import resolve_config
 from lwrcli.train.run import train_run
 from lwrcli.train.runlog import read_metrics
 
 PRESET = "cifar100-lt-ir100-bbn"
 TINY = ["dataset=any", "batch_size=8", "log_every=1", "device=cpu", "eval_every=1"]
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5 classes of 16-px images, 24 ... 4 train images per class: ResNet-32 stays cheap."""
-    out = tmp_path_factory.mktemp("bbn-small") / "data"
-    prepare_synthetic(
-        out, num_classes=5, n_max=24, test_per_class=2, imbalance_factor=6, image_size=16, seed=1
-    )
-    return out
 
 
 JPEG_SETS = ["data.image_size=16", "data.resize=18", "data.num_workers=0"]
@@ -59,7 +49,7 @@ def test_alpha_is_bbn_parabolic_decay(epochs: int, div: int) -> None:
 
 
 def test_training_follows_the_alpha_schedule(
-    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In a real run, every step of epoch T mixes features with α(T) and targets with the
     same α: y = α e_{y_c} + (1 - α) e_{y_r}."""
@@ -73,7 +63,7 @@ def test_training_follows_the_alpha_schedule(
 
     monkeypatch.setattr(Trainer, "train_step", step)
     cfg = load_config(PRESET, overrides=[*TINY, "epochs=3", "eval_every=0"])
-    train_run(cfg, small, tmp_path / "run")
+    train_run(cfg, small16, tmp_path / "run")
     assert sorted({e for e, _, _ in seen}) == [0, 1, 2]
     for epoch, alpha, y in seen:
         expect = 1.0 - (epoch / 3) ** 2
@@ -106,17 +96,23 @@ def test_reversed_sampler_probabilities_and_frequencies() -> None:
     assert np.all(np.abs(share - 1 / 3) < 0.05)
 
 
+def _train_data(data: Path, cfg: TrainConfig, device: torch.device) -> DataBundle:
+    """The run's data as `lwr train` builds it: each method's say on the training loader."""
+    classes = read_manifest(data).num_classes
+    return build_data(data, cfg, device, train_wrap=train_loader_hook(cfg, classes))
+
+
 def _plain_and_paired(data: Path, sets: list[str]) -> tuple[object, PairedLoader]:
-    plain_cfg = load_config(PRESET, overrides=[*TINY, *sets, "model.bbn=false"])
+    plain_cfg = load_config(PRESET, overrides=[*TINY, *sets, "model.variant.name=plain"])
     bbn_cfg = load_config(PRESET, overrides=[*TINY, *sets])
     cpu = torch.device("cpu")
-    plain = build_data(data, plain_cfg, cpu).train
-    paired = build_data(data, bbn_cfg, cpu).train
+    plain = _train_data(data, plain_cfg, cpu).train
+    paired = _train_data(data, bbn_cfg, cpu).train
     assert isinstance(paired, PairedLoader)
     return plain, paired
 
 
-@pytest.mark.parametrize("source, sets", [("small", []), ("jpegs", JPEG_SETS)])
+@pytest.mark.parametrize("source, sets", [("small16", []), ("jpegs", JPEG_SETS)])
 def test_each_branch_sees_its_own_sampler(
     source: str, sets: list[str], request: pytest.FixtureRequest
 ) -> None:
@@ -156,15 +152,15 @@ def paired_counts(paired: PairedLoader) -> list[int]:
     return torch.bincount(labels).tolist()
 
 
-def test_reversed_loader_is_seeded_apart_from_the_conventional(small: Path) -> None:
-    _, paired = _plain_and_paired(small, [])
+def test_reversed_loader_is_seeded_apart_from_the_conventional(small16: Path) -> None:
+    _, paired = _plain_and_paired(small16, [])
     # Both branches index one device-resident copy of the images.
     assert paired.reversed.images.data_ptr() == paired.conventional.images.data_ptr()
     assert paired.reversed.sampler == "reversed" and paired.conventional.sampler == "instance"
     paired.set_epoch(0)
     batches = list(paired)
     assert len(batches) == len(paired) == -(-sum(paired_counts(paired)) // 8)
-    again = _plain_and_paired(small, [])[1]
+    again = _plain_and_paired(small16, [])[1]
     again.set_epoch(0)
     for (x1, y1), (x2, y2) in zip(batches, again, strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)  # deterministic per seed
@@ -173,7 +169,7 @@ def test_reversed_loader_is_seeded_apart_from_the_conventional(small: Path) -> N
 # --- the model and the loss --------------------------------------------------------------------
 def _net(num_classes: int = 6) -> BBNNet:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="resnet32", bbn=True), num_classes)
+    model = build_model(ModelConfig(name="resnet32", variant={"name": "bbn"}), num_classes)
     assert isinstance(model, BBNNet)
     return model
 
@@ -237,7 +233,7 @@ def test_loss_equals_alpha_mixture_of_two_cross_entropies(loss: str) -> None:
     shift = {"ce": 0.0, "bs": np.log(counts), "la": np.log(counts / counts.sum())}[loss]
     zz = z + shift
     expect = np.mean(alpha * _np_ce(zz, yc) + (1 - alpha) * _np_ce(zz, yr))
-    fn = build_loss(LossConfig(name=loss), torch.tensor(counts))  # type: ignore[arg-type]
+    fn = build_loss(loss_section(name=loss), torch.tensor(counts))
     onehot = np.eye(c)
     target = torch.tensor(alpha * onehot[yc] + (1 - alpha) * onehot[yr])
     got = fn(torch.tensor(z), target)
@@ -245,22 +241,9 @@ def test_loss_equals_alpha_mixture_of_two_cross_entropies(loss: str) -> None:
 
 
 # --- resume, CLI, refusals ---------------------------------------------------------------------
-def _stop_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    original = Trainer.train_step
-    calls = {"n": 0}
-
-    def step(self: Trainer, *args):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == n:
-            self._stop_signal = signal.SIGINT
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", step)
-
-
 @pytest.mark.parametrize(
     "source, sets",
-    [("small", []), pytest.param("jpegs", JPEG_SETS, marks=pytest.mark.slow)],
+    [("small16", []), pytest.param("jpegs", JPEG_SETS, marks=pytest.mark.slow)],
 )
 def test_mid_epoch_resume_is_bit_exact(
     source: str,
@@ -271,39 +254,24 @@ def test_mid_epoch_resume_is_bit_exact(
 ) -> None:
     data = request.getfixturevalue(source)
     cfg = load_config(PRESET, overrides=[*TINY, *sets, "epochs=2", "checkpoint_every_steps=2"])
-    train_run(cfg, data, tmp_path / "full")
-    _stop_at_step(monkeypatch, 3)  # inside epoch 1, one step past a step checkpoint
-    with pytest.raises(Interrupted, match="step 3"):
-        train_run(cfg, data, tmp_path / "cut")
-    monkeypatch.undo()
-    saved = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert (saved.epoch, saved.step) == (0, 3)
-    train_run(None, None, resume=tmp_path / "cut")  # type: ignore[arg-type]
-    wa = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
-    wb = load_file(str(tmp_path / "cut" / "checkpoints" / "last.safetensors"))
-    assert wa.keys() == wb.keys() and any(k.startswith("rb_block.") for k in wa)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa), "weights differ"
-    ra, rb = (read_metrics(tmp_path / r / "metrics.jsonl") for r in ("full", "cut"))
-    assert [(r.get("loss"), r.get("test_top1")) for r in ra] == [
-        (r.get("loss"), r.get("test_top1")) for r in rb
-    ]
+    cut_and_resume(cfg, data, tmp_path, monkeypatch, holds="rb_block.")
 
 
-def test_cli_train_eval_analyze_with_lwr(lwr, small: Path, tmp_path: Path) -> None:
+def test_cli_train_eval_analyze_with_lwr(lwr, small16: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     # θ = -1: every pair is above the margin, so LWR really acts on the (C, 2d) head.
     sets = [*TINY, "epochs=2", "lwr.theta=-1.0"]
-    r = lwr(*train_args(f"{PRESET}-lwr", small, run, *sets))
+    r = lwr(*train_args(f"{PRESET}-lwr", small16, run, *sets))
     assert r.code == 0, r.err
     lines = read_metrics(run / "metrics.jsonl")
     assert lines[-1]["lwr"] > 0 and lines[-1]["test_top1"] is not None
     ckpt = run / "checkpoints" / "last.safetensors"
     assert tuple(load_file(str(ckpt))["fc.weight"].shape) == (5, 128)
-    r = lwr("eval", ckpt, "--data", small, "--json")
+    r = lwr("eval", ckpt, "--data", small16, "--json")
     assert r.code == 0, r.err
     summary = json.loads(r.out)
     assert summary["top1"] == pytest.approx(lines[-1]["test_top1"])
-    r = lwr("analyze-weights", ckpt, "--data", small, "--out", tmp_path / "an")
+    r = lwr("analyze-weights", ckpt, "--data", small16, "--out", tmp_path / "an")
     assert r.code == 0, r.err
     assert json.loads((tmp_path / "an" / "summary.json").read_text())
 
@@ -315,14 +283,14 @@ def test_cli_train_eval_analyze_with_lwr(lwr, small: Path, tmp_path: Path) -> No
         (["model.name=torchvision:mobilenet_v3_small"], "not a ResNet"),
         (["loss.name=focal"], "soft target"),
         (["data.sampler=class_balanced"], "data.sampler=instance"),
-        (["data.mixup_alpha=1"], "mixup/CutMix and label smoothing"),
-        (["loss.label_smoothing=0.1"], "mixup/CutMix and label smoothing"),
+        (["mixing.mixup_alpha=1"], "mixup/CutMix and label smoothing"),
+        (["label_smoothing.epsilon=0.1"], "mixup/CutMix and label smoothing"),
     ],
 )
 def test_unsupported_setups_exit_2(
-    lwr, small: Path, tmp_path: Path, sets: list[str], expect: str
+    lwr, small16: Path, tmp_path: Path, sets: list[str], expect: str
 ) -> None:
-    r = lwr(*train_args(PRESET, small, tmp_path / "run", *TINY, *sets))
+    r = lwr(*train_args(PRESET, small16, tmp_path / "run", *TINY, *sets))
     assert r.code == 2, r.err
     assert expect in r.err and "Traceback" not in r.err
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -330,11 +298,11 @@ def test_unsupported_setups_exit_2(
 
 def test_to_bbn_refuses_a_non_resnet_directly() -> None:
     with pytest.raises(UserError, match="not a ResNet"):
-        build_model(ModelConfig(name="torchvision:mobilenet_v3_small", bbn=True), 4)
+        build_model(ModelConfig(name="torchvision:mobilenet_v3_small", variant={"name": "bbn"}), 4)
 
 
 def test_torchvision_resnet_becomes_two_branches() -> None:
-    model = build_model(ModelConfig(name="torchvision:resnet18", bbn=True), 7)
+    model = build_model(ModelConfig(name="torchvision:resnet18", variant={"name": "bbn"}), 7)
     assert isinstance(model, BBNNet)
     assert tuple(get_classifier(model).weight.shape) == (7, 1024)
     assert len(model.trunk.layer4) == 1  # resnet18's layer4 has 2 blocks: 1 shared, 1 per branch
@@ -343,10 +311,14 @@ def test_torchvision_resnet_becomes_two_branches() -> None:
     assert out.shape == (2, 7)
 
 
-def test_components_register_the_alpha_hook(small: Path) -> None:
+def test_components_register_the_alpha_hook(small16: Path) -> None:
+    cpu = torch.device("cpu")
     cfg = load_config(PRESET, overrides=[*TINY, "epochs=10"])
-    data = build_data(small, cfg, torch.device("cpu"))
-    parts = build_components(cfg, data, torch.device("cpu"))
+    manifest = read_manifest(small16)
+    cfg = resolve_config(cfg, cpu, manifest.storage, manifest.num_classes, manifest.image_size).cfg
+    data = _train_data(small16, cfg, cpu)
+    assert isinstance(data.train, PairedLoader)
+    parts = build_components(cfg, data, cpu)
     assert len(parts.before_epoch) == 1
     for epoch in (0, 3, 9):
         parts.before_epoch[0](epoch)

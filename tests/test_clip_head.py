@@ -52,8 +52,7 @@ def _whole(name: str, seed: int) -> torch.nn.Module:
 def test_text_head_rows_are_the_class_names_embeddings(tiny: str, projection: bool) -> None:
     cfg = ModelConfig(
         name=tiny,
-        cosine_classifier=True,
-        cosine_scale=25,
+        head={"name": "cosine", "scale": 25},
         head_init="text",
         text_templates="single",
         clip_projection=projection,
@@ -83,7 +82,7 @@ def test_text_head_rows_are_the_class_names_embeddings(tiny: str, projection: bo
 def test_ensemble_templates_average_the_openai_prompts(tiny: str) -> None:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    cfg = ModelConfig(name=tiny, cosine_classifier=True, head_init="text", clip_projection=True)
+    cfg = ModelConfig(name=tiny, head={"name": "cosine"}, head_init="text", clip_projection=True)
     torch.manual_seed(1)
     model = build_model(cfg, len(NAMES), class_names=NAMES)
     templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
@@ -93,9 +92,14 @@ def test_ensemble_templates_average_the_openai_prompts(tiny: str) -> None:
 
 
 def test_text_head_needs_a_clip_model_and_a_cosine_head(tiny: str) -> None:
+    from lwrcli.config import TrainConfig
+    from lwrcli.errors import UserError
+    from lwrcli.train.resolve import check_model
+
     with pytest.raises(ValueError, match="needs a CLIP model"):
-        ModelConfig(name="resnet32", cosine_classifier=True, head_init="text")
-    with pytest.raises(ValueError, match="cosine_classifier=true"):
+        ModelConfig(name="resnet32", head={"name": "cosine"}, head_init="text")
+    with pytest.raises(ValueError, match="set model.head.name=cosine"):
         ModelConfig(name=tiny, head_init="text")
-    with pytest.raises(ValueError, match="unknown open_clip architecture 'ViT-B-61'"):
-        ModelConfig(name="clip:ViT-B-61")
+    # The architecture is checked when the run is resolved, not when the config is validated.
+    with pytest.raises(UserError, match="unknown open_clip architecture 'ViT-B-61'"):
+        check_model(TrainConfig(model=ModelConfig(name="clip:ViT-B-61")))

@@ -11,11 +11,16 @@ from conftest import REPO
 from lwrcli.config import (
     TrainConfig,
     apply_override,
+    config_to_yaml,
     list_presets,
     load_config,
     parse_override,
+    preset_path,
+    read_recipe,
     validate_config,
 )
+from lwrcli.config.files import BASE_KEY
+from lwrcli.config.slots import trick_sections
 from lwrcli.errors import UserError
 
 
@@ -92,13 +97,25 @@ def test_config_file_and_yaml_is_loaded_safely(tmp_path: Path) -> None:
         load_config("synthetic-lt-bs", path)
 
 
+# Every top-level section of a complete config: the core fields and each registered trick's
+# section (ema, stage2, max_norm, mixing, label_smoothing), which are not pydantic fields.
+ALL_SECTIONS = set(TrainConfig.model_fields) | set(trick_sections())
+
+
 @pytest.mark.parametrize("name", list_presets())
 def test_every_preset_validates_and_is_complete(name: str) -> None:
     cfg = load_config(name)
     assert cfg.name == name
     raw = yaml.safe_load((REPO / "presets" / f"{name}.yaml").read_text())
-    # Complete: every field is written out, so the file alone documents the recipe.
-    assert set(raw) == set(TrainConfig.model_fields)
+    # A recipe: only keys of the config, on top of a shipped preset it names as _base_.
+    base = raw.pop(BASE_KEY, None)
+    assert set(raw) <= ALL_SECTIONS and raw["name"] == name
+    if base is not None:
+        assert base in list_presets() and base != name
+    # Complete: the recipe with its _base_ chain gives the config with every field written
+    # out (what `lwr presets show` prints and config.yaml records), and nothing else.
+    assert validate_config(read_recipe(preset_path(name))) == cfg
+    assert set(yaml.safe_load(config_to_yaml(cfg))) == ALL_SECTIONS
     if name.endswith("-lwr"):
         # θ 0.4 (the paper's), or each pair's initial cosine for heads from text embeddings
         theta = "init" if cfg.model.head_init == "text" else 0.4
@@ -117,10 +134,13 @@ def test_presets_match_their_generator() -> None:
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    presets = mod.all_presets()
-    assert sorted(presets) == list_presets()
-    for name, body in presets.items():
-        assert (REPO / "presets" / f"{name}.yaml").read_text() == mod.render(name, body), name
+    texts = mod.rendered()
+    assert sorted(texts) == list_presets()
+    for name, text in texts.items():
+        assert (REPO / "presets" / f"{name}.yaml").read_text() == text, name
+    # Each recipe, merged along its _base_ chain, is the generator's complete config.
+    for name, body in mod.all_presets().items():
+        assert load_config(name) == TrainConfig.model_validate({**body, "name": name}), name
 
 
 def test_issue_preset_names_exist() -> None:
@@ -136,16 +156,17 @@ def test_issue_preset_names_exist() -> None:
 
 
 def test_ldam_requires_a_cosine_classifier() -> None:
-    with pytest.raises(UserError, match="cosine_classifier"):
+    with pytest.raises(UserError, match=r"loss.name=ldam needs model.head.name=cosine"):
         validate_config({"loss": {"name": "ldam"}})
-    assert validate_config({"loss": {"name": "ldam"}, "model": {"cosine_classifier": True}})
+    assert validate_config({"loss": {"name": "ldam"}, "model": {"head": {"name": "cosine"}}})
 
 
 # --- issue 17: lambda_max auto, bf16 on a CPU that emulates it -------------------------------
 
 
 def test_lambda_max_auto_follows_the_measured_rule() -> None:
-    from lwrcli.train.lwr import lambda_for_classes, resolve_lambda_max
+    from lwrcli.train.lwr import lambda_for_classes
+    from lwrcli.train.resolve import resolve_lambda_max
 
     # The rule's anchors (docs/lwr.md, "How strong is LWR?"): 10 at C = 100, 130 at C = 1000.
     assert [lambda_for_classes(c) for c in (10, 20, 100, 365, 1000)] == [
@@ -157,9 +178,9 @@ def test_lambda_max_auto_follows_the_measured_rule() -> None:
     ]
     cfg = load_config("folder-bs-lwr")
     assert cfg.lwr.lambda_max == "auto"
-    assert resolve_lambda_max(cfg, 1000).lwr.lambda_max == 130.0
+    assert resolve_lambda_max(cfg, 1000).cfg.lwr.lambda_max == 130.0
     explicit = load_config("folder-bs-lwr", overrides=["lwr.lambda_max=7"])
-    assert resolve_lambda_max(explicit, 1000).lwr.lambda_max == 7.0
+    assert resolve_lambda_max(explicit, 1000).cfg.lwr.lambda_max == 7.0
 
 
 def test_every_preset_without_a_fixed_class_count_uses_auto() -> None:

@@ -4,36 +4,26 @@ bit-exact resume (with RandAugment on, mid-epoch) on CPU."""
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from jpegtree import write_image_folder
+from resume_scenario import cut_and_resume
 from safetensors.torch import load_file
 from torch import nn
 
 from lwrcli.checkpoint.files import EMA_PREFIX, EMA_STEPS, load_checkpoint
-from lwrcli.config import EMAConfig, load_config
+from lwrcli.config import load_config
 from lwrcli.data.folder import prepare_folder
-from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.errors import UserError
-from lwrcli.methods.ema import WeightEMA
-from lwrcli.train.engine import Interrupted, Trainer
+from lwrcli.methods.ema import EMAConfig, WeightEMA
 from lwrcli.train.run import train_run
 from lwrcli.train.runlog import read_metrics
 from lwrcli.use.evaluate import evaluate_checkpoint
 
 TINY = ["model.width=8", "batch_size=16", "eval_every=1", "log_every=1", "device=cpu"]
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5 classes, 90 train images: 6 steps of 16 per epoch."""
-    out = tmp_path_factory.mktemp("small") / "data"
-    prepare_synthetic(out, num_classes=5, n_max=40, test_per_class=4, imbalance_factor=8, seed=1)
-    return out
 
 
 def _toy() -> nn.Module:
@@ -141,42 +131,9 @@ def test_ema_config_refusals() -> None:
         load_config("synthetic-lt-ce", overrides=["ema.start=3"])
 
 
-def _stop_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    original = Trainer.train_step
-    calls = {"n": 0}
-
-    def step(self: Trainer, *args):
-        calls["n"] += 1
-        if calls["n"] == n:
-            self._stop_signal = signal.SIGINT
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", step)
-
-
-def _same_files(a: Path, b: Path) -> None:
-    wa = load_file(str(a / "checkpoints" / "last.safetensors"))
-    wb = load_file(str(b / "checkpoints" / "last.safetensors"))
-    assert wa.keys() == wb.keys()
-    assert any(k.startswith(EMA_PREFIX) for k in wa)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa), "weights or average differ"
-    ra, rb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
-    assert [(r.get("loss"), r.get("test_top1")) for r in ra] == [
-        (r.get("loss"), r.get("test_top1")) for r in rb
-    ]
-
-
 def _cut_and_resume(cfg_sets: list[str], data: Path, tmp_path: Path, mp: pytest.MonkeyPatch):
     cfg = load_config("synthetic-lt-bs-lwr", overrides=cfg_sets)
-    train_run(cfg, data, tmp_path / "full")
-    _stop_at_step(mp, 3)  # inside epoch 1, one step past a step checkpoint
-    with pytest.raises(Interrupted, match="step 3"):
-        train_run(cfg, data, tmp_path / "cut")
-    mp.undo()
-    saved = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert (saved.epoch, saved.step) == (0, 3)
-    train_run(None, None, resume=tmp_path / "cut")  # type: ignore[arg-type]
-    _same_files(tmp_path / "full", tmp_path / "cut")
+    cut_and_resume(cfg, data, tmp_path, mp, holds=EMA_PREFIX)
 
 
 RESUME = [*TINY, "epochs=2", "checkpoint_every_steps=2", "ema.enabled=true", "ema.decay=0.7"]

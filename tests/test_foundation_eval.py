@@ -33,11 +33,16 @@ STD = torch.tensor(open_clip.constants.OPENAI_DATASET_STD).view(3, 1, 1)
 def test_class_mean_head_equals_independent_means(synthetic_data: Path, cosine: bool) -> None:
     from lwrcli.models import get_classifier
     from lwrcli.train.build import build_components
+    from lwrcli.train.resolve import resolve_config
 
-    cfg = TrainConfig(model=ModelConfig(name="small_cnn", width=8, cosine_classifier=cosine,
+    head = {"name": "cosine" if cosine else "linear"}
+    cfg = TrainConfig(model=ModelConfig(name="small_cnn", width=8, head=head,
                                         head_init="class_mean"),
                       device="cpu", batch_size=64, eval_batch_size=100)  # fmt: skip
     device = torch.device("cpu")
+    manifest = read_manifest(synthetic_data)
+    cfg = resolve_config(cfg, device, manifest.storage, manifest.num_classes,
+                         manifest.image_size).cfg  # fmt: skip
     parts = build_components(cfg, build_data(synthetic_data, cfg, device), device)
     model = parts.raw_model.eval()
     head = get_classifier(model)
@@ -139,13 +144,18 @@ def test_validation_pass_uses_tte(clip_setup: dict[str, Path]) -> None:
     """eval_tte in training: the eval loaders yield five crops per image, scored by mean
     logits (what score_splits records each epoch)."""
     from lwrcli.runtime.distributed import DistInfo
+    from lwrcli.train.resolve import resolve_config
     from lwrcli.train.scoring import predict, score_splits
     from lwrcli.use.zeroshot import zero_shot_config
 
     cfg = zero_shot_config(f"clip:{clip_setup['json']}", pretrained=clip_setup["weights"],
                            templates="single", device="cpu", tte=True)  # fmt: skip
-    assert isinstance(cfg.data, DataConfig) and cfg.eval_tte
     device = torch.device("cpu")
+    manifest = read_manifest(clip_setup["data"])
+    # Resolved as evaluate_zero_shot does: the input size and normalisation are the model's.
+    cfg = resolve_config(cfg, device, manifest.storage, manifest.num_classes,
+                         manifest.image_size).cfg  # fmt: skip
+    assert isinstance(cfg.data, DataConfig) and cfg.eval_tte
     data = build_data(clip_setup["data"], cfg, device, train=False)
     x, _ = next(iter(data.evals["test"]))
     assert x.shape[1:] == (5, 3, 32, 32)

@@ -18,16 +18,6 @@ from lwrcli.train.runlog import read_metrics
 SETS = ("epochs=2", "model.width=8", "batch_size=16")
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 5-class synthetic set: training here is about logging, so seconds matter more."""
-    from lwrcli.data.synthetic import prepare_synthetic
-
-    out = tmp_path_factory.mktemp("logdata") / "data"
-    prepare_synthetic(out, num_classes=5, n_max=30, test_per_class=5, imbalance_factor=10, seed=0)
-    return out
-
-
 def _expected(run: Path) -> dict[int, dict[str, float]]:
     """metrics.jsonl's numbers per epoch: what every tracker must have received."""
     out = {}
@@ -47,7 +37,7 @@ def test_scalars_skip_what_is_not_a_number() -> None:
 
 
 def test_tensorboard_and_mlflow_read_back_equal_metrics(
-    lwr, small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lwr, small_ir10: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("tensorboard")
     mlflow = pytest.importorskip("mlflow")
@@ -57,7 +47,7 @@ def test_tensorboard_and_mlflow_read_back_equal_metrics(
     uri = f"file://{tmp_path}/mlruns"
     run = tmp_path / "bs-run"
     sets = (*SETS, "log.to=[tensorboard,mlflow]", f"log.mlflow_tracking_uri={uri}")
-    r = lwr(*train_args("synthetic-lt-bs", small, run, *sets))
+    r = lwr(*train_args("synthetic-lt-bs", small_ir10, run, *sets))
     assert r.code == 0, r.err
     assert "live logging" not in r.err  # no tracker was dropped
     expected = _expected(run)
@@ -80,7 +70,7 @@ def test_tensorboard_and_mlflow_read_back_equal_metrics(
     info = client.get_run(run_id)
     assert info.info.run_name == "bs-run" and info.info.status == "FINISHED"
     assert info.data.tags["preset"] == "synthetic-lt-bs"
-    manifest = json.loads((small / "manifest.json").read_text())
+    manifest = json.loads((small_ir10 / "manifest.json").read_text())
     assert info.data.tags["dataset_fingerprint"] == manifest["fingerprint"]
     params = info.data.params
     assert params["epochs"] == "2" and params["model.width"] == "8"
@@ -93,14 +83,14 @@ def test_tensorboard_and_mlflow_read_back_equal_metrics(
 
 
 def test_sweep_runs_nest_under_one_parent(
-    lwr, small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lwr, small_ir10: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     uri = f"file://{tmp_path}/mlruns"
     out = tmp_path / "my-sweep"
     args = ["sweep", "--preset", "synthetic-lt-bs", "--seeds", "0,1"]
-    args += ["--data", str(small), "--out", str(out)]
+    args += ["--data", str(small_ir10), "--out", str(out)]
     for item in ("epochs=1", "model.width=8", "batch_size=16", "log.to=[mlflow]"):
         args += ["--set", item]
     r = lwr(*args, "--set", f"log.mlflow_tracking_uri={uri}")
@@ -126,7 +116,7 @@ class _Broken(TensorBoardTracker):
 
 
 def test_failing_trackers_warn_once_and_the_run_finishes(
-    lwr, small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lwr, small_ir10: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MLflow missing (its import fails) and TensorBoard failing at every write: one warning
     each, exit 0, and metrics.jsonl complete."""
@@ -138,7 +128,7 @@ def test_failing_trackers_warn_once_and_the_run_finishes(
     monkeypatch.setitem(live_log.TRACKERS, "tensorboard", _Broken)
     run = tmp_path / "run"
     sets = (*SETS, "log.to=[mlflow,tensorboard]")
-    r = lwr(*train_args("synthetic-lt-bs", small, run, *sets))
+    r = lwr(*train_args("synthetic-lt-bs", small_ir10, run, *sets))
     assert r.code == 0, r.err
     assert r.err.count("live logging to mlflow is off") == 1
     assert "pip install 'lwrcli[logging]'" in r.err
@@ -174,13 +164,13 @@ def _json_texts(value: float) -> set[bytes]:
     return texts
 
 
-def test_wandb_offline_run_holds_every_value(lwr, small: Path, tmp_path: Path) -> None:
+def test_wandb_offline_run_holds_every_value(lwr, small_ir10: Path, tmp_path: Path) -> None:
     """W&B offline (no account): the run file holds each logged value's JSON text and the
     config; W&B 0.31 ships no reader for it, so values are found, not parsed."""
     wandb = pytest.importorskip("wandb")
     run = tmp_path / "wb-run"
     sets = (*SETS, "log.to=[wandb]", "log.wandb_mode=offline")
-    r = lwr(*train_args("synthetic-lt-bs", small, run, *sets))
+    r = lwr(*train_args("synthetic-lt-bs", small_ir10, run, *sets))
     assert r.code == 0, r.err
     assert "live logging" not in r.err
     wandb.teardown()  # waits for W&B's service process to have written the run file whole

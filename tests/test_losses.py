@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from lwrcli.config import LossConfig
+from lwrcli.config import LossSection, loss_section
+from lwrcli.config.slots import methods_of
 from lwrcli.errors import UserError
+from lwrcli.methods.balanced_softmax import BalancedSoftmax
+from lwrcli.methods.ce import CrossEntropy
+from lwrcli.methods.focal import FocalLoss
+from lwrcli.methods.ldam import LDAMLoss
+from lwrcli.methods.logit_adjustment import LogitAdjustment
 from lwrcli.methods.losses import (
-    LOSSES,
-    BalancedSoftmax,
-    CrossEntropy,
-    FocalLoss,
-    LDAMLoss,
-    LogitAdjustment,
+    CountsLoss,
     build_loss,
     class_balanced_weights,
     posthoc_logit_adjust,
@@ -26,6 +27,8 @@ from lwrcli.methods.losses import (
 )
 
 COUNTS = [500, 120, 40, 9, 2]
+# Config name -> loss class of every registered loss (the registry's loss slot).
+LOSSES = {name: method.loss_class for name, method in methods_of("loss").items()}
 
 
 # --- independent float64 references -----------------------------------------------------------
@@ -68,7 +71,7 @@ def np_loss(name: str, z: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> fl
         return np_ldam(z, y, COUNTS, 0.5, 30.0, w)
     if name == "bs":
         return np_ce(z + np.log(n), y, w)
-    if name in ("ib", "seql"):  # CFG: IB before its switch epoch, SEQL with γ = 0 are CE
+    if name in ("ib", "seql"):  # cfg_for: IB before its switch epoch, SEQL with γ = 0 are CE
         return np_ce(z, y, w)  # (their own formulas: tests/test_losses_ib_seql.py)
     if name == "dr":  # 1/2 (cos_y - 1)^2, weighted mean Σ w_y ℓ / Σ w_y
         wy = np.ones(len(y)) if w is None else w[y]
@@ -76,7 +79,18 @@ def np_loss(name: str, z: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> fl
     return np_ce(z + 1.5 * np.log(n / n.sum()), y, w)  # la, tau 1.5
 
 
-CFG = LossConfig(focal_gamma=2.0, ldam_max_m=0.5, ldam_s=30.0, la_tau=1.5, seql_gamma=0.0)
+# Each loss's own settings for the formula tests (np_loss above); other losses take defaults.
+HYPER: dict[str, dict[str, float]] = {
+    "focal": {"gamma": 2.0},
+    "ldam": {"max_m": 0.5, "s": 30.0},
+    "la": {"tau": 1.5},
+    "seql": {"gamma": 0.0},
+}
+
+
+def cfg_for(name: str) -> LossSection:
+    """The loss section of `name` with the settings np_loss assumes."""
+    return loss_section(name=name, **HYPER.get(name, {}))
 
 
 def batch(seed: int = 0, n: int = 12, c: int = 5, scale: float = 2.0):
@@ -96,7 +110,7 @@ def test_loss_matches_numpy(name: str, weighted: bool) -> None:
     z, y, w = batch(seed=len(name))
     if name == "ldam":
         z = torch.tanh(z)  # LDAM receives cosines in [-1, 1]
-    loss = build_loss(CFG.model_copy(update={"name": name}), COUNTS)
+    loss = build_loss(cfg_for(name), COUNTS)
     got = loss(z.float(), y, w.float() if weighted else None)
     expected = np_loss(name, z.numpy(), y.numpy(), w.numpy() if weighted else None)
     assert got.dtype == torch.float32 and got.dim() == 0
@@ -164,10 +178,10 @@ def test_class_balanced_weights_closed_form(beta: float) -> None:
 def test_reweight_for_epoch() -> None:
     counts = torch.tensor(COUNTS, dtype=torch.float64)
     cb = class_balanced_weights(counts, 0.99)
-    assert reweight_for_epoch(LossConfig(reweight="none"), counts, 500) is None
-    always = LossConfig(reweight="cb", beta=0.99)
+    assert reweight_for_epoch(loss_section(reweight="none"), counts, 500) is None
+    always = loss_section(reweight="cb", beta=0.99)
     assert torch.equal(reweight_for_epoch(always, counts, 0), cb)
-    drw = LossConfig(reweight="drw", drw_epoch=3, beta=0.99)
+    drw = loss_section(reweight="drw", drw_epoch=3, beta=0.99)
     assert reweight_for_epoch(drw, counts, 2) is None
     assert torch.equal(reweight_for_epoch(drw, counts, 3), cb)
     assert torch.equal(reweight_for_epoch(drw, COUNTS, 10), cb)
@@ -179,15 +193,15 @@ def test_reweight_for_epoch() -> None:
 @pytest.mark.parametrize("name", ["bs", "la", "ldam"])
 def test_zero_count_class_is_a_user_error(name: str) -> None:
     with pytest.raises(UserError, match=r"class ids 2"):
-        build_loss(LossConfig(name=name), [10, 3, 0, 4])
+        build_loss(loss_section(name=name), [10, 3, 0, 4])
 
 
 def test_zero_count_class_is_fine_for_ce_and_focal_without_reweighting() -> None:
     z, y, _ = batch(c=4)
     for name in ("ce", "focal"):
-        assert torch.isfinite(build_loss(LossConfig(name=name), [10, 3, 0, 4])(z.float(), y))
+        assert torch.isfinite(build_loss(loss_section(name=name), [10, 3, 0, 4])(z.float(), y))
         with pytest.raises(UserError, match="re-weighting"):
-            build_loss(LossConfig(name=name, reweight="drw"), [10, 3, 0, 4])
+            build_loss(loss_section(name=name, reweight="drw"), [10, 3, 0, 4])
     with pytest.raises(UserError):
         class_balanced_weights([10, 0, 3], 0.99)
     with pytest.raises(UserError):
@@ -210,7 +224,7 @@ def test_bad_counts_and_shapes_are_user_errors() -> None:
 def test_bf16_logits_give_a_float32_loss(name: str) -> None:
     z, y, w = batch(seed=1)
     z = torch.tanh(z).bfloat16().requires_grad_(True)
-    loss_fn = build_loss(LossConfig(name=name), COUNTS)
+    loss_fn = build_loss(loss_section(name=name), COUNTS)
     loss_fn.set_position(0, 0)  # SEQL: both calls below draw the same β
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = loss_fn(z, y, w.bfloat16())
@@ -256,7 +270,8 @@ def test_tau_normalization_flips_exactly_as_the_norms_say() -> None:
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_build_loss_for_every_name(name: str) -> None:
-    cfg = LossConfig(name=name, focal_gamma=0.5, ldam_max_m=0.3, ldam_s=10.0, la_tau=0.7)
+    own = {"focal": {"gamma": 0.5}, "ldam": {"max_m": 0.3, "s": 10.0}, "la": {"tau": 0.7}}
+    cfg = loss_section(name=name, **own.get(name, {}))
     loss_fn = build_loss(cfg, torch.tensor(COUNTS))
     assert type(loss_fn) is LOSSES[name]
     assert "class_counts" in dict(loss_fn.named_buffers())
@@ -272,9 +287,16 @@ def test_build_loss_for_every_name(name: str) -> None:
 
 
 def test_every_configurable_loss_has_a_class() -> None:
-    """The config's loss names and the factory's mapping are the same set, so a name that
-    validates always builds (build_loss needs no check of its own)."""
-    assert set(get_args(LossConfig.model_fields["name"].annotation)) == set(LOSSES)
+    """The names the config's loss slot accepts and the losses build_loss makes are the same
+    set, so a name that validates always builds (build_loss needs no check of its own)."""
+    for name, method in methods_of("loss").items():
+        assert get_args(method.config.model_fields["name"].annotation) == (name,)
+        assert issubclass(method.config, LossSection) and issubclass(LOSSES[name], CountsLoss)
+        section = loss_section(name=name)
+        assert type(section) is method.config
+        assert type(build_loss(section, COUNTS)) is LOSSES[name]
+    with pytest.raises(ValueError, match="not a registered loss"):
+        loss_section(name="nope")
 
 
 # --- soft targets (mixup, CutMix, label smoothing, BBN) -----------------------------------------
@@ -284,7 +306,7 @@ def test_every_configurable_loss_has_a_class() -> None:
 @pytest.mark.parametrize("weighted", [False, True])
 def test_one_hot_soft_targets_give_the_hard_label_loss(name: str, weighted: bool) -> None:
     z, y, w = batch(seed=3)
-    loss = build_loss(CFG.model_copy(update={"name": name}), COUNTS)
+    loss = build_loss(cfg_for(name), COUNTS)
     one_hot = torch.nn.functional.one_hot(y, z.shape[1]).double()
     hard = loss(z, y, w if weighted else None)
     soft = loss(z, one_hot, w if weighted else None)
@@ -298,7 +320,7 @@ def test_soft_target_loss_is_the_mix_of_hard_losses(name: str) -> None:
     z, y, w = batch(seed=4)
     y2 = y.roll(1)
     a = 0.3
-    loss = build_loss(CFG.model_copy(update={"name": name}), COUNTS)
+    loss = build_loss(cfg_for(name), COUNTS)
     c = z.shape[1]
     q = a * torch.nn.functional.one_hot(y, c).double()
     q += (1 - a) * torch.nn.functional.one_hot(y2, c).double()
@@ -307,7 +329,7 @@ def test_soft_target_loss_is_the_mix_of_hard_losses(name: str) -> None:
     shift = {"ce": 0.0, "bs": np.log(np.asarray(COUNTS, dtype=np.float64))}.get(name)
     if name == "la":
         counts = np.asarray(COUNTS, dtype=np.float64)
-        shift = CFG.la_tau * np.log(counts / counts.sum())
+        shift = HYPER["la"]["tau"] * np.log(counts / counts.sum())
     if name == "dr":  # per-class term 1/2 (z_c - 1)^2 (the mixup criterion of the ETF paper)
         nll = 0.5 * (z.numpy() - 1.0) ** 2
     else:
@@ -320,6 +342,6 @@ def test_soft_target_loss_is_the_mix_of_hard_losses(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(set(LOSSES) - set(soft_target_losses())))
 def test_losses_without_soft_targets_refuse_them(name: str) -> None:
     z, y, _ = batch(seed=5)
-    loss = build_loss(CFG.model_copy(update={"name": name}), COUNTS)
+    loss = build_loss(cfg_for(name), COUNTS)
     with pytest.raises(UserError, match="soft targets"):
         loss(torch.tanh(z), torch.nn.functional.one_hot(y, z.shape[1]).double())

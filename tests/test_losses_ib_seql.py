@@ -17,16 +17,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import train_args
 
-from lwrcli.config import LossConfig, load_config
+from lwrcli.config import LossSection, load_config, loss_section, migrate
 from lwrcli.errors import UserError
-from lwrcli.methods.equalization import (
+from lwrcli.methods.ib import FeatureCapture, InfluenceBalancedLoss
+from lwrcli.methods.losses import build_loss
+from lwrcli.methods.seql import (
+    SoftmaxEqualizationLoss,
     draw_drops,
     equalized_cross_entropy,
     position_seed,
     tail_classes,
 )
-from lwrcli.methods.influence import FeatureCapture
-from lwrcli.methods.losses import InfluenceBalancedLoss, SoftmaxEqualizationLoss, build_loss
 from lwrcli.train.build import CompileFallback
 from lwrcli.train.runlog import read_metrics
 
@@ -50,7 +51,7 @@ def head_batch(seed: int = 0, n: int = 12, c: int = 5, d: int = 7):
     return h, head, y
 
 
-def ib_with_capture(cfg: LossConfig, head: torch.nn.Module) -> InfluenceBalancedLoss:
+def ib_with_capture(cfg: LossSection, head: torch.nn.Module) -> InfluenceBalancedLoss:
     loss = build_loss(cfg, COUNTS)
     assert isinstance(loss, InfluenceBalancedLoss)
     loss.features = FeatureCapture(head)
@@ -93,7 +94,7 @@ def authors_ib(z: torch.Tensor, y: torch.Tensor, h: torch.Tensor, alpha, eps, we
 @pytest.mark.parametrize("class_weight", ["inverse", "none"])
 def test_ib_matches_numpy_and_the_authors_code(class_weight: str) -> None:
     h, head, y = head_batch(seed=1)
-    cfg = LossConfig(name="ib", ib_start_epoch=3, ib_alpha=1000.0, ib_class_weight=class_weight)
+    cfg = loss_section(name="ib", start_epoch=3, alpha=1000.0, class_weight=class_weight)
     loss = ib_with_capture(cfg, head)
     loss.set_position(3, 0)
     z = head(h)
@@ -112,7 +113,7 @@ def test_ib_gradients_equal_the_authors_code() -> None:
     """The factor is not detached in the authors' code: gradients w.r.t. the logits and the
     features (hence the backbone) flow through it too, here as there."""
     h, head, y = head_batch(seed=2)
-    loss = ib_with_capture(LossConfig(name="ib", ib_start_epoch=0, ib_class_weight="none"), head)
+    loss = ib_with_capture(loss_section(name="ib", start_epoch=0, class_weight="none"), head)
     h1 = h.clone().requires_grad_(True)
     z1 = head(h1)
     z1.retain_grad()
@@ -127,7 +128,7 @@ def test_ib_gradients_equal_the_authors_code() -> None:
 
 def test_ib_is_plain_cross_entropy_before_its_switch_epoch() -> None:
     h, head, y = head_batch(seed=3)
-    loss = ib_with_capture(LossConfig(name="ib", ib_start_epoch=5), head)
+    loss = ib_with_capture(loss_section(name="ib", start_epoch=5), head)
     w = torch.rand(5, dtype=torch.float64) + 0.5
     for epoch in range(5):
         loss.set_position(epoch, 7)
@@ -147,7 +148,7 @@ def test_ib_is_plain_cross_entropy_before_its_switch_epoch() -> None:
 
 
 def test_ib_without_the_head_features_is_an_error_not_a_wrong_loss() -> None:
-    loss = build_loss(LossConfig(name="ib", ib_start_epoch=0), COUNTS)
+    loss = build_loss(loss_section(name="ib", start_epoch=0), COUNTS)
     with pytest.raises(RuntimeError, match="head's input"):
         loss(torch.randn(4, 5), torch.tensor([0, 1, 2, 3]))
 
@@ -188,7 +189,7 @@ def test_capture_does_not_keep_a_step_alive() -> None:
     """After each IB step nothing refers to that step's activations: the captured tensor is
     freed as soon as the step's own references go (also in the CE phase)."""
     net = small_net()
-    loss = build_loss(LossConfig(name="ib", ib_start_epoch=2), COUNTS)
+    loss = build_loss(loss_section(name="ib", start_epoch=2), COUNTS)
     loss.features = FeatureCapture(net[3])
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 0])
@@ -232,7 +233,7 @@ def test_capture_sees_through_the_compile_fallback_and_ddp(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_ib_under_torch_compile_matches_eager() -> None:
     """The pre-hook inside a compiled graph: same features, same IB gradients as eager."""
-    cfg = LossConfig(name="ib", ib_start_epoch=0, ib_class_weight="none")
+    cfg = loss_section(name="ib", start_epoch=0, class_weight="none")
     y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 0])
     x = torch.randn(8, 6)
     grads = []
@@ -293,7 +294,7 @@ def test_seql_loss_at_certain_draws(gamma: float) -> None:
     rng = np.random.default_rng(1)
     z = rng.normal(size=(20, 5)) * 2
     y = rng.integers(0, 5, 20)
-    loss = build_loss(LossConfig(name="seql", seql_gamma=gamma, seql_lambda=0.05), COUNTS)
+    loss = build_loss(loss_section(name="seql", gamma=gamma, threshold=0.05), COUNTS)
     n = np.asarray(COUNTS, dtype=np.float64)
     tail = (n / n.sum() < 0.05).astype(np.float64)
     beta = np.full((20, 5), gamma)
@@ -336,7 +337,7 @@ def test_seql_draws_are_bernoulli_gamma_on_tail_non_targets_only() -> None:
 
 
 def test_seql_draws_depend_on_seed_and_position_only() -> None:
-    cfg = LossConfig(name="seql", seql_gamma=0.5, seql_lambda=0.5)
+    cfg = loss_section(name="seql", gamma=0.5, threshold=0.5)
     z, y = torch.randn(32, 5), torch.randint(0, 5, (32,))
     a, b = build_loss(cfg, COUNTS, seed=7), build_loss(cfg, COUNTS, seed=7)
     assert isinstance(a, SoftmaxEqualizationLoss)
@@ -358,50 +359,42 @@ def test_seql_draws_depend_on_seed_and_position_only() -> None:
 
 @pytest.mark.parametrize("name", ["ib", "seql"])
 def test_soft_targets_are_refused(name: str) -> None:
-    loss = build_loss(LossConfig(name=name, ib_start_epoch=0), COUNTS)
+    own = {"start_epoch": 0} if name == "ib" else {}  # IB in its influence-balanced phase
+    loss = build_loss(loss_section(name=name, **own), COUNTS)
     soft = torch.full((4, 5), 0.2)
     with pytest.raises(UserError, match="one class per sample"):
         loss(torch.randn(4, 5), soft)
 
 
 def test_config_refuses_ib_weights_twice_and_a_switch_after_the_end(
-    lwr, five: Path, tmp_path: Path
+    lwr, small: Path, tmp_path: Path
 ) -> None:
     preset = "cifar100-lt-ir100-ib"
-    r = lwr(*train_args(preset, five, tmp_path / "a", "dataset=any", "loss.reweight=cb"))
-    assert r.code == 2 and "ib_class_weight=none" in r.err and "Traceback" not in r.err
-    r = lwr(*train_args(preset, five, tmp_path / "b", "dataset=any", "epochs=50"))
-    assert r.code == 2 and "ib_start_epoch=100" in r.err
+    r = lwr(*train_args(preset, small, tmp_path / "a", "dataset=any", "loss.reweight=cb"))
+    assert r.code == 2 and "loss.class_weight=none" in r.err and "Traceback" not in r.err
+    r = lwr(*train_args(preset, small, tmp_path / "b", "dataset=any", "epochs=50"))
+    assert r.code == 2 and "loss.start_epoch=100" in r.err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert load_config(
-        "cifar100-lt-ir100-ib", overrides=["loss.ib_class_weight=none", "loss.reweight=drw"]
+        "cifar100-lt-ir100-ib", overrides=["loss.class_weight=none", "loss.reweight=drw"]
     )
     with pytest.raises(UserError, match="class ids 2"):  # inverse weights need every class
-        build_loss(LossConfig(name="ib"), [10, 3, 0, 4])
-    assert build_loss(LossConfig(name="ib", ib_class_weight="none"), [10, 3, 0, 4])
+        build_loss(loss_section(name="ib"), [10, 3, 0, 4])
+    assert build_loss(loss_section(name="ib", class_weight="none"), [10, 3, 0, 4])
 
 
 # --- end to end ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def five(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lwrcli.data.synthetic import prepare_synthetic
-
-    out = tmp_path_factory.mktemp("five") / "data"
-    prepare_synthetic(out, num_classes=5, n_max=40, test_per_class=4, imbalance_factor=8, seed=1)
-    return out
 
 
 TINY = ["model.width=8", "batch_size=16", "log_every=1", "device=cpu", "epochs=2"]
 
 
 @pytest.mark.parametrize(
-    "loss", [["loss.name=ib", "loss.ib_start_epoch=1"], ["loss.name=seql", "loss.seql_lambda=0.2"]]
+    "loss", [["loss.name=ib", "loss.start_epoch=1"], ["loss.name=seql", "loss.threshold=0.2"]]
 )
-def test_cli_trains_with_each_loss(lwr, five: Path, tmp_path: Path, loss: list[str]) -> None:
+def test_cli_trains_with_each_loss(lwr, small: Path, tmp_path: Path, loss: list[str]) -> None:
     run = tmp_path / "run"
-    r = lwr(*train_args("synthetic-lt-bs", five, run, *TINY, *loss))
+    r = lwr(*train_args("synthetic-lt-bs", small, run, *TINY, *loss))
     assert r.code == 0, r.err
     records = [x for x in read_metrics(run / "metrics.jsonl") if x["epoch"] > 0]
     assert len(records) == 2 and all(math.isfinite(x["loss"]) for x in records)
@@ -410,10 +403,10 @@ def test_cli_trains_with_each_loss(lwr, five: Path, tmp_path: Path, loss: list[s
 
 def _draw_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], int, torch.Tensor]]:
     """Every SEQL draw of the process: (epoch, step), call within the step, the drops."""
-    import lwrcli.methods.losses as losses_module
+    import lwrcli.methods.seql as seql_module
 
     log: list[tuple[tuple[int, int], int, torch.Tensor]] = []
-    original = losses_module.draw_drops
+    original = seql_module.draw_drops
 
     def recording(self: SoftmaxEqualizationLoss, z, target, weight):
         position, call = self.position, self.calls
@@ -427,12 +420,11 @@ def _draw_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], in
 
 @pytest.mark.slow
 def test_seql_draws_the_same_beta_after_a_mid_epoch_resume(
-    five: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An uninterrupted run and one stopped inside epoch 2 then resumed draw the same β at
     every step and end with the same weights, bit for bit (CPU)."""
-    import signal
-
+    from resume_scenario import stop_at_step
     from safetensors.torch import load_file
 
     from lwrcli.train.engine import Interrupted, Trainer
@@ -440,26 +432,18 @@ def test_seql_draws_the_same_beta_after_a_mid_epoch_resume(
 
     overrides = [*TINY, "epochs=2", "checkpoint_every_steps=2", "eval_every=1"]
     cfg = load_config(
-        "synthetic-lt-bs", overrides=[*overrides, "loss.name=seql", "loss.seql_lambda=0.2"]
+        "synthetic-lt-bs", overrides=[*overrides, "loss.name=seql", "loss.threshold=0.2"]
     )
     full_log = _draw_log(monkeypatch)
-    train_run(cfg, five, tmp_path / "full")
+    train_run(cfg, small, tmp_path / "full")
     steps = len(full_log) // 2
     assert steps >= 4 and full_log[steps][0] == (1, 0)
 
     original = Trainer.train_step
-    calls = {"n": 0}
-
-    def stop_at(self: Trainer, *args):
-        calls["n"] += 1
-        if calls["n"] == steps + 3:  # the third step of epoch 2: Ctrl-C saves after it
-            self._stop_signal = signal.SIGINT
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", stop_at)
+    stop_at_step(monkeypatch, steps + 3)  # the third step of epoch 2: Ctrl-C saves after it
     cut_log = _draw_log(monkeypatch)
     with pytest.raises(Interrupted):
-        train_run(cfg, five, tmp_path / "cut")
+        train_run(cfg, small, tmp_path / "cut")
     monkeypatch.setattr(Trainer, "train_step", original)
     resumed_log = _draw_log(monkeypatch)
     train_run(None, None, resume=tmp_path / "cut")  # type: ignore[arg-type]
@@ -474,7 +458,7 @@ def test_seql_draws_the_same_beta_after_a_mid_epoch_resume(
 
 
 def test_trainer_switches_ib_on_at_its_epoch(
-    five: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lwrcli.train.run import train_run
 
@@ -487,27 +471,35 @@ def test_trainer_switches_ib_on_at_its_epoch(
         return original(self, z, target, weight)
 
     monkeypatch.setattr(InfluenceBalancedLoss, "loss", spy)
-    cfg = load_config("synthetic-lt-bs", overrides=[*TINY, "loss.name=ib", "loss.ib_start_epoch=1"])
-    train_run(cfg, five, tmp_path / "run")
+    cfg = load_config("synthetic-lt-bs", overrides=[*TINY, "loss.name=ib", "loss.start_epoch=1"])
+    train_run(cfg, small, tmp_path / "run")
     epochs = sorted({e for e, _, _ in seen})
     assert epochs == [0, 1]
     assert all(active == (e >= 1) and feats for e, active, feats in seen)
 
 
 def test_report_groups_ignore_ib_and_seql_settings_of_other_losses() -> None:
-    """`lwr report` groups runs by the settings that act: IB's and SEQL's only with them."""
+    """`lwr report` groups runs by the settings that act: IB's and SEQL's only with them.
+    An old run folder's config.yaml holds every loss's settings; the report reads it through
+    the migration, which keeps only the run's own loss's settings (under their new names)."""
     from lwrcli.studies.report import acting
 
     loss = {"reweight": "none", "ib_alpha": 1000.0, "ib_start_epoch": 100, "seql_gamma": 0.9}
-    assert set(acting({"loss": {**loss, "name": "bs"}})) == {"loss.name", "loss.reweight"}
-    ib = acting({"loss": {**loss, "name": "ib"}})
-    assert ib["loss.ib_alpha"] == 1000.0 and "loss.seql_gamma" not in ib
-    assert acting({"loss": {**loss, "name": "seql"}})["loss.seql_gamma"] == 0.9
+    bs = acting(migrate({"loss": {**loss, "name": "bs"}}))
+    assert set(bs) == {"loss.name", "loss.reweight"}
+    ib = acting(migrate({"loss": {**loss, "name": "ib"}}))
+    assert ib["loss.alpha"] == 1000.0 and ib["loss.start_epoch"] == 100 and "loss.gamma" not in ib
+    seql = acting(migrate({"loss": {**loss, "name": "seql"}}))
+    assert seql["loss.gamma"] == 0.9 and "loss.alpha" not in seql
+    # The current format: a loss section holds its own settings only, and they all act.
+    now = {"loss": loss_section(name="ib", alpha=10.0).model_dump()}
+    assert acting(now)["loss.alpha"] == 10.0 and "loss.gamma" not in acting(now)
 
 
 @pytest.mark.parametrize("name", ["ib", "seql"])
 def test_label_smoothing_with_ib_or_seql_is_refused_at_config_time(name: str) -> None:
     with pytest.raises(UserError, match=f"loss.name={name} cannot take"):
         load_config(
-            "cifar100-lt-ir100-ib", overrides=[f"loss.name={name}", "loss.label_smoothing=0.1"]
+            "cifar100-lt-ir100-ib",
+            overrides=[f"loss.name={name}", "label_smoothing.epsilon=0.1"],
         )

@@ -1,4 +1,5 @@
-"""mixup / CutMix / label smoothing (lwrcli.methods.mixing): soft targets checked against closed
+"""mixup / CutMix (lwrcli.methods.mixing) and label smoothing (lwrcli.methods.label_smoothing):
+soft targets checked against closed
 forms recovered from the mixed images themselves, MiSLAS's label-aware ε re-computed in numpy,
 seeded reproducibility, refusals, and both data pipelines end to end."""
 
@@ -11,16 +12,17 @@ import pytest
 import torch
 from conftest import train_args
 
-from lwrcli.config import LossConfig, load_config
-from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.methods.losses import LOSSES, build_loss, soft_target_losses
-from lwrcli.methods.mixing import (
-    BatchMixer,
-    build_mixer,
+from lwrcli.config import load_config, loss_section
+from lwrcli.config.slots import methods_of
+from lwrcli.methods.label_smoothing import (
+    LabelSmoothingConfig,
+    Smoother,
     label_aware_epsilon,
     smooth,
     smoothing_epsilon,
 )
+from lwrcli.methods.losses import build_loss, soft_target_losses
+from lwrcli.methods.mixing import BatchMixer
 
 C = 7  # classes; the batch below has N = C distinct labels, so every target is traceable
 
@@ -132,7 +134,7 @@ def test_loss_through_the_mixing_path_with_mixing_off_is_the_hard_label_loss(
     """Mixup configured but never drawn (mix_prob tiny): the batch is only reordered and the
     targets are one-hot, so the loss equals the hard-label loss on the original batch."""
     counts = [50, 30, 20, 10, 6, 4, 2]
-    loss = build_loss(LossConfig(name=name), counts)
+    loss = build_loss(loss_section(name=name), counts)
     x, y = _batch()
     w = torch.linspace(0.5, 2.0, C, dtype=torch.float32) if weighted else None
     head = torch.nn.Linear(3 * 8 * 8, C).double()
@@ -145,7 +147,7 @@ def test_loss_through_the_mixing_path_with_mixing_off_is_the_hard_label_loss(
         hard = loss(head(x.flatten(1)), y, w)
     assert float(soft) == pytest.approx(float(hard), rel=1e-6)
     # Smoothing of zero through the same path: also the hard loss.
-    zero = BatchMixer(C, epsilon=torch.zeros(C, dtype=torch.float64))
+    zero = Smoother(torch.zeros(C, dtype=torch.float64), C)
     xs, ts = zero(x, y, 0, 0)
     with torch.no_grad():
         again = loss(head(xs.flatten(1)), ts, w)
@@ -174,13 +176,8 @@ def test_label_aware_epsilon_equals_mislas_formula(shape: str) -> None:
     ours = label_aware_epsilon(counts, 0.4, 0.1, shape, 2.0).numpy()
     np.testing.assert_allclose(ours, mislas_smooth(counts, 0.4, 0.1, shape, 2.0), rtol=1e-12)
     assert ours[0] == pytest.approx(0.4) and ours[-1] == pytest.approx(0.1)
-    cfg = LossConfig(
-        label_smoothing=0.4,
-        label_smoothing_tail=0.1,
-        label_smoothing_shape=shape,
-        label_smoothing_power=2.0,
-    )
-    eps = smoothing_epsilon(cfg, counts)
+    section = LabelSmoothingConfig(epsilon=0.4, tail=0.1, shape=shape, power=2.0)
+    eps = smoothing_epsilon(section, counts)
     assert eps is not None
     np.testing.assert_allclose(eps.numpy(), ours)
 
@@ -192,7 +189,7 @@ def test_label_aware_smoothing_with_ce_is_mislas_loss() -> None:
     g = torch.Generator().manual_seed(0)
     z = torch.randn(11, C, generator=g, dtype=torch.float64)
     y = torch.randint(0, C, (11,), generator=g)
-    _, target = BatchMixer(C, epsilon=eps)(torch.zeros(11, 1), y, 0, 0)
+    _, target = Smoother(eps, C)(torch.zeros(11, 1), y, 0, 0)
     ours = -(target.double() * torch.log_softmax(z, 1)).sum(1).mean()
     logp = z.numpy() - np.log(np.exp(z.numpy()).sum(1, keepdims=True))
     e = mislas_smooth(counts, 0.3, 0.0, "concave")[y.numpy()]
@@ -211,13 +208,30 @@ def test_smoothing_composes_linearly_with_mixed_targets() -> None:
     torch.testing.assert_close(s.sum(1), torch.ones(2, dtype=torch.float64))
 
 
+def _batch_transforms(cfg, class_counts: list[int]) -> list:
+    """The batch transforms the run's training tricks attach (as lwrcli.train.build does)."""
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(num_classes=len(class_counts), class_counts=class_counts)
+    parts = SimpleNamespace(data=data, batch_transforms=[], rank=0)
+    for method in cfg.methods():
+        if method.slot == "trick":
+            method.attach(parts, cfg, None)
+    return parts.batch_transforms
+
+
 def test_uniform_smoothing_and_no_mixer_when_off() -> None:
-    cfg = load_config("synthetic-lt-bs", overrides=["loss.label_smoothing=0.1"])
-    mixer = build_mixer(cfg, [9, 5, 1])
-    assert mixer is not None and not mixer.mixes
-    _, t = mixer(torch.zeros(1, 1), torch.tensor([2]), 0, 0)
+    cfg = load_config("synthetic-lt-bs", overrides=["label_smoothing.epsilon=0.1"])
+    assert not cfg.section("mixing").active
+    (smoother,) = _batch_transforms(cfg, [9, 5, 1])  # smoothing only: no mixer
+    assert isinstance(smoother, Smoother)
+    _, t = smoother(torch.zeros(1, 1), torch.tensor([2]), 0, 0)
     torch.testing.assert_close(t, torch.tensor([[0.1 / 3, 0.1 / 3, 0.9 + 0.1 / 3]]))
-    assert build_mixer(load_config("synthetic-lt-bs"), [9, 5, 1]) is None
+    assert _batch_transforms(load_config("synthetic-lt-bs"), [9, 5, 1]) == []
+    sets = ["label_smoothing.epsilon=0.1", "mixing.mixup_alpha=0.2"]
+    both = load_config("synthetic-lt-bs", overrides=sets)
+    mixer, smoother = _batch_transforms(both, [9, 5, 1])  # mixing first, then smoothing
+    assert isinstance(mixer, BatchMixer) and mixer.mixes and isinstance(smoother, Smoother)
     balanced = label_aware_epsilon([4, 4], 0.3, 0.0, "concave")
     assert balanced.tolist() == [0.3, 0.3]  # no head, no tail: every class a head class
 
@@ -228,13 +242,13 @@ def test_uniform_smoothing_and_no_mixer_when_off() -> None:
 @pytest.mark.parametrize(
     "sets, needle",
     [
-        (["data.mixup_alpha=0.2", "loss.name=focal"], "loss.name=ce / bs / la"),
-        (["data.cutmix_alpha=1", "loss.name=ldam", "model.cosine_classifier=true"], "ce / bs"),
-        (["loss.label_smoothing=0.1", "loss.name=focal"], "label smoothing"),
+        (["mixing.mixup_alpha=0.2", "loss.name=focal"], "loss.name=ce / bs / la"),
+        (["mixing.cutmix_alpha=1", "loss.name=ldam", "model.head.name=cosine"], "ce / bs"),
+        (["label_smoothing.epsilon=0.1", "loss.name=focal"], "label smoothing"),
         (["stage2.train_bn=true"], "stage2.freeze=backbone"),
         (
             [
-                "data.mixup_alpha=1",
+                "mixing.mixup_alpha=1",
                 "stage2.freeze=backbone",
                 "stage2.cache_features=true",
                 "data.crop_padding=0",
@@ -252,7 +266,7 @@ def test_refusals_exit_2_before_the_run_folder(
     assert needle in " ".join(res.err.split()), res.err
     assert "Traceback" not in res.err
     assert not (tmp_path / "run").exists()
-    assert {"ce", "bs", "la", "dr"} == set(soft_target_losses()) & set(LOSSES)
+    assert {"ce", "bs", "la", "dr"} == set(soft_target_losses()) & set(methods_of("loss"))
 
 
 def test_frozen_backbone_without_weights_is_refused(lwr, synthetic_data: Path, tmp_path) -> None:
@@ -265,14 +279,7 @@ def test_frozen_backbone_without_weights_is_refused(lwr, synthetic_data: Path, t
 # --- both pipelines, resume ---------------------------------------------------------------------
 
 TINY = ["model.width=8", "batch_size=16", "eval_every=1", "log_every=1", "device=cpu"]
-MIX = ["data.mixup_alpha=0.4", "data.cutmix_alpha=1.0", "loss.label_smoothing=0.1"]
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("small") / "data"
-    prepare_synthetic(out, num_classes=5, n_max=40, test_per_class=4, imbalance_factor=8, seed=1)
-    return out
+MIX = ["mixing.mixup_alpha=0.4", "mixing.cutmix_alpha=1.0", "label_smoothing.epsilon=0.1"]
 
 
 JPEG_SETS = ["dataset=any", "data.image_size=16", "data.resize=18", "data.num_workers=0"]
@@ -310,26 +317,15 @@ def test_both_pipelines_train_on_mixed_batches(
 def test_mixup_run_stopped_mid_epoch_resumes_bit_exact(
     source: str, extra: list[str], tmp_path: Path, monkeypatch, request: pytest.FixtureRequest
 ) -> None:
-    from test_resume import _assert_same_run, _stop_at_step
+    from resume_scenario import cut_and_resume
 
-    from lwrcli.checkpoint.files import load_checkpoint
-    from lwrcli.train.engine import Interrupted
-    from lwrcli.train.run import train_run
     from lwrcli.train.runlog import read_metrics
 
     data = request.getfixturevalue(source)
     sets = [*TINY, *extra, *MIX, "epochs=2", "checkpoint_every_steps=2"]
     cfg = load_config("synthetic-lt-bs-lwr", overrides=sets)
-    train_run(cfg, data, tmp_path / "full")
-    assert len(read_metrics(tmp_path / "full" / "metrics.jsonl")) == 3
-    _stop_at_step(monkeypatch, 3)  # inside epoch 1, one step past a step checkpoint
-    with pytest.raises(Interrupted, match="step 3"):
-        train_run(cfg, data, tmp_path / "cut")
-    monkeypatch.undo()
-    saved = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert (saved.epoch, saved.step) == (0, 3)
-    train_run(None, None, resume=tmp_path / "cut")  # type: ignore[arg-type]
-    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+    full, _ = cut_and_resume(cfg, data, tmp_path, monkeypatch)
+    assert len(read_metrics(full / "metrics.jsonl")) == 3
 
 
 # --- MiSLAS end to end --------------------------------------------------------------------------
@@ -356,8 +352,8 @@ def test_mislas_stage1_then_stage2_through_the_cli(lwr, small: Path, tmp_path: P
     )
     assert res.code == 0, res.err
     cfg = load_config(config_file=s2 / "config.yaml")
-    assert cfg.stage2.train_bn and cfg.loss.label_smoothing_tail == 0.1
-    assert cfg.data.sampler == "class_balanced" and cfg.data.mixup_alpha == 0.0
+    assert cfg.section("stage2").train_bn and cfg.section("label_smoothing").tail == 0.1
+    assert cfg.data.sampler == "class_balanced" and cfg.section("mixing").mixup_alpha == 0.0
     before, after = load_file(init), load_file(s2 / "checkpoints" / "last.safetensors")
     head = [k for k in before if k.startswith("fc.")]
     stats = [k for k in before if k.endswith(("running_mean", "running_var"))]

@@ -190,7 +190,7 @@ def test_shipped_sweeps_carry_the_checked_paper_only_rows() -> None:
     }
     mixed = next(e for e in spec.entries if e.name == "bs+lwr+mixup+ra")
     assert mixed.preset == "cifar100-lt-ir100-bs-randaugment-lwr"
-    assert "data.mixup_alpha=1.0" in mixed.set
+    assert "mixing.mixup_alpha=1.0" in mixed.set
     assert spec.seeds == [0, 1, 2]
     table = {r.name: r for r in load_sweep_file("imagenet-lt-table").paper_only}
     assert table["OLTR"].reference == {"all": 35.6, "many": 43.2, "medium": 35.1, "few": 18.5}

@@ -18,6 +18,7 @@ from lwrcli.models import build_model, get_classifier
 from lwrcli.models import families as backbones
 from lwrcli.train.build import build_components
 from lwrcli.train.engine import Trainer
+from lwrcli.train.resolve import resolve_config
 
 TINY_CLIP = {
     "embed_dim": 16,
@@ -69,7 +70,8 @@ def test_preset_builds_and_takes_one_step(
         assert real(x).shape == (x.shape[0], data.num_classes)
 
     # BBN's two-branch ResNet-32 stays (small already; a small CNN has no block to duplicate).
-    small = [] if cfg.model.bbn else ["model.name=small_cnn", "model.width=8"]
+    bbn = cfg.model.variant.name == "bbn"
+    small = [] if bbn else ["model.name=small_cnn", "model.width=8"]
     cfg = load_config(
         name,
         overrides=[
@@ -81,6 +83,8 @@ def test_preset_builds_and_takes_one_step(
             "model.tuning=full",
         ],
     )
+    manifest = data.manifest
+    cfg = resolve_config(cfg, device, manifest.storage, data.num_classes, manifest.image_size).cfg
     parts = build_components(cfg, data, device)
     trainer = Trainer(cfg, parts, device, run_dir=None)
     head = get_classifier(parts.raw_model)
@@ -93,21 +97,21 @@ def test_preset_builds_and_takes_one_step(
     assert math.isfinite(float(terms["loss"]))
     # LWR contributes from the first step whenever it is on, its margin can bind and the
     # classifier trains (LWS freezes it: LWR is inert there).
-    frozen = cfg.stage2.mode == "lws"
+    frozen = cfg.section("stage2").mode == "lws"
     assert (trainer.regularizer is None) == (not cfg.lwr.enabled or frozen)
     assert ("lwr" in terms) == (
         trainer.regularizer is not None
         and (cfg.lwr.theta == "init" or cfg.lwr.theta < 1.0)
         and trainer.regularizer.lam(t) > 0
     )
-    if cfg.stage2.mode == "lws":  # the classifier is frozen: only its scales learn
+    if frozen:  # the classifier is frozen: only its scales learn
         assert torch.equal(before, head.weight) and not torch.equal(head.scales, torch.ones(5))
-    elif cfg.model.etf_classifier:  # a fixed simplex: never trained
+    elif cfg.model.head.name == "etf":  # a fixed simplex: never trained
         assert torch.equal(before, head.weight)
     else:
         assert not torch.equal(before, head.weight)
     if cfg.loss.name == "ldam":
-        assert cfg.model.cosine_classifier
+        assert cfg.model.head.name == "cosine"
 
 
 def test_places_presets_need_pretrained_weights(tiny: Path) -> None:

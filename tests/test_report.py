@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lwrcli.config import config_to_yaml, load_config
-from lwrcli.studies.report import build_report, render
+from lwrcli.studies.report import build_report
+from lwrcli.studies.report_render import render
 
 SCORES = ("top1", "top5", "many", "medium", "few")
 

@@ -19,19 +19,11 @@ import torch
 from conftest import REPO, train_args
 from safetensors.torch import load_file, save_file
 
-from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.hooks import KILL_ENV, PAUSE_ENV
 
 # 90 train images in batches of 16: 6 steps per epoch.
 TINY = ["model.width=8", "batch_size=16", "epochs=2", "eval_every=1", "log_every=1", "device=cpu"]
 PRESET = "synthetic-lt-bs"
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("restart") / "data"
-    prepare_synthetic(out, num_classes=5, n_max=40, test_per_class=4, imbalance_factor=8, seed=1)
-    return out
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

@@ -13,55 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, train_args
-from safetensors.torch import load_file
+from resume_scenario import assert_same_run, cut_and_resume
 
 from lwrcli.checkpoint.files import load_checkpoint
 from lwrcli.checkpoint.resume import PAUSE_ENV
 from lwrcli.config import load_config
-from lwrcli.data.synthetic import prepare_synthetic
-from lwrcli.train.engine import Interrupted, Trainer
+from lwrcli.train.engine import Trainer
 from lwrcli.train.run import train_run
 from lwrcli.train.runlog import read_metrics
 
 TINY = ["model.width=8", "batch_size=16", "eval_every=1", "log_every=1", "device=cpu"]
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5 classes, 90 train images: 6 steps of 16 per epoch."""
-    out = tmp_path_factory.mktemp("small") / "data"
-    prepare_synthetic(out, num_classes=5, n_max=40, test_per_class=4, imbalance_factor=8, seed=1)
-    return out
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "checkpoints" / "last.safetensors"))
-
-
-def _assert_same_run(a: Path, b: Path) -> None:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    assert all(torch.equal(wa[k], wb[k]) for k in wa), "weights differ"
-    ra, rb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
-    assert [r["epoch"] for r in rb] == [r["epoch"] for r in ra]
-    assert ra[0]["epoch"] == 0  # the initial geometry survives the interruption too
-    for x, y in zip(ra, rb, strict=True):
-        assert x.get("loss") == y.get("loss") and x.get("test_top1") == y.get("test_top1")
-        assert x.get("geom_cos_max") == y.get("geom_cos_max")
-
-
-def _stop_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    """As if Ctrl-C arrived during the n-th optimizer step of the run."""
-    original = Trainer.train_step
-    calls = {"n": 0}
-
-    def step(self: Trainer, *args):
-        calls["n"] += 1
-        if calls["n"] == n:
-            self._stop_signal = signal.SIGINT
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", step)
 
 
 @pytest.mark.slow
@@ -92,17 +53,8 @@ def test_mid_epoch_resume_is_bit_exact(
 ) -> None:
     data = request.getfixturevalue(source)
     cfg = load_config(preset, overrides=[*TINY, *extra, "epochs=2", "checkpoint_every_steps=2"])
-    train_run(cfg, data, tmp_path / "full")
-    steps = len(read_metrics(tmp_path / "full" / "metrics.jsonl"))
-    assert steps == 3  # epochs 0 (initial geometry), 1, 2
-    _stop_at_step(monkeypatch, 3)  # inside epoch 1, one step past a step checkpoint
-    with pytest.raises(Interrupted, match="step 3"):
-        train_run(cfg, data, tmp_path / "cut")
-    monkeypatch.undo()
-    saved = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert (saved.epoch, saved.step) == (0, 3)
-    train_run(None, None, resume=tmp_path / "cut")  # type: ignore[arg-type]
-    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+    full, _ = cut_and_resume(cfg, data, tmp_path, monkeypatch)
+    assert len(read_metrics(full / "metrics.jsonl")) == 3  # epochs 0 (initial geometry), 1, 2
 
 
 def _train_cmd(data: Path, run: Path, *sets: str) -> list[str]:
@@ -164,7 +116,7 @@ def test_sigkill_then_resume_finishes_like_an_uninterrupted_run(
     with open(run / "metrics.jsonl", "a") as f:  # and a line torn by the crash
         f.write('{"epoch": 7, "loss": 0.12')
     _resume(run)
-    _assert_same_run(tmp_path / "full", run)
+    assert_same_run(tmp_path / "full", run)
     assert not list((run / "checkpoints").glob(".*.tmp"))  # a killed save's leftovers go
 
 
@@ -192,7 +144,7 @@ def test_torchrun_two_processes_killed_mid_epoch_resume_bit_exact(
     saved = load_checkpoint(run / "checkpoints" / "last.safetensors")
     assert (saved.epoch, saved.step) == (1, 2)  # killed inside the second epoch
     _resume(run, *torchrun)
-    _assert_same_run(full, run)
+    assert_same_run(full, run)
 
 
 def test_train_split_smaller_than_a_batch_is_refused(lwr, small: Path, tmp_path: Path) -> None:

@@ -14,9 +14,11 @@ from conftest import train_args
 
 from lwrcli.config import TrainConfig, load_config
 from lwrcli.data.loading import build_data
+from lwrcli.data.manifest import read_manifest
 from lwrcli.runtime.device import eval_amp
-from lwrcli.train.build import build_components, resolve_speed_settings
+from lwrcli.train.build import build_components
 from lwrcli.train.engine import Trainer
+from lwrcli.train.resolve import resolve_config, resolve_speed_settings
 from lwrcli.use.evaluate import evaluate_checkpoint
 
 CPU = torch.device("cpu")
@@ -89,6 +91,8 @@ def test_resolved_values_are_recorded_and_bf16_checkpoint_evaluates_on_cpu(
 
 
 def _two_steps(cfg: TrainConfig, data_dir: Path) -> dict[str, torch.Tensor]:
+    manifest = read_manifest(data_dir)
+    cfg = resolve_config(cfg, CPU, manifest.storage, manifest.num_classes, manifest.image_size).cfg
     data = build_data(data_dir, cfg, CPU)
     parts = build_components(cfg, data, CPU)
     trainer = Trainer(cfg, parts, CPU, run_dir=None)

@@ -14,8 +14,9 @@ from torch import nn
 from lwrcli.config import load_config
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.methods.losses import posthoc_logit_adjust, tau_normalize
-from lwrcli.methods.stage2 import freeze_backbone, prepare_stage2
+from lwrcli.methods.stage2 import freeze_backbone
 from lwrcli.models import LWSHead, build_model
+from lwrcli.train.init_weights import start_weights
 from lwrcli.use.posthoc import TAU_GRID, head_logits, search_posthoc, search_tau_norm
 
 TINY = ["model.width=8", "batch_size=16", "eval_every=0", "log_every=1000"]
@@ -23,28 +24,19 @@ NO_AUG = ["data.crop_padding=0", "data.flip=false"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("s2") / "data"
-    prepare_synthetic(
-        out, num_classes=5, n_max=40, test_per_class=4, imbalance_factor=8, val_per_class=3
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
-def stage1(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def stage1(small_val: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch CE run: its last checkpoint is every test's init."""
     from lwrcli.cli.main import main
 
     run = tmp_path_factory.mktemp("s1") / "run"
     with pytest.raises(SystemExit) as done:
-        main(train_args("synthetic-lt-ce", tiny, run, *TINY, "epochs=2"))
+        main(train_args("synthetic-lt-ce", small_val, run, *TINY, "epochs=2"))
     assert done.value.code in (0, None)
     return run / "checkpoints" / "last.safetensors"
 
 
-def _stage2(lwr, preset: str, tiny: Path, init: Path, out: Path, *sets: str) -> dict:
-    res = lwr(*train_args(preset, tiny, out, *TINY, "epochs=2", *sets), "--init", init)
+def _stage2(lwr, preset: str, small_val: Path, init: Path, out: Path, *sets: str) -> dict:
+    res = lwr(*train_args(preset, small_val, out, *TINY, "epochs=2", *sets), "--init", init)
     assert res.code == 0, res.err
     return load_file(out / "checkpoints" / "last.safetensors")
 
@@ -55,10 +47,10 @@ def _backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_crt_keeps_every_backbone_tensor_and_bn_statistic_and_retrains_the_head(
-    lwr, tiny: Path, stage1: Path, tmp_path: Path
+    lwr, small_val: Path, stage1: Path, tmp_path: Path
 ) -> None:
     before = load_file(stage1)
-    after = _stage2(lwr, "synthetic-lt-crt-lwr", tiny, stage1, tmp_path / "crt")
+    after = _stage2(lwr, "synthetic-lt-crt-lwr", small_val, stage1, tmp_path / "crt")
     back = _backbone(before)
     assert any("running_mean" in k for k in back) and any("num_batches" in k for k in back)
     assert set(after) == set(before)
@@ -70,27 +62,27 @@ def test_crt_keeps_every_backbone_tensor_and_bn_statistic_and_retrains_the_head(
 
 @pytest.mark.slow
 def test_lws_learns_only_the_scales_and_eval_applies_them(
-    lwr, tiny: Path, stage1: Path, tmp_path: Path
+    lwr, small_val: Path, stage1: Path, tmp_path: Path
 ) -> None:
     before = load_file(stage1)
-    after = _stage2(lwr, "synthetic-lt-lws", tiny, stage1, tmp_path / "lws")
+    after = _stage2(lwr, "synthetic-lt-lws", small_val, stage1, tmp_path / "lws")
     assert set(after) == set(before) | {"fc.scales"}
     for k, v in before.items():
         assert torch.equal(after[k], v), k  # backbone and classifier w, b all frozen
     assert not torch.equal(after["fc.scales"], torch.ones(5))
-    res = lwr("eval", tmp_path / "lws" / "checkpoints" / "last.safetensors", "--data", tiny)
+    res = lwr("eval", tmp_path / "lws" / "checkpoints" / "last.safetensors", "--data", small_val)
     assert res.code == 0, res.err
 
 
 @pytest.mark.slow
 def test_lwr_in_stage_2_measures_its_share_and_is_inert_on_a_frozen_classifier(
-    lwr, tiny: Path, stage1: Path, tmp_path: Path
+    lwr, small_val: Path, stage1: Path, tmp_path: Path
 ) -> None:
     every_step = ["log_every=1"]
-    _stage2(lwr, "synthetic-lt-crt-lwr", tiny, stage1, tmp_path / "crt", *every_step)
+    _stage2(lwr, "synthetic-lt-crt-lwr", small_val, stage1, tmp_path / "crt", *every_step)
     crt = [json.loads(x) for x in (tmp_path / "crt" / "metrics.jsonl").read_text().splitlines()]
     assert crt[-1]["lwr_share"] is not None and crt[-1]["lwr"] is not None
-    lws = _stage2(lwr, "synthetic-lt-lws-lwr", tiny, stage1, tmp_path / "lws", *every_step)
+    lws = _stage2(lwr, "synthetic-lt-lws-lwr", small_val, stage1, tmp_path / "lws", *every_step)
     rec = json.loads((tmp_path / "lws" / "metrics.jsonl").read_text().splitlines()[-1])
     assert rec["lwr"] is None and rec["lwr_share"] is None  # the classifier w is frozen
     assert torch.equal(lws["fc.weight"], load_file(stage1)["fc.weight"])
@@ -98,11 +90,17 @@ def test_lwr_in_stage_2_measures_its_share_and_is_inert_on_a_frozen_classifier(
 
 @pytest.mark.slow
 def test_cached_features_train_the_same_classifier_as_the_image_path(
-    lwr, tiny: Path, stage1: Path, tmp_path: Path
+    lwr, small_val: Path, stage1: Path, tmp_path: Path
 ) -> None:
-    plain = _stage2(lwr, "synthetic-lt-crt", tiny, stage1, tmp_path / "a", *NO_AUG)
+    plain = _stage2(lwr, "synthetic-lt-crt", small_val, stage1, tmp_path / "a", *NO_AUG)
     cached = _stage2(
-        lwr, "synthetic-lt-crt", tiny, stage1, tmp_path / "b", *NO_AUG, "stage2.cache_features=true"
+        lwr,
+        "synthetic-lt-crt",
+        small_val,
+        stage1,
+        tmp_path / "b",
+        *NO_AUG,
+        "stage2.cache_features=true",
     )
     for key in ("fc.weight", "fc.bias"):
         torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-5)
@@ -129,7 +127,11 @@ def test_stage2_refuses_a_checkpoint_of_another_dataset_and_a_missing_init(
 def test_frozen_backbone_stays_in_eval_mode_and_only_the_head_trains() -> None:
     cfg = load_config("synthetic-lt-lws", overrides=["model.width=4"])
     model = build_model(cfg.model, 3)
-    model = prepare_stage2(model, cfg, manifest=None)  # type: ignore[arg-type]
+    # What `lwr train` does once the model is built: the starting weights (no init
+    # checkpoint here), then each method's changes (stage 2: frozen backbone, LWS head).
+    model = start_weights(model, cfg, manifest=None)  # type: ignore[arg-type]
+    for method in cfg.methods():
+        model = method.adapt_run_model(model, cfg)
     model.train()
     assert isinstance(model.fc, LWSHead) and model.fc.training
     assert not any(m.training for m in model.body.modules())
@@ -191,7 +193,7 @@ def test_posthoc_search_picks_the_first_best_tau() -> None:
 
 @pytest.mark.slow
 def test_eval_search_selects_on_val_and_reports_test(
-    lwr, tiny: Path, stage1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lwr, small_val: Path, stage1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With val and test disagreeing (constructed features, a 2-d head), the reported τ is
     val's choice (0.6), and the test accuracy is the one at that τ, not test's best."""
@@ -219,7 +221,7 @@ def test_eval_search_selects_on_val_and_reports_test(
     monkeypatch.setattr(ev, "summarize", summarize)
     monkeypatch.setattr(ev, "write_per_class_csv", lambda *a: None)
     out = tmp_path / "ev"
-    res = lwr("eval", stage1, "--data", tiny, "--tau-norm-search", "--out", out, "--json")
+    res = lwr("eval", stage1, "--data", small_val, "--tau-norm-search", "--out", out, "--json")
     assert res.code == 0, res.err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tau_norm"] == 0.6 and summary["search"]["tau_norm"]["picked_on"] == "val"
@@ -231,15 +233,24 @@ def test_eval_search_selects_on_val_and_reports_test(
 
 @pytest.mark.slow
 def test_eval_names_the_bias_treatment_and_refuses_search_without_val(
-    lwr, stage1: Path, tiny: Path, tmp_path: Path
+    lwr, stage1: Path, small_val: Path, tmp_path: Path
 ) -> None:
-    res = lwr("eval", stage1, "--data", tiny, "--tau-norm", "1", "--json", "--out", tmp_path / "a")
+    res = lwr(
+        "eval", stage1, "--data", small_val, "--tau-norm", "1", "--json", "--out", tmp_path / "a"
+    )
     assert res.code == 0, res.err
     assert json.loads(res.out)["adjustment"] == "τ-norm 1, bias dropped"
-    res = lwr("eval", stage1, "--data", tiny, "--tau-norm", "1", "--keep-bias", "--json")
+    res = lwr("eval", stage1, "--data", small_val, "--tau-norm", "1", "--keep-bias", "--json")
     assert json.loads(res.out)["tau_norm_bias"] == "bias kept"
     res = lwr(
-        "eval", stage1, "--data", tiny, "--posthoc-tau-search", "--json", "--out", tmp_path / "b"
+        "eval",
+        stage1,
+        "--data",
+        small_val,
+        "--posthoc-tau-search",
+        "--json",
+        "--out",
+        tmp_path / "b",
     )
     assert res.code == 0 and json.loads(res.out)["search"]["posthoc_tau"]["picked_on"] == "val"
     no_val = tmp_path / "noval"

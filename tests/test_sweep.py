@@ -43,15 +43,6 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:
     return [*args, *extra]
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lwrcli.data.synthetic import prepare_synthetic
-
-    out = tmp_path_factory.mktemp("sweepdata") / "data"
-    prepare_synthetic(out, num_classes=5, n_max=30, test_per_class=5, imbalance_factor=10, seed=0)
-    return out
-
-
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / "last.safetensors"))
 
@@ -106,10 +97,10 @@ def test_theta_sweep_carries_the_paper_rows() -> None:
 
 
 @pytest.mark.slow
-def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, small: Path):
+def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, small_ir10: Path):
     # The reference: the whole sweep, uninterrupted, in this process.
     ref = tmp_path / "ref"
-    r = lwr(*_args(small, ref))
+    r = lwr(*_args(small_ir10, ref))
     assert r.code == 0, r.err
     found = sorted(str(p.parent.relative_to(ref)) for p in ref.rglob("metrics.jsonl"))
     assert found == sorted(NAMES)
@@ -128,7 +119,7 @@ def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, 
     ready = tmp_path / "paused"
     env = {**os.environ, "PYTHONPATH": str(REPO), PAUSE_ENV: f"last-eval#3:{ready}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lwrcli", *_args(small, cut)],
+        [sys.executable, "-m", "lwrcli", *_args(small_ir10, cut)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -147,7 +138,7 @@ def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, 
         n: (cut / n / "checkpoints" / "last.safetensors").stat().st_mtime_ns for n in NAMES[:3]
     }
 
-    r = lwr(*_args(small, cut))
+    r = lwr(*_args(small_ir10, cut))
     assert r.code == 0, r.err
     assert "3 finished already" in r.err, r.err
     for n in NAMES[:3]:  # finished runs were not touched
@@ -160,7 +151,7 @@ def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, 
 
     # A different command on the same folder is refused, and nothing changes.
     before = (cut / "sweep.json").read_text()
-    r = lwr(*_args(small, cut, "--set", "optim.lr=0.01"))
+    r = lwr(*_args(small_ir10, cut, "--set", "optim.lr=0.01"))
     assert r.code == 2 and "different sweep" in r.err and "Traceback" not in r.err
     assert (cut / "sweep.json").read_text() == before
 
@@ -173,9 +164,9 @@ def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
         time.sleep(0.02)
 
 
-def test_bad_sweep_inputs_are_user_errors(lwr, tmp_path: Path, small: Path) -> None:
+def test_bad_sweep_inputs_are_user_errors(lwr, tmp_path: Path, small_ir10: Path) -> None:
     out = tmp_path / "s"
-    r = lwr("sweep", "--preset", "nope", "--data", small, "--out", out)
+    r = lwr("sweep", "--preset", "nope", "--data", small_ir10, "--out", out)
     assert r.code == 2 and "Unknown preset" in r.err
     r = lwr(
         "sweep",
@@ -184,25 +175,25 @@ def test_bad_sweep_inputs_are_user_errors(lwr, tmp_path: Path, small: Path) -> N
         "--grid",
         "lwr.thetta=1",
         "--data",
-        small,
+        small_ir10,
         "--out",
         out,
     )
     assert r.code == 2 and "lwr.theta" in r.err
-    r = lwr("sweep", "--file", "nope", "--data", small, "--out", out)
+    r = lwr("sweep", "--file", "nope", "--data", small_ir10, "--out", out)
     assert r.code == 2 and "cifar100-lt-ir100-theta" in r.err
     assert not out.exists()
 
 
-def test_plan_and_slurm_scripts_name_every_run(lwr, tmp_path: Path, small: Path) -> None:
+def test_plan_and_slurm_scripts_name_every_run(lwr, tmp_path: Path, small_ir10: Path) -> None:
     out = tmp_path / "s"
-    r = lwr(*_args(small, out, "--plan"))
+    r = lwr(*_args(small_ir10, out, "--plan"))
     assert r.code == 0, r.err
     plan = (out / "plan.sh").read_text()
     for n in NAMES:
         assert f"--out {out / n} " in plan
     assert plan.count("lwr train --preset") == len(NAMES)
-    r = lwr(*_args(small, out, "--slurm", "--gpus-per-run", "2"))
+    r = lwr(*_args(small_ir10, out, "--slurm", "--gpus-per-run", "2"))
     assert r.code == 0, r.err
     script = (out / "sweep.sbatch").read_text()
     assert f"--array=0-{len(NAMES) - 1}" in script and "torchrun" in script
@@ -234,12 +225,14 @@ def _chained_sweep_file(tmp_path: Path, first: str = "stage1", seeds: int = 2) -
 
 @pytest.mark.parametrize("parallel", ["1", "2"])
 def test_a_stage_two_entry_starts_from_its_own_stage_one(
-    lwr, tmp_path: Path, small: Path, parallel: str
+    lwr, tmp_path: Path, small_ir10: Path, parallel: str
 ) -> None:
     out = tmp_path / "s"
     seeds = 2 if parallel == "1" else 1  # subprocesses each import torch: keep them few
     sweep_file = _chained_sweep_file(tmp_path, seeds=seeds)
-    r = lwr("sweep", "--file", sweep_file, "--data", small, "--out", out, "--parallel", parallel)
+    r = lwr(
+        "sweep", "--file", sweep_file, "--data", small_ir10, "--out", out, "--parallel", parallel
+    )
     assert r.code == 0, r.err + r.out
     for seed in range(seeds):
         stage1, stage2 = out / f"stage1/seed={seed}", out / f"crt/seed={seed}"
@@ -261,17 +254,35 @@ def test_a_stage_two_entry_starts_from_its_own_stage_one(
         assert groups == {"stage1": 2, "crt": 2}
 
 
-def test_chained_sweeps_refuse_what_cannot_keep_the_order(lwr, tmp_path: Path, small: Path) -> None:
+def test_chained_sweeps_refuse_what_cannot_keep_the_order(
+    lwr, tmp_path: Path, small_ir10: Path
+) -> None:
     out = tmp_path / "s"
-    r = lwr("sweep", "--file", _chained_sweep_file(tmp_path, "nope"), "--data", small, "--out", out)
+    r = lwr(
+        "sweep", "--file", _chained_sweep_file(tmp_path, "nope"), "--data", small_ir10, "--out", out
+    )
     assert r.code == 2 and "init_from" in r.err and "stage1" in r.err
     r = lwr(
-        "sweep", "--file", _chained_sweep_file(tmp_path), "--data", small, "--out", out, "--slurm"
+        "sweep",
+        "--file",
+        _chained_sweep_file(tmp_path),
+        "--data",
+        small_ir10,
+        "--out",
+        out,
+        "--slurm",
     )
     assert r.code == 2 and "any order" in r.err
     assert not out.exists()
     r = lwr(
-        "sweep", "--file", _chained_sweep_file(tmp_path), "--data", small, "--out", out, "--plan"
+        "sweep",
+        "--file",
+        _chained_sweep_file(tmp_path),
+        "--data",
+        small_ir10,
+        "--out",
+        out,
+        "--plan",
     )
     plan = (out / "plan.sh").read_text()
     assert plan.index("--out " + str(out / "stage1/seed=0")) < plan.index(str(out / "crt/seed=0"))

@@ -58,7 +58,7 @@ def base_file(tiny_json: Path) -> Path:
 
 def _cfg(tiny_json: Path, tuning: str, **kw: object) -> ModelConfig:
     return ModelConfig(
-        name=f"clip:{tiny_json}", cosine_classifier=True, cosine_scale=25, tuning=tuning, **kw
+        name=f"clip:{tiny_json}", head={"name": "cosine", "scale": 25}, tuning=tuning, **kw
     )
 
 
@@ -180,8 +180,8 @@ def test_checkpoint_holds_trainables_and_reloads_onto_its_base(
         "synthetic-lt-bs-lwr",
         overrides=[
             f"model.name=clip:{tiny_json}",
-            "model.cosine_classifier=true",
-            "model.cosine_scale=25",
+            "model.head.name=cosine",
+            "model.head.scale=25",
             "model.tuning=adaptformer",
             f"model.pretrained={base_file}",
         ],
@@ -227,7 +227,7 @@ def test_stage2_init_from_a_frozen_base_checkpoint(
     """--init (cRT) rebuilds the base, loads the stored adapters, re-initialises the head; its
     own checkpoints keep storing the adapters (frozen now) and the head."""
     from lwrcli.data.manifest import read_manifest
-    from lwrcli.methods.stage2 import prepare_stage2
+    from lwrcli.train.init_weights import start_weights
 
     manifest = read_manifest(small)
     sets = _clip_sets(tiny_json, base_file, "adaptformer")
@@ -244,7 +244,9 @@ def test_stage2_init_from_a_frozen_base_checkpoint(
     cfg2 = load_config("synthetic-lt-crt", overrides=[*sets, f"init.checkpoint={path}"])
     torch.manual_seed(5)
     fresh = build_model(cfg2.model, manifest.num_classes, class_names=manifest.class_names)
-    fresh = prepare_stage2(fresh, cfg2, manifest)
+    fresh = start_weights(fresh, cfg2, manifest)  # the init checkpoint, the cRT head reset
+    for method in cfg2.methods():  # then each method's surgery (stage 2: a frozen backbone)
+        fresh = method.adapt_run_model(fresh, cfg2)
     adapters = set(model.lwr_tuned)
     now, then = fresh.state_dict(), model.state_dict()
     assert adapters and all(torch.equal(now[k], then[k]) for k in adapters)
@@ -270,8 +272,8 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _clip_sets(tiny_json: Path, base: Path, tuning: str, *more: str) -> list[str]:
     return [
         f"model.name=clip:{tiny_json}",
-        "model.cosine_classifier=true",
-        "model.cosine_scale=25",
+        "model.head.name=cosine",
+        "model.head.scale=25",
         "model.head_init=text",
         "model.text_templates=single",
         f"model.tuning={tuning}",

@@ -10,33 +10,34 @@ import numpy as np
 import pytest
 import torch
 from conftest import train_args
+from resume_scenario import cut_and_resume
 from safetensors.torch import load_file
 
 from lwrcli.checkpoint.files import load_checkpoint
-from lwrcli.config import load_config
+from lwrcli.config import TrainConfig, load_config
 from lwrcli.data.loading import build_data
-from lwrcli.data.synthetic import prepare_synthetic
+from lwrcli.data.manifest import read_manifest
 from lwrcli.errors import UserError
-from lwrcli.methods.losses import DotRegression, build_loss
+from lwrcli.methods.dot_regression import DotRegression
+from lwrcli.methods.etf import ETFHead, simplex_etf
+from lwrcli.methods.losses import build_loss
 from lwrcli.methods.maxnorm import MAX_NORM_RADIUS, MaxNorm, project_rows, relative_radius
-from lwrcli.models import ETFHead, build_model, get_classifier, simplex_etf
+from lwrcli.models import build_model, get_classifier
 from lwrcli.train.build import build_components
-from lwrcli.train.engine import Interrupted, Trainer
-from lwrcli.train.run import train_run
+from lwrcli.train.engine import Trainer
+from lwrcli.train.resolve import resolve_config
 from lwrcli.train.runlog import read_metrics
 
 TINY = ["model.width=8", "batch_size=16", "eval_every=0", "log_every=1000", "device=cpu"]
 C = 5
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5 classes, 90 train images (6 steps of 16), a validation split."""
-    out = tmp_path_factory.mktemp("wbetf") / "data"
-    prepare_synthetic(
-        out, num_classes=C, n_max=40, test_per_class=4, imbalance_factor=8, val_per_class=3
-    )
-    return out
+def _resolved(preset: str, data: Path, sets: list[str]) -> TrainConfig:
+    """The config as `lwr train` resolves it for this dataset on the CPU (what
+    build_components expects)."""
+    m = read_manifest(data)
+    cfg = load_config(preset, overrides=sets)
+    return resolve_config(cfg, torch.device("cpu"), m.storage, m.num_classes, m.image_size).cfg
 
 
 # --- the simplex ETF ---------------------------------------------------------------------------
@@ -66,22 +67,22 @@ def test_simplex_etf_needs_c_minus_1_dimensions() -> None:
     assert get_classifier(built).weight.shape == (100, 128)
 
 
-def test_etf_head_is_a_buffer_seeded_by_the_run(tiny: Path) -> None:
-    cfg = load_config("synthetic-lt-etf", overrides=TINY)
-    data = build_data(tiny, cfg, torch.device("cpu"))
+def test_etf_head_is_a_buffer_seeded_by_the_run(small_val: Path) -> None:
+    cfg = _resolved("synthetic-lt-etf", small_val, TINY)
+    data = build_data(small_val, cfg, torch.device("cpu"))
     a = get_classifier(build_components(cfg, data, torch.device("cpu")).raw_model)
     b = get_classifier(build_components(cfg, data, torch.device("cpu")).raw_model)
     assert torch.equal(a.weight, b.weight)  # same seed, same simplex
-    cfg1 = load_config("synthetic-lt-etf", overrides=[*TINY, "seed=1"])
+    cfg1 = _resolved("synthetic-lt-etf", small_val, [*TINY, "seed=1"])
     other = get_classifier(build_components(cfg1, data, torch.device("cpu")).raw_model)
     assert not torch.equal(a.weight, other.weight)
     assert "weight" in dict(a.named_buffers()) and "weight" not in dict(a.named_parameters())
 
 
-def test_etf_head_never_changes_while_the_backbone_trains(tiny: Path) -> None:
-    cfg = load_config("synthetic-lt-etf", overrides=TINY)
+def test_etf_head_never_changes_while_the_backbone_trains(small_val: Path) -> None:
+    cfg = _resolved("synthetic-lt-etf", small_val, TINY)
     device = torch.device("cpu")
-    data = build_data(tiny, cfg, device)
+    data = build_data(small_val, cfg, device)
     parts = build_components(cfg, data, device)
     trainer = Trainer(cfg, parts, device, run_dir=None)
     head = get_classifier(parts.raw_model)
@@ -175,10 +176,10 @@ def test_relative_radius_is_the_authors_rule() -> None:
     assert relative_radius(w, 0.0) == 1.0 and relative_radius(w, 1.0) == 5.0
 
 
-def test_maxnorm_holds_after_every_training_step(tiny: Path) -> None:
-    cfg = load_config("synthetic-lt-bs", overrides=[*TINY, "optim.max_norm=0.3"])
+def test_maxnorm_holds_after_every_training_step(small_val: Path) -> None:
+    cfg = _resolved("synthetic-lt-bs", small_val, [*TINY, "max_norm.radius=0.3"])
     device = torch.device("cpu")
-    data = build_data(tiny, cfg, device)
+    data = build_data(small_val, cfg, device)
     parts = build_components(cfg, data, device)
     (hook,) = parts.after_step
     assert isinstance(hook, MaxNorm) and hook.radius == 0.3
@@ -210,12 +211,12 @@ def test_maxnorm_holds_after_every_training_step(tiny: Path) -> None:
     "sets, message",
     [
         (["lwr.enabled=true"], "ETF head is fixed"),
-        (["loss.name=ce", "model.etf_classifier=false"], None),
-        (["model.etf_classifier=false"], "needs the fixed ETF head"),
-        (["model.cosine_classifier=true"], "two different heads"),
+        (["loss.name=ce", "model.head.name=linear"], None),
+        (["model.head.name=linear"], "needs the fixed ETF head"),
+        (["model.head.name=cosine"], "needs the fixed ETF head"),
         (["stage2.mode=crt", "init.reset_classifier=true"], "re-learn the classifier"),
-        (["optim.max_norm=1.0"], "fixed at unit norm"),
-        (["model.cosine_scale=16"], "set model.cosine_scale=1"),
+        (["max_norm.radius=1.0"], "fixed at unit norm"),
+        (["model.head.scale=16"], "not a setting of 'etf'"),
     ],
 )
 def test_etf_combinations_are_refused_with_a_reason(sets: list[str], message: str | None) -> None:
@@ -228,22 +229,20 @@ def test_etf_combinations_are_refused_with_a_reason(sets: list[str], message: st
 
 def test_maxnorm_refusals() -> None:
     with pytest.raises(UserError, match=r"must be in \(0, 1\]"):
-        load_config("synthetic-lt-wb", overrides=["optim.max_norm=1.5"])
+        load_config("synthetic-lt-wb", overrides=["max_norm.radius=1.5"])
     with pytest.raises(UserError, match="cosine classifier normalises"):
-        load_config(
-            "synthetic-lt-bs", overrides=["optim.max_norm=1", "model.cosine_classifier=true"]
-        )
+        load_config("synthetic-lt-bs", overrides=["max_norm.radius=1", "model.head.name=cosine"])
 
 
-def test_lwr_with_an_etf_head_exits_2_through_the_cli(lwr, tiny: Path, tmp_path: Path) -> None:
-    res = lwr(*train_args("synthetic-lt-etf", tiny, tmp_path / "r", *TINY, "lwr.enabled=true"))
+def test_lwr_with_an_etf_head_exits_2_through_the_cli(lwr, small_val: Path, tmp_path: Path) -> None:
+    res = lwr(*train_args("synthetic-lt-etf", small_val, tmp_path / "r", *TINY, "lwr.enabled=true"))
     assert res.code == 2
-    assert "lwr.enabled=true with model.etf_classifier=true" in res.err
+    assert "lwr.enabled=true with model.head.name=etf" in res.err
     assert "Traceback" not in res.err and not (tmp_path / "r").exists()
 
 
-def test_a_frozen_backbone_without_weights_is_refused(lwr, tiny: Path, tmp_path: Path) -> None:
-    res = lwr(*train_args("synthetic-lt-wb", tiny, tmp_path / "r", *TINY))
+def test_a_frozen_backbone_without_weights_is_refused(lwr, small_val: Path, tmp_path: Path) -> None:
+    res = lwr(*train_args("synthetic-lt-wb", small_val, tmp_path / "r", *TINY))
     assert res.code == 2 and "--init" in res.err and not (tmp_path / "r").exists()
 
 
@@ -251,23 +250,23 @@ def test_a_frozen_backbone_without_weights_is_refused(lwr, tiny: Path, tmp_path:
 
 
 @pytest.fixture(scope="module")
-def etf_ckpt(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def etf_ckpt(small_val: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-epoch ETF + DR run through the CLI: its last checkpoint."""
     from lwrcli.cli.main import main
 
     run = tmp_path_factory.mktemp("etf") / "run"
     with pytest.raises(SystemExit) as done:
-        main(train_args("synthetic-lt-etf", tiny, run, *TINY, "epochs=1"))
+        main(train_args("synthetic-lt-etf", small_val, run, *TINY, "epochs=1"))
     assert done.value.code in (0, None)
     return run / "checkpoints" / "last.safetensors"
 
 
 def test_analyze_weights_shows_the_simplex_exactly(
-    lwr, tiny: Path, etf_ckpt: Path, tmp_path: Path
+    lwr, small_val: Path, etf_ckpt: Path, tmp_path: Path
 ) -> None:
     state = load_file(etf_ckpt)
     assert "fc.weight" in state and "fc.bn.running_mean" in state
-    res = lwr("analyze-weights", etf_ckpt, "--data", tiny, "--out", tmp_path / "an")
+    res = lwr("analyze-weights", etf_ckpt, "--data", small_val, "--out", tmp_path / "an")
     assert res.code == 0, res.err
     summary = json.loads((tmp_path / "an" / "summary.json").read_text())
     overall = summary["checkpoints"][0]["overall"]
@@ -278,11 +277,11 @@ def test_analyze_weights_shows_the_simplex_exactly(
 
 @pytest.mark.slow
 def test_an_etf_checkpoint_evaluates_and_exports(
-    lwr, tiny: Path, etf_ckpt: Path, tmp_path: Path
+    lwr, small_val: Path, etf_ckpt: Path, tmp_path: Path
 ) -> None:
     ckpt, state = etf_ckpt, load_file(etf_ckpt)
-    assert lwr("eval", ckpt, "--data", tiny).code == 0
-    res = lwr("eval", ckpt, "--data", tiny, "--tau-norm", "1.0")
+    assert lwr("eval", ckpt, "--data", small_val).code == 0
+    res = lwr("eval", ckpt, "--data", small_val, "--tau-norm", "1.0")
     assert res.code == 0, res.err
     res = lwr("export", ckpt, "--format", "torchscript", "--out", tmp_path / "ts")
     assert res.code == 0, res.err
@@ -311,12 +310,12 @@ def test_an_etf_checkpoint_evaluates_and_exports(
 
 
 @pytest.fixture(scope="module")
-def wb_stage1(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wb_stage1(small_val: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lwrcli.cli.main import main
 
     run = tmp_path_factory.mktemp("wb1") / "run"
     with pytest.raises(SystemExit) as done:
-        main(train_args("synthetic-lt-wb-stage1", tiny, run, *TINY, "epochs=2"))
+        main(train_args("synthetic-lt-wb-stage1", small_val, run, *TINY, "epochs=2"))
     assert done.value.code in (0, None)
     return run / "checkpoints" / "last.safetensors"
 
@@ -324,10 +323,10 @@ def wb_stage1(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["synthetic-lt-wb", "synthetic-lt-wb-lwr"])
 def test_weight_balancing_stage_2_from_stage_1_through_the_cli(
-    lwr, tiny: Path, wb_stage1: Path, tmp_path: Path, preset: str
+    lwr, small_val: Path, wb_stage1: Path, tmp_path: Path, preset: str
 ) -> None:
     run = tmp_path / "wb"
-    res = lwr(*train_args(preset, tiny, run, *TINY, "epochs=2"), "--init", wb_stage1)
+    res = lwr(*train_args(preset, small_val, run, *TINY, "epochs=2"), "--init", wb_stage1)
     assert res.code == 0, res.err
     before, after = load_file(wb_stage1), load_file(run / "checkpoints" / "last.safetensors")
     for k, v in before.items():
@@ -339,37 +338,16 @@ def test_weight_balancing_stage_2_from_stage_1_through_the_cli(
     assert not torch.equal(after["fc.weight"], before["fc.weight"])
     last = read_metrics(run / "metrics.jsonl")[-1]
     assert (last["lwr"] is not None) == preset.endswith("-lwr")
-    assert lwr("eval", run / "checkpoints" / "last.safetensors", "--data", tiny).code == 0
+    assert lwr("eval", run / "checkpoints" / "last.safetensors", "--data", small_val).code == 0
 
 
 @pytest.mark.slow
 def test_a_relative_maxnorm_run_resumes_bit_exactly(
-    tiny: Path, wb_stage1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_val: Path, wb_stage1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sets = [*TINY, "epochs=2", "checkpoint_every_steps=2", f"init.checkpoint={wb_stage1}"]
     cfg = load_config("synthetic-lt-wb", overrides=sets)
-    train_run(cfg, tiny, tmp_path / "full")
-    original = Trainer.train_step
-    calls = {"n": 0}
-
-    def step(self: Trainer, *args):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 3:  # one step past the step-2 checkpoint, inside epoch 1
-            import signal
-
-            self._stop_signal = signal.SIGINT
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", step)
-    with pytest.raises(Interrupted):
-        train_run(cfg, tiny, tmp_path / "cut")
-    monkeypatch.undo()
-    train_run(None, None, resume=tmp_path / "cut")  # type: ignore[arg-type]
-    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys() and MAX_NORM_RADIUS in a
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    cut_and_resume(cfg, small_val, tmp_path, monkeypatch, holds=MAX_NORM_RADIUS)
 
 
 def test_dr_loss_builds_from_the_config() -> None:
@@ -386,10 +364,12 @@ def test_etf_head_trains_on_a_last_batch_of_one_image() -> None:
     torch.testing.assert_close(head.eval()(x.detach()), z.detach())  # the running statistics
 
 
-def test_etf_with_mixup_trains_on_soft_targets(lwr, tiny: Path, tmp_path: Path) -> None:
+def test_etf_with_mixup_trains_on_soft_targets(lwr, small_val: Path, tmp_path: Path) -> None:
     """The CIFAR ETF recipes mix (alpha 1): dr takes the mixed targets, the head stays fixed."""
     run = tmp_path / "mix"
-    res = lwr(*train_args("synthetic-lt-etf", tiny, run, *TINY, "epochs=1", "data.mixup_alpha=1"))
+    res = lwr(
+        *train_args("synthetic-lt-etf", small_val, run, *TINY, "epochs=1", "mixing.mixup_alpha=1")
+    )
     assert res.code == 0, res.err
     after = load_file(run / "checkpoints" / "last.safetensors")["fc.weight"]
     rows = after.double() / after.double().norm(dim=1, keepdim=True)

@@ -17,6 +17,7 @@ from lwrcli.config import ModelConfig, load_config
 from lwrcli.errors import UserError
 from lwrcli.models import base_of, build_model, families, get_classifier, list_models
 from lwrcli.models import clip as lwr_clip
+from lwrcli.train.resolve import check_model, resolve_config
 
 MOBILENET = "torchvision:mobilenet_v3_small"
 MOBILENET_FILE = "mobilenet_v3_small-047dcff4.pth"  # the enum's url ends with this name
@@ -162,16 +163,28 @@ def test_pickled_object_in_a_downloaded_pth_is_refused(
 
 
 def test_weights_config_errors(lwr, synthetic_data: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"):
-        load_config(PRESET, overrides=["model.name=resnet152", "model.weights=IMAGENET1K"])
-    with pytest.raises(UserError, match="keep one"):
+    # Named weights are checked when the run is resolved (validation imports no model library).
+    cpu = torch.device("cpu")
+    for sets, refusal in [
+        (
+            ["model.name=resnet152", "model.weights=IMAGENET1K"],
+            "IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT",
+        ),
+        (["model.name=small_cnn", "model.weights=DEFAULT"], "own architectures"),
+    ]:
+        cfg = load_config(PRESET, overrides=sets)
+        with pytest.raises(UserError, match=refusal):
+            check_model(cfg)
+        with pytest.raises(UserError, match=refusal):
+            resolve_config(cfg, cpu)
+    with pytest.raises(UserError, match="keep one"):  # a rule of the config itself
         both = ["model.weights=DEFAULT", f"model.pretrained={tmp_path / 'r152.pth'}"]
         load_config(PRESET, overrides=["model.name=resnet152", *both])
-    with pytest.raises(UserError, match="own architectures"):
-        load_config(PRESET, overrides=["model.name=small_cnn", "model.weights=DEFAULT"])
     sets = ["model.name=resnet152", "model.weights=V3"]
-    res = lwr(*train_args(PRESET, synthetic_data, tmp_path / "run", *sets))
+    out = tmp_path / "run"
+    res = lwr(*train_args(PRESET, synthetic_data, out, *sets))
     assert res.code == 2 and "Accepted: IMAGENET1K_V1" in " ".join(res.err.split())
+    assert not out.exists()  # refused before the run folder is created
 
 
 def test_places_presets_fetch_torchvision_resnet152(caches: dict[str, Path]) -> None:

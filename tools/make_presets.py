@@ -1,17 +1,19 @@
-"""Write presets/*.yaml: one complete config per row of the paper's tables.
+"""Write presets/*.yaml: one recipe per row of the paper's tables.
 
-The recipes live here once, in code, so the 60-odd YAML files cannot drift apart; the YAML
-files are what users read and what `lwr train --preset` loads. Run `python tools/make_presets.py`
-after changing a recipe; a test checks the files match this script.
+The recipes live here once, in code, so the 250 YAML files cannot drift apart; the YAML files
+are what users read and what `lwr train --preset` loads. Each file holds only what differs from
+the defaults, or from the preset it names as `_base_` (`X-lwr` derives from `X`), so a new
+config field with a default changes no file. Run `python tools/make_presets.py` after changing
+a recipe (`--out DIR` writes elsewhere); a test checks the files match this script.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -25,6 +27,12 @@ from presets_mixing import mislas_presets  # noqa: E402
 from presets_wbetf import wbetf_presets  # noqa: E402
 
 from lwrcli.config import TrainConfig  # noqa: E402
+from lwrcli.config.files import (  # noqa: E402
+    BASE_KEY,
+    difference,
+    merge,
+    recipe_to_yaml,
+)
 from lwrcli.models.families import model_data_defaults  # noqa: E402
 from lwrcli.train.lwr import lambda_for_classes  # noqa: E402
 
@@ -83,21 +91,27 @@ PAPER: dict[str, dict[str, float]] = {
 LARGE_CHECKPOINT_MINUTES = 30.0
 
 
-def loss_block(loss: str, drw_epoch: int, focal_gamma: float) -> tuple[dict[str, Any], bool]:
-    """(loss config, cosine classifier?) for a loss name of the tables."""
+LINEAR = {"name": "linear"}
+COSINE_HEAD = {"name": "cosine"}
+
+
+def loss_block(
+    loss: str, drw_epoch: int, focal_gamma: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(loss section, model.head) for a loss name of the tables (LDAM needs a cosine head)."""
     base: dict[str, Any] = {"reweight": "none", "drw_epoch": drw_epoch, "beta": 0.9999}
     if loss == "ce":
-        return {"name": "ce", **base}, False
+        return {"name": "ce", **base}, LINEAR
     if loss == "ce-drw":
-        return {"name": "ce", **base, "reweight": "drw"}, False
+        return {"name": "ce", **base, "reweight": "drw"}, LINEAR
     if loss == "focal":
-        return {"name": "focal", **base, "focal_gamma": focal_gamma}, False
+        return {"name": "focal", **base, "gamma": focal_gamma}, LINEAR
     if loss == "ldam-drw":
-        return {"name": "ldam", **base, "reweight": "drw", "ldam_max_m": 0.5, "ldam_s": 30.0}, True
+        return {"name": "ldam", **base, "reweight": "drw", "max_m": 0.5, "s": 30.0}, COSINE_HEAD
     if loss == "bs":
-        return {"name": "bs", **base}, False
+        return {"name": "bs", **base}, LINEAR
     if loss == "la":
-        return {"name": "la", **base, "la_tau": 1.0}, False
+        return {"name": "la", **base, "tau": 1.0}, LINEAR
     raise ValueError(loss)
 
 
@@ -113,22 +127,22 @@ def lwr_block(enabled: bool, family: str) -> dict[str, Any]:
     }
 
 
-def pretrained_model(name: str, cosine: bool) -> dict[str, Any]:
+def pretrained_model(name: str, head: dict[str, Any]) -> dict[str, Any]:
     """A backbone fine-tuned from a local weights file the user passes (never downloaded)."""
     return {
         "name": name,
-        "cosine_classifier": cosine,
+        "head": head,
         "pretrained": None,
         "pretrained_required": True,
     }
 
 
-def named_weights_model(name: str, weights: str, cosine: bool) -> dict[str, Any]:
+def named_weights_model(name: str, weights: str, head: dict[str, Any]) -> dict[str, Any]:
     """A backbone fine-tuned from published weights, fetched once into the hub cache (a local
     file instead: --set model.weights=null --set model.pretrained=PATH)."""
     return {
         "name": name,
-        "cosine_classifier": cosine,
+        "head": head,
         "weights": weights,
         "pretrained": None,
         "pretrained_required": True,
@@ -145,7 +159,7 @@ def model_data(name: str) -> dict[str, Any]:
 def cifar(variant: str, ir: int, loss: str, lwr: bool) -> dict[str, Any]:
     """The LDAM-DRW recipe: ResNet-32, 200 epochs, batch 128, lr 0.1 with 5 warm-up epochs,
     x0.01 from 0-based epoch 160 and x0.0001 from 180, DRW at 160, crop(32, pad 4) + flip."""
-    loss_cfg, cosine = loss_block(loss, drw_epoch=160, focal_gamma=1.0)
+    loss_cfg, head = loss_block(loss, drw_epoch=160, focal_gamma=1.0)
     paper_loss = {
         "ce-drw": "CE-DRW",
         "ldam-drw": "LDAM-DRW",
@@ -161,7 +175,7 @@ def cifar(variant: str, ir: int, loss: str, lwr: bool) -> dict[str, Any]:
         "dataset": variant,
         "epochs": 200,
         "batch_size": 128,
-        "model": {"name": "resnet32", "cosine_classifier": cosine},
+        "model": {"name": "resnet32", "head": head},
         "loss": loss_cfg,
         "lwr": lwr_block(lwr, variant),
         "optim": {"lr": 0.1, "base_batch_size": 128, "momentum": 0.9, "weight_decay": 2e-4},
@@ -181,8 +195,8 @@ def large(dataset: str, loss: str, lwr: bool) -> dict[str, Any]:
     ImageNet-pretrained ResNet-152, 30 epochs."""
     family = {"imagenet-lt": "imagenet", "inat2018": "inat", "places-lt": "places"}[dataset]
     epochs = 30 if dataset == "places-lt" else 90
-    loss_cfg, cosine = loss_block(loss, drw_epoch=epochs * 2 // 3, focal_gamma=2.0)
-    model: dict[str, Any] = {"name": "resnet50", "cosine_classifier": cosine}
+    loss_cfg, head = loss_block(loss, drw_epoch=epochs * 2 // 3, focal_gamma=2.0)
+    model: dict[str, Any] = {"name": "resnet50", "head": head}
     optim = {
         "lr": 0.2,
         "base_batch_size": 512,
@@ -192,7 +206,7 @@ def large(dataset: str, loss: str, lwr: bool) -> dict[str, Any]:
     batch = 512
     if dataset == "places-lt":
         # Kang et al. fine-tune torchvision's ImageNet ResNet-152 (the original weights, V1).
-        model = named_weights_model("torchvision:resnet152", "IMAGENET1K_V1", cosine)
+        model = named_weights_model("torchvision:resnet152", "IMAGENET1K_V1", head)
         optim = {"lr": 0.05, "base_batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4}
         batch = 256
     return {
@@ -240,7 +254,7 @@ def folder_finetune(loss: str, lwr: bool) -> dict[str, Any]:
     file, 30 epochs of AdamW (lr 1e-4 at batch 64, new head at 10x), cosine after 1 warm-up
     epoch, no weight decay on norms and biases."""
     name = "torchvision:convnext_tiny"
-    loss_cfg, cosine = loss_block(loss, drw_epoch=20, focal_gamma=2.0)
+    loss_cfg, head = loss_block(loss, drw_epoch=20, focal_gamma=2.0)
     return {
         "description": f"Fine-tune ConvNeXt-T on a prepared folder, {loss}"
         + (" + LWR" if lwr else "")
@@ -251,7 +265,7 @@ def folder_finetune(loss: str, lwr: bool) -> dict[str, Any]:
         "eval_batch_size": 128,
         "save_every": 10,
         "checkpoint_every_minutes": LARGE_CHECKPOINT_MINUTES,
-        "model": pretrained_model(name, cosine),
+        "model": pretrained_model(name, head),
         "loss": loss_cfg,
         "lwr": lwr_block(lwr, "folder"),
         "optim": {
@@ -317,7 +331,7 @@ def imagenet_vit(lwr: bool) -> dict[str, Any]:
         "eval_batch_size": 256,
         "save_every": 10,
         "checkpoint_every_minutes": LARGE_CHECKPOINT_MINUTES,
-        "model": pretrained_model(name, False),
+        "model": pretrained_model(name, LINEAR),
         "loss": loss_cfg,
         "lwr": lwr_block(lwr, "imagenet"),
         "optim": {
@@ -487,23 +501,92 @@ def all_presets() -> dict[str, dict[str, Any]]:
     return presets
 
 
-def render(name: str, body: dict[str, Any]) -> str:
-    """The complete validated config (defaults filled in), as YAML with a header comment."""
-    cfg = TrainConfig.model_validate(body)
-    header = f"# {name}: {cfg.description}\n# Generated by tools/make_presets.py; see README.\n"
-    return header + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+# Which preset each one names as `_base_`: `X-lwr` is the recipe `X` plus LWR, so it derives
+# from `X` where that preset exists; every other preset derives from the defaults. One level at
+# most: a value is set by the file itself, by its `_base_`, or it is the default.
+def base_of(name: str, names: Collection[str]) -> str | None:
+    plain = name.removesuffix("-lwr")
+    return plain if plain != name and plain in names else None
 
 
-def main() -> None:
-    out = ROOT / "presets"
-    out.mkdir(exist_ok=True)
-    presets = all_presets()
+# The data settings a model brings (lwrcli.train.resolve.with_model_data_defaults fills those a
+# config leaves unset from the model): a preset of such a model sets them all, even where they
+# equal the config's defaults, so the model's (resnet50: resize 232) never replace them.
+MODEL_DATA_KEYS = ("image_size", "resize", "mean", "std")
+
+
+def defaults() -> dict[str, Any]:
+    """The complete default config (what a recipe without `_base_` is merged onto)."""
+    return TrainConfig().model_dump(mode="json")
+
+
+def complete(body: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's complete validated config, defaults filled in."""
+    return TrainConfig.model_validate(body).model_dump(mode="json")
+
+
+def _pin_model_data(
+    recipe: dict[str, Any], inherited: dict[str, Any], full: dict[str, Any]
+) -> None:
+    """Write the model's data settings explicitly where neither the recipe nor its base does."""
+    if model_data_defaults(full["model"]["name"]) is None:
+        return
+    given = {**inherited.get("data", {}), **recipe.get("data", {})}
+    missing = {k: full["data"][k] for k in MODEL_DATA_KEYS if k not in given}
+    if missing:
+        data = {**recipe.get("data", {}), **missing}
+        recipe["data"] = {k: data[k] for k in full["data"] if k in data}  # the schema's order
+
+
+def recipes(presets: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """name -> the recipe presets/NAME.yaml holds: `_base_` (if any), name, description, then
+    every key whose value differs from the base's complete config (or from the defaults), in
+    the config's order, `reference` last. Each is checked to give back the complete config."""
+    presets = all_presets() if presets is None else presets
+    full = {name: complete(body) for name, body in presets.items()}
+    empty = defaults()
+    chains: dict[str, dict[str, Any]] = {}  # name -> its recipe merged along its _base_ chain
+    out: dict[str, dict[str, Any]] = {}
+    order = sorted(presets, key=lambda n: base_of(n, presets) is not None)  # bases first
+    for name in order:
+        base = base_of(name, presets)
+        inherited = chains[base] if base else {}
+        recipe = difference(full[name], full[base] if base else empty)
+        recipe.update(name=name, description=full[name]["description"])
+        _pin_model_data(recipe, inherited, full[name])
+        keys = ["name", "description", *(k for k in full[name] if k != "reference"), "reference"]
+        recipe = ({BASE_KEY: base} if base else {}) | {k: recipe[k] for k in keys if k in recipe}
+        chains[name] = merge(inherited, {k: v for k, v in recipe.items() if k != BASE_KEY})
+        assert complete(chains[name]) == full[name], f"{name}: the recipe loses a value"
+        out[name] = recipe
+    return {name: out[name] for name in presets}
+
+
+def render(name: str, recipe: dict[str, Any]) -> str:
+    """A recipe as YAML under a header comment (lists in flow style)."""
+    header = (
+        f"# {name}: {recipe['description']}\n"
+        "# Generated by tools/make_presets.py; see README. Only what differs from "
+        + ("_base_" if BASE_KEY in recipe else "the defaults")
+        + f":\n# `lwr presets show {name}` prints the full config.\n"
+    )
+    return header + recipe_to_yaml(recipe)
+
+
+def rendered() -> dict[str, str]:
+    """name -> the text of presets/NAME.yaml."""
+    return {name: render(name, recipe) for name, recipe in recipes().items()}
+
+
+def main(out: Path = ROOT / "presets") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    texts = rendered()
     for old in out.glob("*.yaml"):
-        if old.stem not in presets:
+        if old.stem not in texts:
             old.unlink()
-    for name, body in presets.items():
-        (out / f"{name}.yaml").write_text(render(name, body))
-    print(f"wrote {len(presets)} presets to {out}")
+    for name, text in texts.items():
+        (out / f"{name}.yaml").write_text(text)
+    print(f"wrote {len(texts)} presets to {out}")
 
 
 def readme_table() -> str:
@@ -512,7 +595,7 @@ def readme_table() -> str:
         "| preset | model | loss | LWR | epochs | paper top-1 all / many / med / few |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    from lwrcli.studies.presets import loss_label, lwr_label
+    from lwrcli.studies.presets import loss_label, lwr_label, model_label
 
     for name, body in sorted(all_presets().items()):
         cfg = TrainConfig.model_validate(body)
@@ -525,8 +608,7 @@ def readme_table() -> str:
             else ""
         )
         rows.append(
-            f"| `{name}` | {cfg.model.name}{' BBN' if cfg.model.bbn else ''} | {loss_label(cfg)} | "
-            f"{lwr_label(cfg)} | "
+            f"| `{name}` | {model_label(cfg)} | {loss_label(cfg)} | {lwr_label(cfg)} | "
             f"{cfg.epochs} | {paper} |"
         )
     return "\n".join(rows)
@@ -546,9 +628,15 @@ def write_docs_page(page: Path = ROOT / "docs" / "presets.md") -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--readme-table"]:
+    parser = argparse.ArgumentParser(description="Write the shipped presets (presets/*.yaml).")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--out", type=Path, default=ROOT / "presets", help="folder to write")
+    what.add_argument("--readme-table", action="store_true", help="print the presets table")
+    what.add_argument("--docs-page", action="store_true", help="update docs/presets.md")
+    args = parser.parse_args()
+    if args.readme_table:
         print(readme_table())
-    elif sys.argv[1:] == ["--docs-page"]:
+    elif args.docs_page:
         write_docs_page()
     else:
-        main()
+        main(args.out)

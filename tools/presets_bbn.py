@@ -1,6 +1,6 @@
 """BBN recipes (Zhou et al., CVPR 2020, Megvii-Nanjing/BBN), with and without LWR.
 
-The model: `model.bbn: true` on ResNet-32 (lwrcli.models.bbn: the last residual block of
+The model: `model.variant: {name: bbn}` on ResNet-32 (lwrcli.models.bbn: the last residual block of
 stage 3 duplicated into the conventional and re-balancing branches, one FC layer over the
 concatenated 2 x 64 features), the instance sampler for the conventional branch and the
 reversed sampler for the re-balancing one (lwrcli.data.paired), cross-entropy on the
@@ -48,7 +48,7 @@ def bbn_cifar(variant: str, ir: int, lwr: bool, lwr_block: Any) -> dict[str, Any
         "dataset": variant,
         "epochs": 200,
         "batch_size": 128,
-        "model": {"name": "resnet32", "cosine_classifier": False, "bbn": True},
+        "model": {"name": "resnet32", "head": {"name": "linear"}, "variant": {"name": "bbn"}},
         "loss": {"name": "ce", "reweight": "none"},
         "lwr": lwr_block(lwr, variant),
         "optim": {"lr": 0.1, "base_batch_size": 128, "momentum": 0.9, "weight_decay": 2e-4},

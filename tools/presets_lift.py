@@ -80,14 +80,13 @@ def lift(
         "model": {
             "name": name,
             "weights": "openai",
-            "cosine_classifier": True,
-            "cosine_scale": 25.0,
+            "head": {"name": "cosine", "scale": 25.0},
             "head_init": "text",
             "text_templates": "single",
             "clip_projection": False,
             "tuning": tuning,
         },
-        "loss": {"name": "la", "la_tau": 1.0},
+        "loss": {"name": "la", "tau": 1.0},
         "lwr": lwr_cfg,
         "optim": {
             "name": "sgd",

@@ -41,14 +41,14 @@ CIFAR_IRS = (100, 50, 10)
 IB_LOSS: dict[str, Any] = {
     "name": "ib",
     "reweight": "none",
-    "ib_start_epoch": 100,
-    "ib_alpha": 1000.0,
-    "ib_epsilon": 0.001,
-    "ib_class_weight": "inverse",
+    "start_epoch": 100,
+    "alpha": 1000.0,
+    "epsilon": 0.001,
+    "class_weight": "inverse",
 }
-SEQL_CIFAR: dict[str, Any] = {"name": "seql", "reweight": "none", "seql_gamma": 0.9}
+SEQL_CIFAR: dict[str, Any] = {"name": "seql", "reweight": "none", "gamma": 0.9}
 SEQL_LAMBDA = {"cifar100": 0.005, "imagenet-lt": 0.001}
-CB_FOCAL: dict[str, Any] = {"name": "focal", "reweight": "cb", "beta": 0.9999, "focal_gamma": 1.0}
+CB_FOCAL: dict[str, Any] = {"name": "focal", "reweight": "cb", "beta": 0.9999, "gamma": 1.0}
 
 
 def _lwr_note(lwr: bool) -> str:
@@ -77,7 +77,7 @@ def seql_cifar(cifar: Builder, ir: int, lwr: bool) -> dict[str, Any]:
         f"CIFAR100-LT IF {ir}, ResNet-32, softmax equalization loss (gamma 0.9, lambda "
         f"0.005){_lwr_note(lwr)}; LDAM-DRW recipe"
     )
-    body["loss"] = {**body["loss"], **SEQL_CIFAR, "seql_lambda": SEQL_LAMBDA["cifar100"]}
+    body["loss"] = {**body["loss"], **SEQL_CIFAR, "threshold": SEQL_LAMBDA["cifar100"]}
     return body
 
 
@@ -87,7 +87,7 @@ def seql_imagenet(large: Builder, lwr: bool) -> dict[str, Any]:
         "imagenet-lt resnet50, softmax equalization loss (gamma 0.9, lambda 0.001)"
         + (" + LWR" if lwr else "")
     )
-    body["loss"] = {**body["loss"], **SEQL_CIFAR, "seql_lambda": SEQL_LAMBDA["imagenet-lt"]}
+    body["loss"] = {**body["loss"], **SEQL_CIFAR, "threshold": SEQL_LAMBDA["imagenet-lt"]}
     return body
 
 

@@ -60,16 +60,16 @@ def stage1(base: dict[str, Any], dataset: str) -> dict[str, Any]:
                 "epochs": 180,
                 "batch_size": 256,
                 "optim": {**body["optim"], "lr": 0.1, "base_batch_size": 256},
-                "data": {**body["data"], "mixup_alpha": 0.2},
+                "mixing": {"mixup_alpha": 0.2},
             }
         )
         body["optim"]["weight_decay"] = 5e-4
     else:
         body["schedule"] = {**body["schedule"], "factors": [0.1, 0.01]}
-        body["data"] = {**body["data"], "mixup_alpha": 1.0}
+        body["mixing"] = {"mixup_alpha": 1.0}
     body["description"] = (
         f"{dataset} MiSLAS stage 1: {body['model']['name']}, CE + mixup "
-        f"(alpha {body['data']['mixup_alpha']:g}); MiSLAS's stage-1 recipe"
+        f"(alpha {body['mixing']['mixup_alpha']:g}); MiSLAS's stage-1 recipe"
     )
     return body
 
@@ -79,8 +79,7 @@ def stage2(s1: dict[str, Any], dataset: str, lwr: bool, lwr_block: Any) -> dict[
     backbone (BN statistics shifted where MiSLAS does), the classifier trained further."""
     head, tail, shift_bn, lr_factor = STAGE2[dataset]
     family = "imagenet" if dataset == "imagenet-lt" else dataset.split("-")[0]
-    body = {k: v for k, v in s1.items() if k not in ("save_every", "reference")}
-    data = {k: v for k, v in body["data"].items() if k != "mixup_alpha"}
+    body = {k: v for k, v in s1.items() if k not in ("save_every", "reference", "mixing")}
     body.update(
         {
             "description": f"{dataset} MiSLAS stage 2: label-aware smoothing ({head:g} head, "
@@ -89,13 +88,8 @@ def stage2(s1: dict[str, Any], dataset: str, lwr: bool, lwr_block: Any) -> dict[
             + (" + LWR on the classifier" if lwr else "")
             + "; pass --init STAGE1_RUN/checkpoints/last.safetensors",
             "epochs": 10,
-            "loss": {
-                "name": "ce",
-                "reweight": "none",
-                "label_smoothing": head,
-                "label_smoothing_tail": tail,
-                "label_smoothing_shape": "concave",
-            },
+            "loss": {"name": "ce", "reweight": "none"},
+            "label_smoothing": {"epsilon": head, "tail": tail, "shape": "concave"},
             "lwr": lwr_block(lwr, family),
             "optim": {**body["optim"], "lr": round(0.1 * lr_factor, 6)},
             "schedule": {
@@ -105,7 +99,7 @@ def stage2(s1: dict[str, Any], dataset: str, lwr: bool, lwr_block: Any) -> dict[
                 "factors": [],
                 "min_lr": 0.0,
             },
-            "data": {**data, "sampler": "class_balanced", "num_samples_cls": 1},
+            "data": {**body["data"], "sampler": "class_balanced", "num_samples_cls": 1},
             "init": {"checkpoint": None, "reset_classifier": False},
             "stage2": {"mode": "none", "freeze": "backbone", "train_bn": shift_bn},
         }

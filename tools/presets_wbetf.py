@@ -9,7 +9,7 @@ demo1_first-stage-training.py and demo2_second-stage-training.py):
 - stage 2 (`-wb`): the stage-1 classifier (not re-initialised) fine-tuned on the frozen
   backbone for 10 epochs, SGD lr 0.01 momentum 0.9, weight decay 0.1, cosine, batch 64, with
   the class-balanced loss (effective number, beta 0.9999) and MaxNorm on the rows: radius
-  n_min + 0.1 (n_max - n_min) of the stage-1 row norms (`max_norm_mode: relative`, as their
+  n_min + 0.1 (n_max - n_min) of the stage-1 row norms (`max_norm: {mode: relative}`, as their
   MaxNorm_via_PGD sets it; the bias is not projected). Differences, all ours: the
   class-balanced loss is the weighted softmax CE (`reweight: cb`), where their code (a port of
   vandit15's CB_loss) takes a weighted binary cross-entropy of the softmax probabilities;
@@ -97,9 +97,8 @@ def wb_stage2(variant: str, ir: int, lwr: bool, lwr_block: Any) -> dict[str, Any
             "base_batch_size": 64,
             "momentum": 0.9,
             "weight_decay": 0.1,
-            "max_norm": 0.1,
-            "max_norm_mode": "relative",
         },
+        "max_norm": {"radius": 0.1, "mode": "relative"},
         "schedule": COSINE,
         "data": CIFAR_DATA,
         "init": {"checkpoint": None, "reset_classifier": False},
@@ -116,7 +115,7 @@ def etf(variant: str, ir: int, lwr_block: Any) -> dict[str, Any]:
         "dataset": variant,
         "epochs": 200,
         "batch_size": 128,
-        "model": {"name": "resnet32", "resnet_width": width, "etf_classifier": True},
+        "model": {"name": "resnet32", "resnet_width": width, "head": {"name": "etf"}},
         "loss": {"name": "dr", "reweight": "none"},
         "lwr": lwr_block(False, variant),
         "optim": {"lr": 0.1, "base_batch_size": 128, "momentum": 0.9, "weight_decay": 2e-4},
@@ -126,7 +125,8 @@ def etf(variant: str, ir: int, lwr_block: Any) -> dict[str, Any]:
             "milestones": [160, 180],
             "factors": [0.1, 0.01],
         },
-        "data": {**CIFAR_DATA, "mixup_alpha": 1.0},
+        "data": CIFAR_DATA,
+        "mixing": {"mixup_alpha": 1.0},
     }
 
 
@@ -157,17 +157,13 @@ def synthetic_relatives(synthetic: Any) -> dict[str, dict[str, Any]]:
                 "stage2": {"mode": "none", "freeze": "backbone", "cache_features": False},
             }
         )
-        two["optim"] = {
-            **two["optim"],
-            "weight_decay": 0.1,
-            "max_norm": 0.1,
-            "max_norm_mode": "relative",
-        }
+        two["optim"] = {**two["optim"], "weight_decay": 0.1}
+        two["max_norm"] = {"radius": 0.1, "mode": "relative"}
         out[f"synthetic-lt-wb{suffix}"] = two
     etf_body = synthetic(False)
     etf_body["description"] = "SYNTHETIC quick start: fixed simplex-ETF classifier + dot regression"
     etf_body["loss"] = {"name": "dr"}
-    etf_body["model"] = {**etf_body["model"], "etf_classifier": True}
+    etf_body["model"] = {**etf_body["model"], "head": {"name": "etf"}}
     out["synthetic-lt-etf"] = etf_body
     return out
 

@@ -43,7 +43,8 @@ def sweep(
 ) -> None:
     """Presets x grid values x seeds into SWEEP_DIR; re-run to continue; --plan/--slurm."""
     from lwrcli.studies import sweep_launch
-    from lwrcli.studies.sweep import build_spec, parse_data, plan_sweep, run_sweep
+    from lwrcli.studies.sweep import build_spec, parse_data, plan_sweep
+    from lwrcli.studies.sweep_run import run_sweep
     from lwrcli.train.engine import Interrupted
     from lwrcli.train.live_log import sweep_group
 
@@ -95,7 +96,8 @@ def report(
     svg: Annotated[bool, typer.Option("--svg", help="Also write SVG plots.")] = False,
 ) -> None:
     """Runs grouped by config: mean ± std over seeds, deltas, paper numbers, curves."""
-    from lwrcli.studies.report import build_report, render, write_outputs
+    from lwrcli.studies.report import build_report
+    from lwrcli.studies.report_render import render, write_outputs
 
     result = build_report(list(dirs), split, baseline)
     if not result["groups"]:
@@ -105,7 +107,7 @@ def report(
         )
     out_console.file.write(render(result, fmt))
     if fmt != "md":
-        from lwrcli.studies.report import notes
+        from lwrcli.studies.report_render import notes
 
         err_console.print(notes(result), highlight=False)
     if out is not None:
@@ -123,11 +125,44 @@ def presets_list() -> None:
     console.print(sweeps_table())
 
 
-def presets_show(name: Annotated[str, typer.Argument(help="Preset name.")]) -> None:
-    """The full, validated config of one preset (YAML)."""
-    from lwrcli.config import config_to_yaml, load_config
+def presets_show(
+    name: Annotated[str | None, typer.Argument(help="Preset name.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A YAML config or recipe instead of a preset.")
+    ] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key, e.g. --set loss.name=la.")
+    ] = None,
+    diff: Annotated[
+        bool,
+        typer.Option(
+            "--diff",
+            help="Only the recipe's keys (along its _base_ chain): what differs from the defaults.",
+        ),
+    ] = False,
+) -> None:
+    """The full, validated config of a preset or config file (YAML), with any --set applied;
+    --diff: only what the recipe (and --set) sets."""
+    from lwrcli.config import (
+        apply_override,
+        config_to_yaml,
+        load_config,
+        parse_override,
+        preset_path,
+        read_recipe,
+    )
+    from lwrcli.config.files import recipe_to_yaml
 
-    out_console.file.write(config_to_yaml(load_config(preset=name)))
+    if (name is None) == (config is None):
+        raise UserError("Give a preset NAME or --config FILE (one of them).")
+    cfg = load_config(preset=name, config_file=config, overrides=sets)  # validated either way
+    if not diff:
+        out_console.file.write(config_to_yaml(cfg))
+        return
+    recipe = read_recipe(preset_path(name) if name is not None else config)  # type: ignore[arg-type]
+    for item in sets or []:
+        apply_override(recipe, *parse_override(item), log=lambda _: None)
+    out_console.file.write(recipe_to_yaml(recipe))
 
 
 def models_list(

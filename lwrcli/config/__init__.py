@@ -17,7 +17,6 @@ from lwrcli.config.load import (
     validate_config,
 )
 from lwrcli.config.migrate import migrate
-from lwrcli.config.slots import validate_slot
 from lwrcli.config.schema import TrainConfig
 from lwrcli.config.sections import (
     DataConfig,
@@ -35,6 +34,7 @@ from lwrcli.config.sections import (
     Strict,
     VariantSection,
 )
+from lwrcli.config.slots import validate_slot
 
 __all__ = [
     "DataConfig",

@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from lwrcli.errors import UserError
+
 # old dotted key -> new dotted key, when the config's loss is the one named (None: always).
 # A key whose condition does not hold belonged to a loss the run did not use: it is dropped.
 RENAMES: list[tuple[str, str, str | None]] = [
@@ -88,6 +90,13 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict) or not _has_old_keys(data):
         return data
     data = copy.deepcopy(data)
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("cosine_classifier") and model.get("etf_classifier"):
+        raise UserError(
+            "model.cosine_classifier and model.etf_classifier are two different heads: the ETF "
+            "head already outputs cosines (of normalised features with fixed unit rows); keep "
+            "one (today: model.head.name=cosine or etf)."
+        )
     switched: dict[str, str] = {}
     for old, (new, if_true, if_false) in SWITCHES.items():
         found, value = _pop(data, old)

@@ -145,9 +145,7 @@ class TrainConfig(Strict):
             slot_method("loss", self.loss.name),
         ]
         tricks = methods_of("trick").values()
-        return chosen + [
-            m for m in tricks if not selected_only or m.active(self.section(m.key))
-        ]
+        return chosen + [m for m in tricks if not selected_only or m.active(self.section(m.key))]
 
     @property
     def effective_lr(self) -> float:

@@ -31,8 +31,9 @@ def slot_method(slot: str, name: str) -> Any:
     found = methods_of(slot)
     if name not in found:
         raise ValueError(
-            f"{SLOT_KEYS[slot]}.name={name!r} is not a registered {slot}.{did_you_mean(name, found)}"
-            f" Choices: {', '.join(found)}"
+            f"{SLOT_KEYS[slot]}.name={name!r} is not a registered {slot}."
+            f"{did_you_mean(name, found)} Choices: {', '.join(found)} (a {slot} from a plugin "
+            "needs the plugin's package installed: docs/plugins.md)"
         )
     return found[name]
 

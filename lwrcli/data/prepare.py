@@ -7,17 +7,20 @@ from typing import Any
 
 from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.data.sources import (
+    PLUGIN_SOURCES,
     CifarOptions,
     ListOptions,
-    SourceOptions,
     SyntheticOptions,
 )
 from lwrcli.errors import UserError
 
 
-def prepare(options: SourceOptions, out: Path, overwrite: bool = False) -> Manifest:
+def prepare(options: Any, out: Path, overwrite: bool = False) -> Manifest:
     """Build the prepared dataset `out` from one source's typed options."""
     from lwrcli.data.classnames import read_names_file
+
+    if options.source in PLUGIN_SOURCES:
+        return PLUGIN_SOURCES[options.source].prepare(options, out, overwrite)
 
     names = None if options.class_names is None else read_names_file(options.class_names)
     if isinstance(options, CifarOptions):

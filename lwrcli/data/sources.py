@@ -7,12 +7,15 @@ source is an error naming the sources it applies to, never silently ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from lwrcli.errors import UserError, did_you_mean
+from lwrcli.registry import load_plugins
 
 DEFAULT_IMBALANCE_FACTOR = 100.0  # n_max / n_min of the paper's main CIFAR tables
 DEFAULT_SYNTHETIC_CLASSES = 20
@@ -101,26 +104,57 @@ SOURCES: tuple[str, ...] = tuple(
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceOptions)
 
 
+@dataclass
+class Source:
+    """A dataset source from a plugin: `lwr prepare-data NAME ...`. `options` is a pydantic
+    model with `source: Literal[NAME]` whose other fields are prepare-data flags (root, seed,
+    imbalance_factor, profile, ...); `prepare(options, out, overwrite)` writes the prepared
+    dataset (lwrcli.data.manifest) and returns its Manifest."""
+
+    name: str
+    options: type[BaseModel]
+    prepare: Callable[[Any, Path, bool], Any]
+
+
+PLUGIN_SOURCES: dict[str, Source] = {}
+
+
+def register_source(source: Source) -> Source:
+    """A dataset source from a plugin (lwrcli.registry.load_plugins)."""
+    if source.name in SOURCES or source.name in PLUGIN_SOURCES:
+        raise ValueError(f"dataset source '{source.name}' is already registered")
+    PLUGIN_SOURCES[source.name] = source
+    return source
+
+
+def source_names() -> list[str]:
+    """Every source: the built-in ones, then those plugins registered."""
+    load_plugins()
+    return [*SOURCES, *PLUGIN_SOURCES]
+
+
 def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _kind_of(source: str) -> type[_Options]:
+def _kind_of(source: str) -> type[BaseModel]:
+    if source in PLUGIN_SOURCES:
+        return PLUGIN_SOURCES[source].options
     return next(k for k in OPTION_TYPES if source in get_args(k.model_fields["source"].annotation))
 
 
-def source_options(source: str, **given: Any) -> SourceOptions:
+def source_options(source: str, **given: Any) -> Any:
     """Validate the options given for `source` (None means 'not given', so the default)."""
-    if source not in SOURCES:
+    names = source_names()
+    if source not in names:
         raise UserError(
-            f"Unknown source '{source}'.{did_you_mean(source, SOURCES)} "
-            f"Sources: {', '.join(SOURCES)}."
+            f"Unknown source '{source}'.{did_you_mean(source, names)} Sources: {', '.join(names)}."
         )
     kind = _kind_of(source)
     values = {k: v for k, v in given.items() if v is not None}
     for key in values:
         if key not in kind.model_fields:
-            users = [s for s in SOURCES if key in _kind_of(s).model_fields]
+            users = [s for s in names if key in _kind_of(s).model_fields]
             raise UserError(
                 f"{_flag(key)} does not apply to source '{source}'; it is an option of "
                 f"{', '.join(users) or 'no source'}."
@@ -128,6 +162,8 @@ def source_options(source: str, **given: Any) -> SourceOptions:
     if "root" in kind.model_fields and "root" not in values:
         raise UserError(f"prepare-data {source} needs --root, the folder with the raw data.")
     try:
+        if source in PLUGIN_SOURCES:
+            return kind.model_validate({"source": source, **values})
         return _ADAPTER.validate_python({"source": source, **values})
     except ValidationError as exc:
         parts = [

@@ -125,7 +125,9 @@ def register_method(method: Method) -> Method:
     """Add a method to the registry (built-ins in lwrcli.methods, plugins from their entry
     point). Its name must be new in its slot."""
     if getattr(method, "slot", None) not in SLOTS:
-        raise ValueError(f"method slot must be one of {SLOTS}, got {getattr(method, 'slot', None)!r}")
+        raise ValueError(
+            f"method slot must be one of {SLOTS}, got {getattr(method, 'slot', None)!r}"
+        )
     for attr in ("name", "config", "label"):
         if not hasattr(method, attr):
             raise ValueError(f"method {type(method).__name__} does not set `{attr}`")

@@ -45,7 +45,9 @@ class BBNMethod(Method):
         """The model weights its branches as the loader its targets, epoch by epoch."""
         model, epochs = parts.raw_model, cfg.epochs
         if isinstance(model, BBNNet):
-            parts.before_epoch.append(lambda epoch: model.set_alpha(cumulative_alpha(epoch, epochs)))
+            parts.before_epoch.append(
+                lambda epoch: model.set_alpha(cumulative_alpha(epoch, epochs))
+            )
 
     def check(self, cfg: Any) -> None:
         m = cfg.model
@@ -58,7 +60,9 @@ class BBNMethod(Method):
                 "torchvision:<ResNet> name"
             )
         if m.tuning != "full":
-            raise ValueError("model.variant.name=bbn trains the whole network: set model.tuning=full")
+            raise ValueError(
+                "model.variant.name=bbn trains the whole network: set model.tuning=full"
+            )
         if cfg.data.sampler != "instance":
             raise ValueError(
                 f"model.variant.name=bbn: BBN's conventional branch sees the instance sampler and "

@@ -21,7 +21,6 @@ from lwrcli.checkpoint.files import load_checkpoint
 from lwrcli.config.sections import Section
 from lwrcli.errors import UserError
 from lwrcli.methods.base import Method
-from lwrcli.methods.stage2_cache import use_cached_features
 from lwrcli.models.heads import LWSHead, get_classifier, head_path, set_head
 
 
@@ -118,7 +117,6 @@ def freeze_backbone(model: nn.Module, train_bn: bool = False) -> None:
         root.eval()
 
 
-
 class Stage2Method(Method):
     name, slot, key, label, config = "stage2", "trick", "stage2", "stage 2", Stage2Config
 
@@ -206,6 +204,9 @@ class Stage2Method(Method):
 
     def replace_parts(self, parts: Any, cfg: Any, device: torch.device) -> Any:
         if cfg.section("stage2").cache_features:
+            # Imported here: its loader pulls torchvision, which validation must not load.
+            from lwrcli.methods.stage2_cache import use_cached_features
+
             return use_cached_features(parts, cfg, device)
         return parts
 

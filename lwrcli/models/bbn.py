@@ -141,9 +141,9 @@ def _reinit_torchvision(block: nn.Module) -> None:
 
 def refuse(name: str, why: str) -> UserError:
     return UserError(
-        f"model.bbn=true needs a residual network whose last residual block can be duplicated "
-        f"into BBN's two branches; {name} {why}. Supported: {SUPPORTED}. Use one of those or set "
-        "model.bbn=false."
+        f"model.variant.name=bbn needs a residual network whose last residual block can be "
+        f"duplicated into BBN's two branches; {name} {why}. Supported: {SUPPORTED}. Use one of "
+        "those or set model.variant.name=plain."
     )
 
 

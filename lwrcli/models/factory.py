@@ -75,9 +75,7 @@ def head_scale(cfg: ModelConfig) -> float:
 
 # The built-in names; any other valid name (torchvision:, timm:) goes through _external.
 MODELS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
-    "small_cnn": _own(
-        lambda cfg, c: SmallCNN(c, cfg.width, cfg.cosine, cfg.norm, head_scale(cfg))
-    ),
+    "small_cnn": _own(lambda cfg, c: SmallCNN(c, cfg.width, cfg.cosine, cfg.norm, head_scale(cfg))),
     "resnet32": _own(
         lambda cfg, c: ResNetCifar(c, 5, cfg.cosine, cfg.norm, cfg.resnet_width, head_scale(cfg))
     ),
@@ -138,7 +136,6 @@ def base_identity(cfg: ModelConfig) -> dict[str, str] | None:
         named = hub.resolve(cfg.name, cfg.weights)
         return identity(named.label, hub.fetch(named))
     return None
-
 
 
 def fetch_weights(cfg: ModelConfig) -> Path | None:

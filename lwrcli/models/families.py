@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwrcli.errors import UserError, closest
-from lwrcli.models.weights import AUX_PREFIXES
+from lwrcli.errors import UserError, closest, did_you_mean
+from lwrcli.registry import load_plugins
 
 # Built-in names: our own architectures, and short aliases kept from before `torchvision:`.
 OWN = ("small_cnn", "resnet32")
@@ -31,6 +31,41 @@ ALIASES = {
     "resnet152": "torchvision:resnet152",
 }
 BUILTIN = OWN + tuple(ALIASES)
+
+
+@dataclass
+class Family:
+    """A backbone family from a plugin, used as `<prefix>:<arch>`: `create(arch)` returns the
+    model with a Linear classifier head (found like torchvision's: `get_classifier()`, fc,
+    head, classifier), randomly initialised; `names()` lists the archs (None: any);
+    `data_defaults(arch)` gives image_size/resize/mean/std; `fixed_size(arch)` the one input
+    size it accepts (None: any)."""
+
+    prefix: str
+    create: Callable[[str], nn.Module]
+    names: Callable[[], list[str]] | None = None
+    data_defaults: Callable[[str], dict[str, Any] | None] | None = None
+    fixed_size: Callable[[str], int | None] | None = None
+
+
+PLUGIN_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """A backbone family from a plugin (lwrcli.registry.load_plugins)."""
+    if family.prefix in ("torchvision", "timm", "clip") or family.prefix in PLUGIN_FAMILIES:
+        raise ValueError(f"backbone family '{family.prefix}:' is already registered")
+    PLUGIN_FAMILIES[family.prefix] = family
+    return family
+
+
+def plugin_family(name: str) -> tuple[Family, str] | None:
+    """(the plugin family, arch) of a `<prefix>:<arch>` name, or None."""
+    load_plugins()
+    prefix, _, arch = name.partition(":")
+    return (PLUGIN_FAMILIES[prefix], arch) if arch and prefix in PLUGIN_FAMILIES else None
+
+
 TIMM_HINT = "timm is not installed; install the optional extra: pip install 'lwrcli[timm]'."
 # Auxiliary classifiers only help training from scratch in the original recipes; off, so the
 # forward returns plain logits (and their keys in pretrained files are skipped).
@@ -69,6 +104,16 @@ def check_model_name(name: str) -> str:
     Fast for built-in names (nothing imported); `timm:` names import timm (UserError with the
     install hint when it is missing)."""
     if name in BUILTIN:
+        return name
+    plugin = plugin_family(name)
+    if plugin is not None:
+        fam, arch = plugin
+        names = fam.names() if fam.names is not None else None
+        if names is not None and arch not in names:
+            raise ValueError(
+                f"unknown {fam.prefix} model '{arch}'.{did_you_mean(arch, names)} "
+                f"Its names: {', '.join(names[:20])}"
+            )
         return name
     family, _, arch = name.partition(":")
     if family == "clip" and arch:
@@ -111,6 +156,9 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     """A torchvision/timm model with random init and its default head (no download ever).
     `kwargs` go to the constructor (e.g. image_size=32 for torchvision ViTs; for timm,
     pretrained=True with pretrained_cfg_overlay={'file': PATH} loads a local file)."""
+    plugin = plugin_family(name)
+    if plugin is not None:
+        return plugin[0].create(plugin[1])
     family, _, arch = resolve(name).partition(":")
     if family == "torchvision":
         import torchvision
@@ -246,6 +294,10 @@ def list_backbones(
         for n in torchvision_names()
         if match(f"torchvision:{n}")
     ]
+    load_plugins()
+    for fam in PLUGIN_FAMILIES.values():
+        names = [f"{fam.prefix}:{n}" for n in (fam.names() if fam.names else [])]
+        out += [_info(n, fam.prefix, True, None) for n in names if match(n)]
     try:
         import open_clip
 
@@ -269,6 +321,10 @@ def model_data_defaults(name: str) -> dict[str, Any] | None:
     """Input size and normalisation the model was made for, where it says: timm's
     pretrained_cfg, or the default torchvision weights' eval transforms (metadata only, no
     download). Keys: image_size, resize, mean, std. None for our own models."""
+    plugin = plugin_family(name)
+    if plugin is not None:
+        fam, arch = plugin
+        return fam.data_defaults(arch) if fam.data_defaults is not None else None
     family, _, arch = resolve(name).partition(":")
     if family == "clip":
         from lwrcli.models.clip import data_defaults
@@ -317,6 +373,10 @@ def fixed_input_size(name: str) -> int | None:
     torchvision's ViTs and MaxViT, which assert their image size."""
     if name in OWN:
         return None
+    plugin = plugin_family(name)
+    if plugin is not None:
+        fam, arch = plugin
+        return fam.fixed_size(arch) if fam.fixed_size is not None else None
     family, _, arch = resolve(name).partition(":")
     if family == "clip":
         return int(model_data_defaults(name)["image_size"])  # type: ignore[index]

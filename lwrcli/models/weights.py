@@ -10,11 +10,12 @@ any other key that does not fit is an error, because a silently half-loaded back
 badly without anyone noticing.
 
 Base-weights identity (for checkpoints of runs whose pretrained base stays frozen):
-`base_identity(cfg.model)` (lwrcli.models.factory) -> {"name", "sha256", "file"} or None when the model starts from
-random weights. `name` is `model.weights` qualified by the model (`clip:ViT-B-16@openai`,
-`torchvision:resnet152@IMAGENET1K_V1`, `timm:vit_base_patch16_clip_224@openai`) or the local
-file's path; `sha256` is the hex digest of the file actually loaded; `file` where it lay on this
-machine (informational: compare `sha256`, not paths). `build_model` records the same dict on
+`base_identity(cfg.model)` (lwrcli.models.factory) -> {"name", "sha256", "file"} or None when
+the model starts from random weights. `name` is `model.weights` qualified by the model
+(`clip:ViT-B-16@openai`, `torchvision:resnet152@IMAGENET1K_V1`,
+`timm:vit_base_patch16_clip_224@openai`) or the local file's path; `sha256` is the hex digest
+of the file actually loaded; `file` where it lay on this machine (informational: compare
+`sha256`, not paths). `build_model` records the same dict on
 the model as `model.lwr_base` (see `base_of`). Hashes are cached in-process by file path,
 mtime and size, so a run hashes a 600 MB file once.
 """

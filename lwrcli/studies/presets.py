@@ -18,13 +18,15 @@ def loss_label(cfg: TrainConfig) -> str:
         label += "-CB"
     head = cfg.model.head
     # A linear or cosine head shows in the model column; another head is a method here.
-    extras = [] if head.name in ("linear", "cosine") else [slot_method("head", head.name).describe(head)]
+    extras = (
+        [] if head.name in ("linear", "cosine") else [slot_method("head", head.name).describe(head)]
+    )
     extras += [m.describe(cfg.section(m.key)) for m in cfg.methods() if m.slot == "trick"]
     return ", ".join([label, *extras])
 
 
 def model_label(cfg: TrainConfig) -> str:
-    """'resnet32 (cosine) BBN': the network, a cosine head, a structural variant."""
+    """The network, a cosine head, a structural variant: 'resnet32 (cosine)', 'resnet32 X'."""
     label = cfg.model.name + (" (cosine)" if cfg.model.cosine else "")
     if cfg.model.variant.name != "plain":
         label += " " + slot_method("variant", cfg.model.variant.name).label

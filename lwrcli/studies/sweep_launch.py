@@ -16,16 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lwrcli.errors import UserError
-from lwrcli.studies.sweep import (
-    PlannedRun,
-    SweepSpec,
-    _hms,
-    check_or_write_record,
-    clear_unstarted,
-    epochs_done,
-    run_state,
-    sweep_record,
-)
+from lwrcli.studies.sweep import PlannedRun, SweepSpec, check_or_write_record, sweep_record
+from lwrcli.studies.sweep_run import _hms, clear_unstarted, epochs_done, run_state
 from lwrcli.train.engine import Interrupted
 from lwrcli.train.progress import TrainProgress
 

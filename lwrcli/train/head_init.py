@@ -24,8 +24,8 @@ from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle, build_data
 from lwrcli.errors import UserError
 from lwrcli.models import get_classifier
-from lwrcli.runtime.distributed import DistInfo, all_gather_cat
 from lwrcli.models.features import head_inputs
+from lwrcli.runtime.distributed import DistInfo, all_gather_cat
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

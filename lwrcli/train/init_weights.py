@@ -18,6 +18,9 @@ from lwrcli.models.heads import CosineLinear, get_classifier, set_head
 
 # Model settings a stage-2 run must share with the run it starts from.
 SAME_MODEL = ("name", "head", "variant", "width", "resnet_width", "tuning", "tuning_dim")
+# ... except the cosine head's scale, a temperature stored in no weight: stage 2 may pick its
+# own (LDAM stage 1 at scale 1, cRT with cross-entropy at 30).
+FREE = ("model.head.scale",)
 
 
 def flat_settings(data: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -53,7 +56,7 @@ def load_init(path: Path, manifest: Manifest, cfg: TrainConfig) -> Checkpoint:
     differ = [
         f"{k}={theirs.get(k)}"
         for k in sorted(set(mine) | set(theirs))
-        if k.split(".")[1] in SAME_MODEL and mine.get(k) != theirs.get(k)
+        if k.split(".")[1] in SAME_MODEL and k not in FREE and mine.get(k) != theirs.get(k)
     ]
     if differ:
         raise UserError(
@@ -74,8 +77,6 @@ def reset_classifier(model: nn.Module) -> None:
         head.reset_parameters()
     else:
         raise UserError(f"Cannot re-initialise a {type(head).__name__} head for cRT.")
-
-
 
 
 def start_weights(

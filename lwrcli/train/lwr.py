@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lwrcli.config import LWRConfig, TrainConfig
+from lwrcli.config import LWRConfig
 from lwrcli.runtime.device import no_autocast
 
 # A margin: the fixed θ, or (`theta: init`) the reference unit rows V̂⁰ (C, d) of the head at

@@ -104,7 +104,12 @@ def resolve_speed_settings(
         compile_ = cuda
     mode = "default" if cfg.compile_mode == "auto" else cfg.compile_mode
     return cfg.model_copy(
-        update={"amp": amp, "channels_last": channels_last, "compile": compile_, "compile_mode": mode}
+        update={
+            "amp": amp,
+            "channels_last": channels_last,
+            "compile": compile_,
+            "compile_mode": mode,
+        }
     )
 
 

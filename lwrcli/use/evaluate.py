@@ -9,7 +9,8 @@ validation split (never on test); the summary names the adjustment and its bias 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,16 @@ from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.errors import UserError
 from lwrcli.methods.losses import posthoc_logit_adjust
 from lwrcli.models import build_model, get_classifier
-from lwrcli.runtime.device import autocast_context, eval_amp, resolve_device
-from lwrcli.runtime.distributed import DistInfo, all_gather_cat
-from lwrcli.train.metrics import confusion_matrix, summarize, write_per_class_csv
 from lwrcli.models.features import head_inputs
-from lwrcli.train.scoring import SCORES, predict
+from lwrcli.runtime.device import eval_amp, resolve_device
+from lwrcli.runtime.distributed import DistInfo
+from lwrcli.train.metrics import confusion_matrix, summarize, write_per_class_csv
+from lwrcli.train.resolve import resolve_config
 from lwrcli.use.posthoc import bias_treatment, head_logits, search_posthoc, search_tau_norm
 
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def default_eval_dir(checkpoint: Path, split: str | None) -> Path:
@@ -132,6 +136,7 @@ def evaluate_checkpoint(
     posthoc_tau_search: bool = False,
     tte: bool = False,
     raw_weights: bool = False,
+    log: Callable[[str], None] = _stderr,
 ) -> dict[str, Any]:
     """Scores of `checkpoint` on a split; τ-norm and post-hoc τ fixed, or picked on val;
     `tte`: LIFT's test-time ensemble (large-image datasets). A checkpoint with an EMA is
@@ -167,6 +172,12 @@ def evaluate_checkpoint(
         cfg.eval_batch_size = batch_size
     cfg.eval_tte = tte
     dev = resolve_device(cfg.device)
+    # The checkpoint's config was resolved when it trained; an older one may lack what the
+    # resolve step adds now (a fixed-size model's input size on small-image arrays).
+    resolved = resolve_config(cfg, dev, manifest.storage, manifest.num_classes, manifest.image_size)
+    cfg = resolved.cfg
+    for note in resolved.notes:
+        log(note)
     splits = [split] + ([val] if searching and val != split else [])
     data = build_data(data_dir, cfg, dev, DistInfo(), train=False, splits=splits)  # type: ignore[arg-type]
     model = load_model(ckpt, dev)

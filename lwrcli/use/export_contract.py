@@ -140,8 +140,12 @@ def resolve_contract(
     if dtype not in INPUT_DTYPES:
         raise UserError(f"--input must be one of {', '.join(INPUT_DTYPES)}, not '{dtype}'.")
     cfg, dataset = ckpt.config.data, ckpt.config.dataset
+    recorded = ckpt.meta.get("dataset_storage")  # what the run trained on, in its metadata
     if manifest is not None:
         arrays, stored = manifest.storage == "arrays", manifest.image_size
+    elif recorded in ("arrays", "lists"):
+        size = ckpt.meta.get("dataset_image_size")
+        arrays, stored = recorded == "arrays", int(size) if size else None
     elif dataset in ARRAY_SOURCES:
         arrays, stored = True, ARRAY_SOURCES[dataset]
     elif dataset in ("any", "folder"):  # either storage: the dataset decides

@@ -40,8 +40,8 @@ from lwrcli.data.image_loader import available_cores
 from lwrcli.errors import UserError
 from lwrcli.methods.losses import posthoc_logit_adjust
 from lwrcli.models import get_classifier
-from lwrcli.runtime.device import eval_amp, resolve_device
 from lwrcli.models.features import head_inputs
+from lwrcli.runtime.device import eval_amp, resolve_device
 from lwrcli.use.evaluate import crop_logits, load_model
 from lwrcli.use.predict_inputs import Collate, Preprocess, collect_images, input_spec
 

@@ -25,9 +25,10 @@ from lwrcli.errors import UserError
 from lwrcli.models import build_model
 from lwrcli.runtime.device import eval_amp, resolve_device
 from lwrcli.runtime.distributed import DistInfo
-from lwrcli.train.resolve import resolve_config
 from lwrcli.train.metrics import summarize
-from lwrcli.use.evaluate import predict, write_outputs
+from lwrcli.train.resolve import resolve_config
+from lwrcli.train.scoring import predict
+from lwrcli.use.evaluate import write_outputs
 
 ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale (exp of its learned temperature, clamped at 100)
 
