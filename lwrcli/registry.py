@@ -123,10 +123,3 @@ def _plugin_entry_points() -> list[Any]:
 def _distribution(ep: Any) -> str:
     dist = getattr(ep, "dist", None)
     return getattr(dist, "name", None) or "<the plugin's package>"
-
-
-def reset_for_tests() -> None:
-    """Forget every registration (tests of the plugin loader only)."""
-    METHODS._entries.clear()
-    METHODS.origin.clear()
-    _state["loaded"] = False

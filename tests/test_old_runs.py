@@ -102,6 +102,12 @@ def test_every_old_key_reaches_its_new_place() -> None:
     assert path == ["model", "head", "name"] and value == "cosine" and "model.head.name" in note
     assert migrate_override(["loss", "la_tau"], 2.0)[:2] == (["loss", "tau"], 2.0)
     assert migrate_override(["lwr", "theta"], 0.3) == (["lwr", "theta"], 0.3, None)
+    # One loss's old key on a sweep's command line: its runs of other losses leave it out.
+    notes: list[str] = []
+    bs = load_config("synthetic-lt-bs", overrides=["loss.ib_start_epoch=2"], log=notes.append)
+    assert bs.loss.name == "bs" and "left out" in notes[0]
+    ib = load_config("cifar100-lt-ir100-ib", overrides=["loss.ib_start_epoch=2"], log=print)
+    assert ib.loss.start_epoch == 2
 
 
 def test_migrating_is_idempotent_and_keeps_every_value() -> None:

@@ -222,14 +222,14 @@ def test_random_base_stores_everything(tiny_json: Path) -> None:
 
 
 def test_stage2_init_from_a_frozen_base_checkpoint(
-    tiny_json: Path, base_file: Path, small: Path, tmp_path: Path
+    tiny_json: Path, base_file: Path, six: Path, tmp_path: Path
 ) -> None:
     """--init (cRT) rebuilds the base, loads the stored adapters, re-initialises the head; its
     own checkpoints keep storing the adapters (frozen now) and the head."""
     from lwrcli.data.manifest import read_manifest
     from lwrcli.train.init_weights import start_weights
 
-    manifest = read_manifest(small)
+    manifest = read_manifest(six)
     sets = _clip_sets(tiny_json, base_file, "adaptformer")
     cfg = load_config("synthetic-lt-bs-lwr", overrides=sets)
     model = build_model(cfg.model, manifest.num_classes, class_names=manifest.class_names)
@@ -260,11 +260,11 @@ def test_stage2_init_from_a_frozen_base_checkpoint(
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def six(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 classes, about 100 train images: a few steps of 16 per epoch."""
     from lwrcli.data.synthetic import prepare_synthetic
 
-    out = tmp_path_factory.mktemp("small") / "data"
+    out = tmp_path_factory.mktemp("six") / "data"
     prepare_synthetic(out, num_classes=6, n_max=40, test_per_class=4, imbalance_factor=8, seed=1)
     return out
 
@@ -289,7 +289,7 @@ def _clip_sets(tiny_json: Path, base: Path, tuning: str, *more: str) -> list[str
 @pytest.mark.slow
 @pytest.mark.parametrize("tuning", ["adaptformer", "lora"])
 def test_cli_train_eval_analyze_on_a_frozen_clip_base(
-    lwr, tiny_json: Path, base_file: Path, small: Path, tmp_path: Path, tuning: str
+    lwr, tiny_json: Path, base_file: Path, six: Path, tmp_path: Path, tuning: str
 ) -> None:
     import hashlib
     import shutil
@@ -302,7 +302,7 @@ def test_cli_train_eval_analyze_on_a_frozen_clip_base(
     shutil.copy(base_file, base)
     run = tmp_path / "run"
     sets = _clip_sets(tiny_json, base, tuning, "epochs=1")
-    r = lwr(*train_args("synthetic-lt-bs-lwr", small, run, *sets))
+    r = lwr(*train_args("synthetic-lt-bs-lwr", six, run, *sets))
     assert r.code == 0, r.err[-2000:]
     said = " ".join((r.err + r.out).split())  # the console wraps long lines
     assert re.search(r"trainable 0\.00\d* M of 0\.1\d M parameters", said), said[:600]
@@ -324,16 +324,16 @@ def test_cli_train_eval_analyze_on_a_frozen_clip_base(
     for key, value in frozen.items():
         assert torch.equal(value, pretrained[key.replace(".base_layer", "")]), key
 
-    r = lwr("eval", last, "--data", small, "--json")
+    r = lwr("eval", last, "--data", six, "--json")
     assert r.code == 0, r.err[-2000:]
     final = read_metrics(run / "metrics.jsonl")[-1]
     assert json.loads(r.out)["top1"] == pytest.approx(final["test_top1"], abs=1e-9)
-    r = lwr("analyze-weights", last, "--out", tmp_path / "analysis", "--data", small)
+    r = lwr("analyze-weights", last, "--out", tmp_path / "analysis", "--data", six)
     assert r.code == 0, r.err[-2000:]
     assert (tmp_path / "analysis" / "summary.json").is_file()
 
     base.write_bytes(base.read_bytes()[:-4] + b"\x01\x02\x03\x04")  # another base, same shape
-    r = lwr("eval", last, "--data", small)
+    r = lwr("eval", last, "--data", six)
     assert r.code == 2
     assert ckpt.meta["base_sha256"] in r.err
     assert hashlib.sha256(base.read_bytes()).hexdigest() in r.err
@@ -341,34 +341,21 @@ def test_cli_train_eval_analyze_on_a_frozen_clip_base(
 
 @pytest.mark.slow
 def test_resume_of_a_stopped_lora_run_ends_like_an_uninterrupted_one(
-    lwr, tiny_json: Path, base_file: Path, small: Path, tmp_path: Path, monkeypatch
+    lwr, tiny_json: Path, base_file: Path, six: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import signal
+    from resume_scenario import assert_same_run, stop_at_step
 
-    from safetensors.torch import load_file
-
-    from lwrcli.train.engine import Interrupted, Trainer
+    from lwrcli.train.engine import Interrupted
     from lwrcli.train.run import train_run
 
     cfg = load_config(
         "synthetic-lt-bs-lwr", overrides=_clip_sets(tiny_json, base_file, "lora", "epochs=2")
     )
-    train_run(cfg, small, tmp_path / "full")
-    original, calls = Trainer.train_step, {"n": 0}
-
-    def step(self: Trainer, *args: object) -> object:  # as if Ctrl-C came in step 3
-        calls["n"] += 1
-        if calls["n"] == 3:
-            self._stop_signal = signal.SIGINT
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", step)
+    train_run(cfg, six, tmp_path / "full")
+    stop_at_step(monkeypatch, 3)  # as if Ctrl-C came in step 3
     with pytest.raises(Interrupted):
-        train_run(cfg, small, tmp_path / "cut")
+        train_run(cfg, six, tmp_path / "cut")
     monkeypatch.undo()
-    r = lwr("train", "--resume", tmp_path / "cut")
+    r = lwr("train", "--resume", tmp_path / "cut")  # through the CLI this time
     assert r.code == 0, r.err[-2000:]
-    a = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "checkpoints" / "last.safetensors"))
-    assert a.keys() == b.keys() and any("lora_A" in k for k in a)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(tmp_path / "full", tmp_path / "cut", holds="lora_A")

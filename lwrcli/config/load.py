@@ -86,9 +86,12 @@ def apply_override(
     data: dict[str, Any], path: list[str], value: Any, log: Callable[[str], None] = _stderr
 ) -> None:
     """Set data[path] = value, checking every key against the config schema on the way."""
-    path, value, note = migrate_override(path, value)
+    moved, value, note = migrate_override(path, value, data)
     if note:
-        log(f"Note: {note} (the old key still works).")
+        log(f"Note: {note}" + (" (the old key still works)." if moved is not None else "."))
+    if moved is None:
+        return
+    path = moved
     model: type[BaseModel] | None = TrainConfig
     node = data
     for depth, key in enumerate(path):
@@ -210,7 +213,7 @@ def load_config(
         source = str(config_file)
     data = read_recipe(path)
     parsed = [parse_override(item) for item in overrides or []]
-    parsed.sort(key=lambda kv: migrate_override(*kv)[0][-1] != "name")  # stable sort
+    parsed.sort(key=lambda kv: (migrate_override(*kv)[0] or [""])[-1] != "name")  # stable
     for keys, value in parsed:
         apply_override(data, keys, value, log)
     if overrides:

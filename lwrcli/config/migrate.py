@@ -125,14 +125,31 @@ def _present(data: dict[str, Any], dotted: str) -> bool:
     return isinstance(node, dict) and leaf in node
 
 
-def migrate_override(path: list[str], value: Any) -> tuple[list[str], Any, str | None]:
-    """One `--set` key: (new path, new value, a note for the user, or None if unchanged)."""
+def migrate_override(
+    path: list[str], value: Any, data: dict[str, Any] | None = None
+) -> tuple[list[str] | None, Any, str | None]:
+    """One `--set` key: (new path, new value, a note for the user, or None if unchanged).
+    Given the config `data` it applies to, an old key of another loss than the config's is
+    left out (path None), as `migrate` leaves it out of a file: a sweep's `--set` of one
+    loss's setting does not break its runs of other losses."""
     dotted = ".".join(path)
     if dotted in SWITCHES:
         new, if_true, if_false = SWITCHES[dotted]
         name = if_true if value is True else if_false if value is False else value
         return new.split("."), name, f"--set {dotted} is now {new}={name}"
-    for old, new, _ in RENAMES:
-        if dotted == old:
-            return new.split("."), value, f"--set {old} is now {new}"
+    for old, new, when in RENAMES:
+        if dotted != old:
+            continue
+        if data is not None and when is not None and not when.startswith("head:"):
+            loss = _get(data, "loss.name") or "ce"
+            if loss != when:
+                return (
+                    None,
+                    value,
+                    (
+                        f"--set {old} applies to loss.name={when} only; this config's loss is "
+                        f"{loss}: left out"
+                    ),
+                )
+        return new.split("."), value, f"--set {old} is now {new}"
     return path, value, None

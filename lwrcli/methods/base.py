@@ -10,10 +10,11 @@ mixing, ...). The core calls the hooks below at fixed points and never names a m
   and report labels), `acting(section)` (which settings change what a run trains);
 - model:   `build_head` (heads), `restructure` (variants), both called by the model factory;
 - run:     `check_start(cfg, manifest)` before a run folder exists, `build_loss` (losses),
-  `attach(parts, cfg, saved)` (hooks after each step or before each epoch, state in every
-  checkpoint, the model evaluation runs), `batch_transform` (soft targets from a batch),
-  `train_loader` (what the training loop draws from), `eval_structure` (the head a
-  checkpoint's users must rebuild, e.g. LWS's scales).
+  `adapt_run_model` (once the starting weights are in: a frozen backbone), `attach(parts,
+  cfg, saved)` (hooks after each step or before each epoch, state in every checkpoint, the
+  model evaluation runs, transforms of each batch's targets), `replace_parts` (features
+  cached once), `train_loader` (what the training loop draws from), `eval_structure` (what
+  every user of a checkpoint must rebuild, e.g. LWS's scales).
 
 `parts` is the run's Components (lwrcli.train.components) as `RunParts` describes it, so a
 method never imports the floor above it.

@@ -14,10 +14,10 @@ class DotRegression(CountsLoss):
     """Dot regression for a fixed simplex-ETF head (Yang et al., NeurIPS 2022):
     ℓ_i = 1/2 (w_y · h_i - |w_y| |h_i|)^2 / |h_i| on the authors' normalised features.
 
-    The ETF head (`model.head.name: etf`, lwrcli.methods.etf) outputs z_ic = w_c · h_i with unit rows and unit
-    features, so ℓ_i = 1/2 (z_iy - 1)^2: it pulls each feature toward its class's vertex and,
-    unlike CE, never pushes it from the others (the fixed simplex already keeps classes
-    apart). A class weight gives the weighted mean Σ w_y ℓ_i / Σ w_y.
+    The ETF head (`model.head.name: etf`, lwrcli.methods.etf) outputs z_ic = w_c · h_i with
+    unit rows and unit features, so ℓ_i = 1/2 (z_iy - 1)^2: it pulls each feature toward its
+    class's vertex and, unlike CE, never pushes it from the others (the fixed simplex already
+    keeps classes apart). A class weight gives the weighted mean Σ w_y ℓ_i / Σ w_y.
 
     Soft targets q (N, C) take the expected hard loss, Σ_c q_ic 1/2 (z_ic - 1)^2 (weighted:
     Σ_i Σ_c w_c q_ic ℓ_ic / Σ_i Σ_c w_c q_ic, like soft CE). For mixup's q = λ e_a + (1-λ) e_b

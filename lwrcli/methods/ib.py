@@ -1,5 +1,6 @@
 """Influence-balanced loss (Park et al., "Influence-Balanced Loss for Imbalanced Visual
-Classification", ICCV 2021): the formula, the capture of the head's input it needs, and the loss as a method.
+Classification", ICCV 2021): the formula, the capture of the head's input it needs, and the
+loss as a method.
 
 A sample's influence on the decision boundary is approximated by |∇_W CE|_1 of the linear
 head, which factorises as |softmax(z) - e_y|_1 · |h|_1 with h the head's input (the

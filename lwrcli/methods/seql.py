@@ -1,5 +1,6 @@
 """Softmax equalization loss (Tan et al., "Equalization Loss for Long-Tailed Object
-Recognition", CVPR 2020; SEQL, sometimes ESQL in tables): the formula, its random draw, and the loss as a method.
+Recognition", CVPR 2020; SEQL, sometimes ESQL in tables): the formula, its random draw, and
+the loss as a method.
 
     p̃_j = e^{z_j} / Σ_k w̃_k e^{z_k},   w̃_k = 1 - β T_λ(f_k) (1 - y_k),   loss = -log p̃_y
 
