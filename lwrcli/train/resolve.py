@@ -75,8 +75,8 @@ def with_array_resize(cfg: TrainConfig, storage: str, stored_size: int | None) -
     data = cfg.data.model_copy(update={"array_resize": size})
     note = (
         f"{cfg.model.name} takes {size}x{size} inputs only: the {stored_size}x{stored_size} "
-        f"images are upsampled to {size} on the device (data.array_resize={size}, saved in "
-        "config.yaml; set it to choose another size)."
+        f"images are upsampled to {size} on the device (data.array_resize={size}; set it to "
+        "choose another size)."
     )
     return Resolved(cfg.model_copy(update={"data": data}), [note])
 
