@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw, data = Path(tmp) / "raw", Path(tmp) / "data"
         make_tree(raw, args.images)
-        prepare_folder(raw, data, test_per_class=1)
+        prepare_folder(raw, data, test_per_class=1, min_per_class=1)
         cfg = DataConfig(
             color_jitter=args.jitter, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
         )

@@ -61,7 +61,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         make_tree(tmp / "raw", images)
-        manifest = prepare_folder(tmp / "raw", tmp / "data", test_per_class=1, progress=False)
+        manifest = prepare_folder(
+            tmp / "raw", tmp / "data", test_per_class=1, min_per_class=1, progress=False
+        )
         sets = [f"data.num_workers={args.workers}", f"eval_batch_size={args.batch_size}",
                 "model.name=small_cnn", "model.width=8", "data.image_size=224",
                 "data.resize=256", "amp=none", "channels_last=false"]  # fmt: skip

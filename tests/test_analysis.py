@@ -138,14 +138,11 @@ def test_end_to_end_files(tmp_path: Path) -> None:
     a = _ckpt(tmp_path / "bs.safetensors", 8, False)
     b = _ckpt(tmp_path / "bs-lwr.safetensors", 8, True)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
     summary = analyze_checkpoints([a, b], out, formats=("png", "svg"))
     for name in ("norms", "cosine_hist", "cosine_bs", "cosine_bs-lwr"):
         png = (out / f"{name}.png").read_bytes()
         assert len(png) > 1000 and png.startswith(PNG)
         assert "<svg" in (out / f"{name}.svg").read_text()
-    assert (out / "notes.txt").read_text() == "mine"  # foreign files are left alone
     data = json.loads((out / "summary.json").read_text())
     assert [e["label"] for e in data["checkpoints"]] == ["bs", "bs-lwr"]
     assert all((out / f).is_file() for f in data["files"])
@@ -160,8 +157,34 @@ def test_end_to_end_files(tmp_path: Path) -> None:
     text = console.export_text()
     assert "bs-lwr" in text and f"{first['overall']['mean']:.3f}" in text
 
-    again = analyze_checkpoints([a], out)  # rerunning into the same folder replaces our files
+
+def test_results_are_never_replaced_silently(tmp_path: Path) -> None:
+    """Issue 24: a folder with files is refused (named, nothing written); --overwrite replaces
+    it whole, so no cosine_<label>.png of an earlier call stays beside the new summary."""
+    a = _ckpt(tmp_path / "bs.safetensors", 8, False)
+    b = _ckpt(tmp_path / "bs-lwr.safetensors", 8, True)
+    out = tmp_path / "out"
+    analyze_checkpoints([a, b], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UserError, match=r"already holds files .*--overwrite") as err:
+        analyze_checkpoints([a], out)
+    assert str(out) in str(err.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    again = analyze_checkpoints([a], out, overwrite=True)
     assert [e["label"] for e in again["checkpoints"]] == ["bs"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(again["files"])
+    assert not (out / "cosine_bs-lwr.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bs-lwr.safetensors",
+        "bs.safetensors",
+        "out",
+    ]
+    # Even with --overwrite, a folder holding an input (or a run, a dataset) is not results.
+    (tmp_path / "inside").mkdir()
+    c = _ckpt(tmp_path / "inside" / "c.safetensors", 8, False)
+    with pytest.raises(UserError, match="not results"):
+        analyze_checkpoints([c], tmp_path / "inside", overwrite=True)
+    assert c.is_file()
 
 
 def test_names_that_would_collide(tmp_path: Path) -> None:
@@ -240,6 +263,27 @@ def test_sweep_runs_are_named_within_their_sweep(tmp_path: Path, synthetic_data:
     labels = [e["label"] for e in summary["checkpoints"]]
     names = [r.name for r in runs]
     assert "bs/theta=0.2/seed=0" in names and "bs-lwr/theta=0.4/seed=0" in names
-    assert labels == [*names, "loose-run", "extra"]
+    assert labels == [*(f"{n}/last" for n in names), "loose-run/best", "extra/last"]
     # Plot file names stay flat: the slashes of a run name become underscores.
-    assert (tmp_path / "out" / "cosine_bs-lwr_theta_0.4_seed_0.png").is_file()
+    assert (tmp_path / "out" / "cosine_bs-lwr_theta_0.4_seed_0_last.png").is_file()
+
+
+def test_labels_name_the_run_and_the_checkpoint(lwr, tmp_path: Path) -> None:
+    """Issue 24: best and last of one run are runA/best and runA/last, not run and run-2;
+    loose files of one name in two folders are told apart by their folders."""
+    ckpts = tmp_path / "runA" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    best = _ckpt(ckpts / "best.safetensors", 6, True)
+    last = _ckpt(ckpts / "last.safetensors", 6, True)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    x, y = (
+        _ckpt(tmp_path / "x" / "m.safetensors", 6, False),
+        _ckpt(tmp_path / "y" / "m.safetensors", 6, False),
+    )
+    summary = analyze_checkpoints([best, last, x, y], tmp_path / "out")
+    assert [e["label"] for e in summary["checkpoints"]] == ["runA/best", "runA/last", "x/m", "y/m"]
+    assert (tmp_path / "out" / "cosine_runA_best.png").is_file()
+    r = lwr("analyze-weights", best, last, "--out", tmp_path / "cli")  # the table: whole labels
+    assert r.code == 0, r.err
+    assert "runA/best" in r.out and "runA/last" in r.out

@@ -78,7 +78,7 @@ def test_cli_folder_and_cifar_names_sources(lwr, tmp_path: Path) -> None:
 
     write_image_folder(tmp_path / "tree", [4, 3, 2])
     r = lwr("prepare-data", "folder", "--root", tmp_path / "tree", "--out", tmp_path / "f",
-            "--test-per-class", "1")  # fmt: skip
+            "--test-per-class", "1", "--min-per-class", "1")  # fmt: skip
     assert r.code == 0, r.err
     m = read_manifest(tmp_path / "f")
     assert m.class_names_source == "folder names" and m.class_names[0] == "class_00"

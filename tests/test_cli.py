@@ -213,3 +213,36 @@ def test_presets_list_and_show(lwr) -> None:
     assert r.code == 0 and "theta: 0.4" in r.out and "lambda_max: 10.0" in r.out
     r = lwr("presets", "show", "nope")
     assert r.code == 2 and "Unknown preset" in r.err
+
+
+def test_presets_show_a_sweep_file_and_list_by_pattern(lwr) -> None:
+    """Issue 24: the sweep files that `presets list` shows, `presets show` shows too; a
+    PATTERN filters the list as `models list PATTERN` does."""
+    import yaml
+
+    r = lwr("presets", "show", "cifar100-lt-ir100-table")
+    assert r.code == 0, r.err
+    assert yaml.safe_load(r.out)["entries"][0]["preset"].startswith("cifar100-lt-ir100-")
+    r = lwr("presets", "show", "cifar100-lt-ir100-tabel")
+    assert r.code == 2 and "Did you mean 'cifar100-lt-ir100-table'" in r.err
+    r = lwr("presets", "show", "cifar100-lt-ir100-table", "--diff")
+    assert r.code == 2 and "sweep file" in r.err
+    r = lwr("presets", "list", "ldam-drw-lwr")
+    rows = [line.split("│")[1].strip() for line in r.out.splitlines() if line.startswith("│")]
+    rows = [n for n in rows if n]
+    assert r.code == 0 and rows and all("ldam-drw-lwr" in n for n in rows), r.out
+    assert "sweeps matching" not in r.out  # no sweep file matches: no empty table
+    r = lwr("presets", "list", "cifar100-lt-ir100-*-lwr")
+    names = [line.split("│")[1].strip() for line in r.out.splitlines() if line.startswith("│")]
+    names = [n for n in names if n]  # a folded cell continues on a row of its own
+    assert "cifar100-lt-ir100-bs-lwr" in names and "cifar100-lt-ir10-bs-lwr" not in names
+    assert all(n.startswith("cifar100-lt-ir100-") and n.endswith("-lwr") for n in names)
+    r = lwr("presets", "list", "table")
+    assert r.code == 0 and "cifar100-lt-ir100-table" in r.out and "presets matching" not in r.out
+    r = lwr("presets", "list", "zzz")
+    assert r.code == 2 and "matches 'zzz'" in r.err
+
+
+def test_models_help_mentions_clip(lwr) -> None:
+    r = lwr("models", "--help")
+    assert r.code == 0 and "CLIP" in r.out

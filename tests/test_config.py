@@ -50,6 +50,21 @@ def test_set_parses_yaml_values_and_type_checks() -> None:
         load_config("synthetic-lt-bs-lwr", None, ["epochs=many"])
 
 
+def test_set_takes_one_value_for_a_list_field(lwr) -> None:
+    """Issue 24: `--set key=value` on any list-valued field wraps the one value in a list."""
+    sets = ["model.freeze=layer1", "schedule.milestones=3", "schedule.factors=0.1"]
+    cfg = load_config("synthetic-lt-bs", None, [*sets, "log.to=tensorboard", "epochs=5"])
+    assert cfg.model.freeze == ["layer1"] and cfg.log.to == ["tensorboard"]
+    assert cfg.schedule.milestones == [3] and cfg.schedule.factors == [0.1]
+    # A list still is a list, null stays null, and a wrong value is still refused.
+    cfg = load_config("synthetic-lt-bs", None, ["model.freeze=[layer1, layer2]"])
+    assert cfg.model.freeze == ["layer1", "layer2"]
+    with pytest.raises(UserError, match="log.to"):
+        load_config("synthetic-lt-bs", None, ["log.to=tensorbored"])
+    r = lwr("presets", "show", "synthetic-lt-bs", "--set", "model.freeze=layer1", "--diff")
+    assert r.code == 0 and yaml.safe_load(r.out)["model"]["freeze"] == ["layer1"], r.err
+
+
 def test_set_unknown_key_suggests() -> None:
     data: dict = {}
     with pytest.raises(UserError) as err:

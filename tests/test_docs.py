@@ -1,5 +1,6 @@
 """The README stays a short front door and the docs site builds: every command shown, every
-relative link resolving, the generated presets table current, `mkdocs build --strict` clean."""
+relative link resolving, the generated presets table current, `mkdocs build --strict` clean;
+and every file name lwr writes appears in the docs."""
 
 from __future__ import annotations
 
@@ -123,3 +124,123 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-4000:]}"
     assert (tmp_path / "site" / "index.html").exists()
+
+
+# A file-name pattern in the docs: `epoch_N.safetensors`, `cosine_<label>.png`, `{split}.txt`,
+# `report.{md,csv,latex,json}`, `FILE.summary.json`, `events.out.tfevents.*`. A pattern must
+# keep some literal name besides its extension (`NAME.safetensors` would match every file),
+# and is written as code (in backticks or a fenced block), as the docs write file names.
+NAME_TOKEN = re.compile(r"(?:[\w<>*-]|\{[^{}\s]*\}|\.(?=[\w<>{*]))+")
+PLACEHOLDER = re.compile(r"<[^<>]+>|\{[^{}]*\}|\*|(?<![A-Za-z])N(?![A-Za-z])|\b[A-Z][A-Z_]{2,}\b")
+SPLITS = "(?:train|val|test)"
+
+
+def _name_pattern(token: str) -> re.Pattern[str] | None:
+    """The regex a docs token stands for, or None when it is no file-name pattern."""
+    if "." not in token or not PLACEHOLDER.search(token) or re.fullmatch(r"[A-Z_]+\.md", token):
+        return None  # not a file name, a plain name, or README.md / CHANGELOG.md
+    parts, pos, literal = [], 0, ""
+    for m in PLACEHOLDER.finditer(token):
+        parts.append(re.escape(token[pos : m.start()]))
+        literal += token[pos : m.start()]
+        found = m.group()
+        if found == "N":
+            parts.append(r"\d+")
+        elif found == "{split}":
+            parts.append(SPLITS)
+            literal += "split"
+        elif found.startswith("{") and "," in found:  # {md,csv}: one of these
+            parts.append("(?:" + "|".join(map(re.escape, found[1:-1].split(","))) + ")")
+            literal += "x"
+        else:
+            parts.append(".+")
+        pos = m.end()
+    parts.append(re.escape(token[pos:]))
+    literal += token[pos:]
+    if not re.search(r"[A-Za-z]", literal.rsplit(".", 1)[0]):
+        return None
+    return re.compile("".join(parts))
+
+
+def _name_patterns(text: str) -> list[re.Pattern[str]]:
+    code = "\n".join([*FENCE.findall(text), *INLINE_CODE.findall(text)])
+    return [p for t in sorted(set(NAME_TOKEN.findall(code))) if (p := _name_pattern(t))]
+
+
+def _documented(name: str, text: str, patterns: list[re.Pattern[str]]) -> bool:
+    if re.search(r"(?<![\w.-])" + re.escape(name) + r"(?![\w-])", text):
+        return True
+    return any(p.fullmatch(name) for p in patterns)
+
+
+def test_name_patterns() -> None:
+    text = "`epoch_N.safetensors`, `cosine_<label>.png`, `report.{md,json}` and README.md"
+    patterns = _name_patterns(text + " *Held-out test.* in prose is no pattern")
+    assert not _documented("test.bin", text, patterns)
+    assert _documented("epoch_12.safetensors", text, patterns)
+    assert _documented("cosine_run_last.png", text, patterns)
+    assert _documented("report.json", text, patterns) and _documented("README.md", text, [])
+    assert not _documented("report.csv", text, patterns)
+    assert not _documented("notes.md", text, patterns)  # README.md is no pattern
+    assert not _documented("epoch_x.safetensors", text, patterns)
+    for token in ("NAME.safetensors", "<label>.png", "*.json", "**LWR", "SBATCH"):
+        assert _name_pattern(token) is None, token  # would match too much
+    split = _name_pattern("{split}.txt")
+    assert split and split.fullmatch("val.txt") and not split.fullmatch("notes.txt")
+
+
+@pytest.mark.slow  # every writing command once on tiny data: ~30 s on 2 cores
+def test_every_file_name_lwr_writes_is_in_the_docs(
+    lwr, small_val: Path, jpegs: Path, tmp_path: Path
+) -> None:
+    """The names are read from what the commands write, not from a list, so a renamed
+    output shows up here; names the user chose (--out p.csv) are left out."""
+    tree = jpegs.parent / "tree"  # the shared JPEG tree (4 classes, 12 to 40 images)
+    out = tmp_path / "out"
+    run, ckpt = out / "run", out / "run" / "checkpoints" / "last.safetensors"
+    tiny = ["model.width=8", "epochs=2", "batch_size=16", "dataset=any", "device=cpu"]
+    train_sets = [*tiny, "save_every=1", "checkpoint_every_steps=2", "log.to=[tensorboard]"]
+    sweep = ["--preset", "synthetic-lt-bs", "--data", small_val, "--seeds", "0"]
+    sweep += [x for s in tiny for x in ("--set", s)]
+    commands: list[tuple[object, ...]] = [
+        ("prepare-data", "synthetic", "--out", out / "synth", "--num-classes", "3"),
+        ("prepare-data", "folder", "--root", tree, "--out", out / "folder",
+         "--test-per-class", "2", "--val-per-class", "2", "--image-size", "16"),
+        ("prepare-data", "folder", "--root", tree, "--out", out / "folder-lists",
+         "--test-per-class", "2", "--storage", "lists"),
+        ("train", "--preset", "synthetic-lt-bs", "--data", small_val, "--out", run,
+         *(x for s in train_sets for x in ("--set", s))),
+        ("eval", ckpt, "--data", small_val, "--out", out / "eval", "--confusion"),
+        ("eval", ckpt, "--data", small_val),  # into the run folder
+        ("analyze-weights", ckpt, "--data", small_val, "--out", out / "weights", "--svg"),
+        ("report", run, "--out", out / "report", "--svg"),
+        ("sweep", *sweep, "--out", out / "plan", "--plan"),
+        ("sweep", *sweep, "--out", out / "slurm", "--slurm"),
+        ("predict", ckpt, tree, "--out", out / "predict" / "p.csv", "--workers", "0"),
+        ("predict", ckpt, tree, "--out", out / "predict" / "p.jsonl", "--workers", "0"),
+        ("export", ckpt, "--format", "torchscript", "--out", out / "export"),
+    ]  # fmt: skip
+    try:
+        import onnx  # noqa: F401
+
+        commands.append(("export", ckpt, "--format", "onnx", "--out", out / "export-onnx"))
+    except ImportError:
+        pass
+    for args in commands:
+        r = lwr(*args)
+        assert r.code == 0, (args, r.err)
+    chosen = {Path(str(a)).name for args in commands for a in args}  # the user's names
+    files = [p.relative_to(out) for p in sorted(out.rglob("*")) if p.is_file()]
+    written = {p.name: p for p in reversed(files) if p.name not in chosen}
+    # Every command wrote something of its own, so the check below covers it.
+    tops = {p.parts[0] for p in files if p.name not in chosen}
+    assert tops >= {"synth", "folder", "run", "eval", "weights", "report", "plan", "slurm"}
+    assert tops >= {"predict", "export"}, tops
+    text = "\n".join(p.read_text() for p in _markdown_files())
+    patterns = _name_patterns(text)
+    missing = [f"{name} ({where})" for name, where in written.items()
+               if not _documented(name, text, patterns)]  # fmt: skip
+    assert not missing, (
+        "files lwr writes that no docs page (docs/*.md, README.md) names, literally or as a "
+        "pattern such as epoch_N.safetensors or cosine_<label>.png: " + ", ".join(missing)
+    )

@@ -268,6 +268,9 @@ def test_non_empty_out_needs_overwrite(lwr, ckpt: Path) -> None:  # noqa: ANN001
     result = lwr("export", ckpt, "--format", "torchscript", "--out", out, "--overwrite")
     assert result.code == 0, result.err
     assert sorted(p.name for p in out.iterdir()) == ["model-card.md", "model.pt"]
+    # Issue 24: --overwrite replaces results only, never the folder of its own checkpoint.
+    result = lwr("export", ckpt, "--format", "torchscript", "--out", ckpt.parent, "--overwrite")
+    assert result.code == 2 and "not results" in result.err and ckpt.is_file()
 
 
 def test_mismatch_fails_with_the_difference(

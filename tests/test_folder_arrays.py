@@ -52,7 +52,12 @@ def test_28px_tree_is_stored_as_arrays_exactly(tmp_path: Path) -> None:
     written = write_png_tree(tmp_path / "raw", [9, 6, 4], [(28, 28)])
     (tmp_path / "raw" / "c01" / "broken.png").write_bytes(b"not a png")
     m = prepare_folder(
-        tmp_path / "raw", tmp_path / "d", test_per_class=2, val_per_class=1, skip_bad=True
+        tmp_path / "raw",
+        tmp_path / "d",
+        test_per_class=2,
+        val_per_class=1,
+        skip_bad=True,
+        min_per_class=1,
     )
     assert m.storage == "arrays" and m.image_size == 28 and m.source == "folder"
     assert list(m.skipped) == ["c01/broken.png"]
@@ -66,7 +71,12 @@ def test_28px_tree_is_stored_as_arrays_exactly(tmp_path: Path) -> None:
         for p, img in zip(paths, images):
             assert np.array_equal(img, written[p].transpose(2, 0, 1)), p
     lists = prepare_folder(
-        tmp_path / "raw", tmp_path / "e", test_per_class=2, skip_bad=True, storage="lists"
+        tmp_path / "raw",
+        tmp_path / "e",
+        test_per_class=2,
+        skip_bad=True,
+        storage="lists",
+        min_per_class=1,
     )
     assert lists.storage == "lists" and not (tmp_path / "e" / "train.safetensors").exists()
 
@@ -74,8 +84,11 @@ def test_28px_tree_is_stored_as_arrays_exactly(tmp_path: Path) -> None:
 def test_mixed_sizes_stay_lists_and_image_size_resizes(tmp_path: Path) -> None:
     sizes = [(20, 30), (40, 24), (16, 16), (33, 17)]
     written = write_png_tree(tmp_path / "raw", [5, 5], sizes)
-    assert prepare_folder(tmp_path / "raw", tmp_path / "d", test_per_class=1).storage == "lists"
-    m = prepare_folder(tmp_path / "raw", tmp_path / "e", test_per_class=1, image_size=16)
+    raw, few = tmp_path / "raw", 1  # 4 train images per class are enough here
+    assert prepare_folder(raw, tmp_path / "d", test_per_class=1, min_per_class=few).storage == (
+        "lists"
+    )
+    m = prepare_folder(raw, tmp_path / "e", test_per_class=1, min_per_class=few, image_size=16)
     assert m.storage == "arrays" and m.image_size == 16
     for split in ("train", "test"):
         paths, labels, images, arr_labels = _split(tmp_path / "e", split)
@@ -90,7 +103,7 @@ def test_mixed_sizes_stay_lists_and_image_size_resizes(tmp_path: Path) -> None:
             want = np.asarray(Image.fromarray(square).resize((16, 16), Image.BILINEAR))
             assert np.array_equal(img, want.transpose(2, 0, 1)), p
     with pytest.raises(UserError, match="one square size"):
-        prepare_folder(tmp_path / "raw", tmp_path / "f", test_per_class=1, storage="arrays")
+        prepare_folder(raw, tmp_path / "f", test_per_class=1, min_per_class=few, storage="arrays")
     assert not (tmp_path / "f").exists()
 
 
@@ -98,7 +111,7 @@ def test_cli_image_size_and_training_uses_the_device_loader(lwr, tmp_path: Path)
     write_png_tree(tmp_path / "raw", [8, 5, 3], [(24, 40), (36, 36)])
     out = tmp_path / "d"
     r = lwr("prepare-data", "folder", "--root", tmp_path / "raw", "--out", out,
-            "--image-size", 12, "--test-per-class", 1)  # fmt: skip
+            "--image-size", 12, "--test-per-class", 1, "--min-per-class", 1)  # fmt: skip
     assert r.code == 0, r.err
     assert "12x12 uint8 arrays" in r.err
     r = lwr("prepare-data", "synthetic", "--out", tmp_path / "s", "--image-size", 12)
@@ -114,7 +127,7 @@ def test_cli_image_size_and_training_uses_the_device_loader(lwr, tmp_path: Path)
 def test_folder_preset_trains_without_dataset_override(lwr, tmp_path: Path) -> None:
     write_png_tree(tmp_path / "raw", [10, 6, 4], [(28, 28)])
     assert lwr("prepare-data", "folder", "--root", tmp_path / "raw", "--out", tmp_path / "d",
-               "--test-per-class", 2).code == 0  # fmt: skip
+               "--test-per-class", 2, "--min-per-class", 1).code == 0  # fmt: skip
     sets = ("epochs=1", "batch_size=8", "model.name=small_cnn", "model.width=4")
     r = lwr(*train_args("folder-bs-lwr", tmp_path / "d", tmp_path / "run", *sets))
     assert r.code == 0, r.err

@@ -125,8 +125,30 @@ def test_zero_shot_top1_equals_independent(lwr, clip_setup: dict[str, Path], tte
     assert r.code == 0, r.err
     summary = json.loads(r.out)
     assert summary["tte"] is tte and summary["checkpoint"] is None
-    assert summary["top1"] == pytest.approx(_independent_top1(clip_setup, tte), abs=1e-9)
+    # --json writes 6 significant digits (issue 24).
+    assert summary["top1"] == pytest.approx(_independent_top1(clip_setup, tte), rel=1e-5)
     assert (out / "per_class.csv").is_file() and (out / "summary.json").is_file()
+
+
+def test_zero_shot_results_are_never_replaced_silently(
+    lwr, clip_setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: the default folder (zero-shot-<arch>-<data>, -tte for the ensemble) is refused
+    the second time, naming it; --overwrite replaces it."""
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--zero-shot", f"clip:{clip_setup['json']}", "--pretrained",
+            clip_setup["weights"], "--data", clip_setup["data"], "--templates", "single",
+            "--device", "cpu", "--confusion"]  # fmt: skip
+    assert lwr(*args).code == 0
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("zero-shot-") and folder.name.endswith("-data")
+    assert (folder / "confusion.csv").read_text().startswith("true\\predicted,")
+    r = lwr(*args)
+    assert r.code == 2 and f"The results folder {folder.name} already holds files" in r.err
+    r = lwr(*args[:-1], "--overwrite")
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in folder.iterdir()) == ["per_class.csv", "summary.json"]
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
 
 
 def test_zero_shot_refuses_a_checkpoint_and_tte_refuses_arrays(

@@ -60,7 +60,7 @@ def test_cli_folder_with_broken_images(lwr, tmp_path: Path) -> None:
     # Left out before the split: both classes keep 2 test images, the rest is train.
     assert manifest["class_counts"] == [9, 10] and manifest["splits"]["test"] == 4
     # --no-verify restores the old behaviour: nothing decoded, nothing left out.
-    r = lwr(*args[:-2], "--no-verify", "--out", tmp_path / "P")
+    r = lwr(*args, "--no-verify", "--out", tmp_path / "P")  # the last --out counts
     assert r.code == 0, r.err
     assert json.loads((tmp_path / "P" / "manifest.json").read_text())["skipped"] == {}
     r = lwr(*args, "--no-verify", "--skip-bad", "--overwrite")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from lwrcli.train.metrics import (
     format_table,
     group_accuracy,
     per_class_accuracy,
+    rounded,
     summarize,
     topk_correct,
+    write_confusion_csv,
     write_per_class_csv,
 )
 
@@ -112,7 +115,30 @@ def test_per_class_csv(tmp_path: Path) -> None:
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert lines == [
         "class_id,class_name,train_count,shot_group,test_count,top1",
-        "0,a,300,many,2,50.0000",
+        "0,a,300,many,2,50",
         "1,b,4,few,0,",
         "2,c,50,medium,0,",
     ]
+
+
+def test_output_formats_are_named_and_rounded(tmp_path: Path) -> None:
+    """Issue 24: the count column is named after the split, accuracies have 6 significant
+    digits, and confusion.csv has a header row (rows true, columns predicted)."""
+    write_per_class_csv(tmp_path / "p.csv", [200 / 3], ["a"], [30], [3], split="val")
+    assert (tmp_path / "p.csv").read_text().splitlines() == [
+        "class_id,class_name,train_count,shot_group,val_count,top1",
+        "0,a,30,medium,3,66.6667",
+    ]
+    cm = confusion_matrix(torch.tensor([1, 1, 0]), torch.tensor([0, 1, 1]), 2)
+    write_confusion_csv(tmp_path / "c.csv", cm, ["cat", "dog"])
+    assert (tmp_path / "c.csv").read_text().splitlines() == [
+        "true\\predicted,cat,dog",
+        "cat,0,1",  # the one cat was called a dog
+        "dog,1,1",
+    ]
+    assert rounded({"top1": 28.799999999999997, "xs": [1 / 3, None, 7], "ok": True}) == {
+        "top1": 28.8,
+        "xs": [0.333333, None, 7],
+        "ok": True,
+    }
+    assert json.dumps(rounded(0.1 + 0.2)) == "0.3"

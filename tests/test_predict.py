@@ -39,8 +39,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("predict")
     write_image_folder(base / "raw", [12, 7, 5])
     data, run = base / "data", base / "run"
+    few = ["--test-per-class", "3", "--min-per-class", "2"]  # 9/4/2 train images are enough
     for args in (
-        ["prepare-data", "folder", "--root", base / "raw", "--out", data, "--test-per-class", "3"],
+        ["prepare-data", "folder", "--root", base / "raw", "--out", data, *few],
         train_args("folder-bs-lwr", data, run, *SETS),
     ):
         with pytest.raises(SystemExit) as exc:
@@ -115,8 +116,8 @@ def test_logit_adjustment_is_the_closed_form(lwr, trained, tmp_path: Path) -> No
     folder = trained["raw"] / "class_02"
     plain, adjusted = tmp_path / "plain.csv", tmp_path / "la.csv"
     assert lwr("predict", trained["ckpt"], folder, "--out", plain, "--workers", "0").code == 0
-    r = lwr("predict", trained["ckpt"], folder, "--out", adjusted, "--posthoc", "logit-adjust",
-            "--tau", "0.7", "--workers", "0")  # fmt: skip
+    r = lwr("predict", trained["ckpt"], folder, "--out", adjusted, "--posthoc-tau", "0.7",
+            "--workers", "0")  # fmt: skip
     assert r.code == 0, r.err
 
     def probs(path: Path) -> dict[str, torch.Tensor]:

@@ -168,3 +168,31 @@ def test_same_seed_twice_counts_once_and_inert_settings_are_not_named(tmp_path: 
     assert labels == ["lwr=off", "lwr=on"], labels  # one baseline group, no inert λ_max
     base = next(g for g in report["groups"] if not g.config["lwr"]["enabled"])
     assert base.stats["top1"]["n"] == 2
+
+
+def test_report_out_is_never_replaced_silently(lwr, tmp_path: Path) -> None:
+    """Issue 24: a second `report --out` into the same folder is refused (named, nothing
+    changed); --overwrite replaces the folder whole, so TensorBoard events of the first call
+    never mix with the new ones."""
+    rng = np.random.default_rng(3)
+    runs = tmp_path / "runs"
+    for s in range(2):
+        make_run(runs, f"bs/seed={s}", "synthetic-lt-bs", s, _scores(rng))
+    out = tmp_path / "rep"
+    r = lwr("report", runs, "--out", out)
+    assert r.code == 0, r.err
+    (out / "tensorboard" / "00" / "seed0").mkdir(parents=True, exist_ok=True)
+    stale = out / "tensorboard" / "00" / "seed0" / "events.out.tfevents.old"
+    stale.write_text("an earlier call's curves")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    r = lwr("report", runs, "--out", out)
+    assert r.code == 2 and str(out) in r.err and "--overwrite" in r.err, r.err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    r = lwr("report", runs, "--out", out, "--overwrite")
+    assert r.code == 0, r.err
+    assert (out / "report.md").is_file() and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep", "runs"]  # no staging left
+    # A folder that holds the runs reported on is not results: refused even with --overwrite.
+    r = lwr("report", runs, "--out", runs, "--overwrite")
+    assert r.code == 2 and "not results" in r.err
+    assert (runs / "bs" / "seed=0" / "metrics.jsonl").is_file()

@@ -130,7 +130,8 @@ def test_sweep_interrupted_then_rerun_equals_uninterrupted(lwr, tmp_path: Path, 
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err and "same command" in err
+    assert "Traceback" not in err and "same command" in err and "error:" not in err
+    assert "Sweep stopped before run 4/8" in " ".join(err.split()), err[-2000:]
     finished = [n for n in NAMES if (cut / n / "metrics.jsonl").is_file()]
     assert finished == NAMES[:3], err[-2000:]  # the third run completed; no fourth began
     assert not (cut / NAMES[3]).exists()

@@ -199,3 +199,24 @@ def test_ctrl_c_keeps_last_epoch_and_resume_finishes(tmp_path: Path, synthetic_d
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(metrics.read_text().splitlines()) == done + 2  # epochs 0 .. done + 1
+
+
+def test_parameter_counts_read_as_people_write_them() -> None:
+    """Issue 24: 'trainable 20.5 k of 88 M parameters', never 'trainable 2e-05 M'."""
+    from lwrcli.train.run import _parameters_note, human_count
+
+    cases = {
+        7: "7",
+        950: "950",
+        20_480: "20.5 k",
+        999_700: "1 M",
+        88_000_000: "88 M",
+        85_798_656: "85.8 M",
+        1_234_567_890: "1.23 B",
+    }
+    assert {n: human_count(n) for n in cases} == cases
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.Linear(10, 2))
+    model[0].requires_grad_(False)
+    assert _parameters_note(model) == "trainable 22 of 1 M parameters"
+    model[0].requires_grad_(True)
+    assert _parameters_note(model) == "1,001,022 parameters"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from lwrcli import __version__
 from lwrcli.checkpoint.frozen_base import stored_state
 from lwrcli.config import TrainConfig, validate_config
 from lwrcli.errors import UserError
+from lwrcli.runtime.files import fix_mode, temp_beside
 from lwrcli.runtime.modules import unwrap
 from lwrcli.runtime.runname import run_name
 
@@ -43,17 +43,17 @@ def _write_temp(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
     """save_file into a temp file beside `path`, flushed to disk; removed again on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_beside(path)
     try:
         contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(contiguous, tmp, metadata=metadata)
+        save_file(contiguous, str(tmp), metadata=metadata)
+        fix_mode(tmp)  # save_file writes 0600; the umask's mode, as for every file lwr writes
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
-    return Path(tmp)
+    return tmp
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

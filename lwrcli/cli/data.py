@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lwrcli.cli.console import err_console
 from lwrcli.data.sources import SOURCES
+
+if TYPE_CHECKING:
+    from lwrcli.data.manifest import Manifest
 
 
 def prepare_data(
@@ -22,7 +25,10 @@ def prepare_data(
     ] = None,
     imbalance_factor: Annotated[
         float | None,
-        typer.Option("--imbalance-factor", help="n_max / n_min (cifar, synthetic: 100)."),
+        typer.Option(
+            "--imbalance-factor",
+            help="n_max / n_min (cifar, synthetic: 100; folder: none, applied in count order).",
+        ),
     ] = None,
     profile: Annotated[
         str | None, typer.Option(help="Long-tail profile: exp (default), step or pareto.")
@@ -49,7 +55,10 @@ def prepare_data(
     ] = None,
     skip_bad: Annotated[
         bool | None,
-        typer.Option("--skip-bad", help="Leave corrupt images out (named in the manifest)."),
+        typer.Option(
+            "--skip-bad",
+            help="Leave corrupt images out (counted in the summary, all named in the manifest).",
+        ),
     ] = None,
     val_per_class: Annotated[
         int | None,
@@ -57,7 +66,11 @@ def prepare_data(
     ] = None,
     test_per_class: Annotated[
         int | None,
-        typer.Option("--test-per-class", help="folder: images per class held out for test."),
+        typer.Option(
+            "--test-per-class",
+            help="folder: images per class held out for test (default 10; refused when the "
+            "tree has train/ and test/ folders).",
+        ),
     ] = None,
     num_classes: Annotated[
         int | None, typer.Option("--num-classes", help="synthetic: number of classes.")
@@ -98,7 +111,8 @@ def prepare_data(
         int | None,
         typer.Option(
             "--min-per-class",
-            help="folder: keep at least N train images per class (clips the profile).",
+            help="folder: the fewest train images a class may keep after the held-out "
+            "images (default 5; given, it also clips the profile).",
         ),
     ] = None,
     benchmark: Annotated[
@@ -152,8 +166,25 @@ def prepare_data(
         ),
         highlight=False,
     )
+    _print_choices(manifest)
     if benchmark:
         from lwrcli.data.prepare import benchmark_loader
 
         result = benchmark_loader(out)
         err_console.print(f"Loader benchmark: {json.dumps(result)}", highlight=False)
+
+
+def _print_choices(manifest: Manifest) -> None:
+    """What prepare-data decided for the user (folder: the layout, held-out sizes, minimum,
+    class order; any source: the images --skip-bad left out), one line each."""
+    from lwrcli.data.imagecheck import name_some
+
+    lines = list(manifest.notes) if manifest.source == "folder" else []
+    skipped = manifest.skipped
+    if skipped and manifest.source != "folder":
+        lines.append(
+            f"{len(skipped):,} corrupt or unreadable images left out (--skip-bad): "
+            f"{name_some(skipped, 5)}; the manifest's 'skipped' names them all"
+        )
+    for line in lines:
+        err_console.print(f"  - {line}", highlight=False, soft_wrap=True)

@@ -34,7 +34,10 @@ app = typer.Typer(
 )
 presets_app = typer.Typer(help="The shipped training recipes.", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
-models_app = typer.Typer(help="Backbones: built-in, torchvision, timm.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Backbones: built-in, torchvision, timm and CLIP (clip:<arch>, open_clip).",
+    no_args_is_help=True,
+)
 app.add_typer(models_app, name="models")
 
 
@@ -106,17 +109,28 @@ def train(
     last = result.history[-1] if result.history else {}
     tops = {k: v for k, v in last.items() if k.endswith("_top1") and v is not None}
     shown = ", ".join(f"{k} {v:.2f}" for k, v in tops.items())
+    checkpoints = f"Checkpoints in {result.run_dir / 'checkpoints'}."
+    if result.finished_before:  # one line: a plan or array task run again skips it
+        recorded = f" Recorded at epoch {last['epoch']}: {shown}." if shown else ""
+        err_console.print(
+            f"{result.run_dir} already finished all {result.epochs} epochs; nothing to do."
+            f"{recorded} {checkpoints}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     err_console.print(
-        f"Done: {result.epochs} epochs; {shown or 'no evaluation'}. "
-        f"Checkpoints in {result.run_dir / 'checkpoints'}.",
+        f"Done: {result.epochs} epochs; {shown or 'no evaluation'}. {checkpoints}",
         highlight=False,
     )
-    if result.stopped_late:
-        _fail(
-            "the stop came too late to matter: it arrived after the run's last step, and the "
+    if result.stopped_late:  # asked for, and harmless: not an error, but still a stop (130)
+        err_console.print(
+            "The stop came too late to matter: it arrived after the run's last step, and the "
             "run is complete and saved.",
-            130,
+            highlight=False,
+            soft_wrap=True,
         )
+        sys.exit(130)
 
 
 @app.command("eval")
@@ -124,10 +138,21 @@ def eval_cmd(
     checkpoint: Annotated[
         Path | None, typer.Argument(help="A .safetensors checkpoint (none with --zero-shot).")
     ] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.")] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for summary.json and per_class.csv.")
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Prepared dataset folder (default: the run's, from run.json)."),
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for summary.json and per_class.csv (default: RUN/eval/NAME, named "
+            "after the checkpoint, split and adjustments).",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the results already in the folder.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     split: Annotated[str | None, typer.Option(help="Split (default: the test split).")] = None,
     posthoc_tau: Annotated[
@@ -150,6 +175,12 @@ def eval_cmd(
     ] = False,
     confusion: Annotated[bool, typer.Option("--confusion", help="Write confusion.csv.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Default: the run's eval batch.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="Loader workers (default: the run's).")
+    ] = None,
     raw_weights: Annotated[
         bool,
         typer.Option("--raw-weights", help="The trained weights, not the checkpoint's EMA."),
@@ -174,15 +205,13 @@ def eval_cmd(
 ) -> None:
     """Top-1/top-5, many/medium/few and per-class accuracy of a checkpoint (or, with
     --zero-shot, of a CLIP model's text head without training)."""
-    from lwrcli.train.metrics import format_table
-    from lwrcli.use.evaluate import default_eval_dir, evaluate_checkpoint
+    from lwrcli.train.metrics import format_table, rounded
+    from lwrcli.use.evaluate import evaluate_checkpoint
 
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device must be auto, cpu or cuda, got '{device}'.")
-    if data is None:
-        raise UserError("lwr eval needs --data DATA_DIR, the prepared dataset to score.")
     if zero_shot is not None:
-        from lwrcli.use.zeroshot import default_zero_shot_dir, evaluate_zero_shot
+        from lwrcli.use.zeroshot import evaluate_zero_shot
 
         adjusting = posthoc_tau, tau_norm, tau_norm_search or None, posthoc_tau_search or None
         if checkpoint is not None or any(v is not None for v in adjusting):
@@ -190,40 +219,46 @@ def eval_cmd(
                 "--zero-shot scores a CLIP model without training: give no checkpoint and no "
                 "τ option (--tau-norm, --posthoc-tau and their searches need a trained head)."
             )
+        if data is None:
+            raise UserError("lwr eval --zero-shot needs --data DATA_DIR, the dataset to score.")
         if templates not in ("openai", "single"):
             raise UserError(f"--templates must be openai or single, got '{templates}'.")
-        target = out or default_zero_shot_dir(zero_shot, data)
         summary = evaluate_zero_shot(
-            zero_shot, data, target, split, weights, pretrained, templates, tte, confusion, device
-        )
+            zero_shot, data, out, split, weights, pretrained, templates, tte, confusion,
+            device, batch_size, workers=workers, overwrite=overwrite, default_out=True,
+        )  # fmt: skip
     else:
         if checkpoint is None:
             raise UserError("lwr eval needs a CHECKPOINT, or --zero-shot clip:<arch>.")
         if weights is not None or pretrained is not None:
             raise UserError("--weights and --pretrained go with --zero-shot only.")
-        target = out or default_eval_dir(checkpoint, split)
         summary = evaluate_checkpoint(
             checkpoint,
             data,
-            target,
+            out,
             split,
             posthoc_tau,
             tau_norm,
             confusion,
             device,
+            batch_size,
             keep_bias=keep_bias,
             tau_norm_search=tau_norm_search,
             posthoc_tau_search=posthoc_tau_search,
             tte=tte,
             raw_weights=raw_weights,
+            workers=workers,
+            overwrite=overwrite,
+            default_out=True,
         )
+    target = Path(summary["outputs"])
     title = f"{summary['dataset']} / {summary['split']} — {summary['adjustment']}"
     if summary.get("weights") == "ema":
         title += " — EMA weights"
     if summary.get("tte"):
         title += " — test-time ensemble"
     if as_json:
-        out_console.file.write(json.dumps(summary) + "\n")
+        out_console.file.write(json.dumps(rounded(summary)) + "\n")
         err_console.print(format_table(summary, title))
     else:
         out_console.print(format_table(summary, title))
@@ -238,13 +273,20 @@ def analyze_weights(
         Path | None, typer.Option("--data", help="Prepared dataset (class counts/names).")
     ] = None,
     svg: Annotated[bool, typer.Option("--svg", help="Also write SVG plots.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace what --out already holds.")
+    ] = False,
 ) -> None:
     """Class-weight norms and cosines against class frequency: plots + JSON summary."""
+    from rich.console import Console
+
     from lwrcli.use.analysis import analyze_checkpoints, summary_table
 
     formats = ("png", "svg") if svg else ("png",)
-    summary = analyze_checkpoints(list(checkpoints), out, data, formats)
-    out_console.print(summary_table(summary))
+    summary = analyze_checkpoints(list(checkpoints), out, data, formats, overwrite)
+    # Off a terminal (pipes, CI) rich assumes 80 columns; give the run/checkpoint labels room.
+    console = out_console if out_console.is_terminal else Console(width=160)
+    console.print(summary_table(summary))
     out_console.print(f"Plots and summary.json in {out}", highlight=False)
 
 
@@ -276,16 +318,11 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="lwr")
     except UserError as exc:
         _fail_from(world, exc, str(exc), 2)
-    except KeyboardInterrupt:
-        _fail_from(world, None, "interrupted; nothing half-written was kept.", 130)
+    except KeyboardInterrupt:  # a stop asked for: not labelled an error
+        _fail_from(world, None, "Interrupted; nothing half-written was kept.", 130, error=False)
     except Interrupted as exc:
-        _fail_from(
-            world,
-            None,
-            f"interrupted in {exc}; the run was saved there. Continue with "
-            "'lwr train --resume RUN_DIR'.",
-            130,
-        )
+        args = sys.argv[1:] if argv is None else list(argv)
+        _fail_from(world, None, _stopped_message(exc, args, world), 130, error=False)
     except Exception as exc:
         if not world.enabled:
             raise
@@ -312,12 +349,45 @@ def _peer_failed(exc: BaseException) -> bool:
     )
 
 
-def _fail_from(world: DistInfo, exc: BaseException | None, message: str, code: int) -> None:
+def _stopped_message(exc: BaseException, args: list[str], world: DistInfo) -> str:
+    """Where a stop the user asked for left the run (or sweep), and the real command that
+    continues it: `lwr train --resume <the run folder>`, or the sweep's own command."""
+    import os
+    import shlex
+
+    from lwrcli.studies.sweep_launch import PLAN_ENV
+
+    where, run_dir = getattr(exc, "where", ""), getattr(exc, "run_dir", None)
+    sweep = getattr(exc, "sweep", None)
+    if sweep is not None:
+        if getattr(exc, "late", False):
+            return sweep
+        return f"{sweep} Continue with the same command: {shlex.join(['lwr', *args])}"
+    if run_dir is None:
+        return f"Stopped{' in ' + where if where else ''}; nothing was left half-written."
+    launcher = ["lwr"]
+    if world.enabled:
+        launcher = ["torchrun", "--nproc_per_node", str(world.world_size), "-m", "lwrcli"]
+    again = shlex.join([*launcher, "train", "--resume", str(Path(run_dir).resolve())])
+    text = f"Stopped in {where}; the run was saved there. Continue with: {again}"
+    plan = os.environ.get(PLAN_ENV)
+    if plan:  # a run of a sweep's plan.sh: that script continues the whole sweep
+        text += f" (or the whole sweep: bash {shlex.quote(plan)})"
+    return text
+
+
+def _fail_from(
+    world: DistInfo, exc: BaseException | None, message: str, code: int, error: bool = True
+) -> None:
+    """`error: message` (or, for a stop the user asked for, the message alone) on stderr,
+    once: from rank 0, or from the rank that raised it; then exit with `code`."""
     rank = getattr(exc, "lwr_rank", None)
     if world.enabled and rank is not None:
         message = f"on rank {rank} of {world.world_size}: {message}"
     if world.is_main or rank is not None:
-        _fail(message, code)
+        if error:
+            _fail(message, code)
+        err_console.print(message, highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -70,13 +70,10 @@ def sweep(
                 counts = sweep_launch.run_parallel(out, spec, runs, parallel)
             else:
                 counts = run_sweep(out, spec, runs)
-    except Interrupted:
-        _fail(
-            "sweep interrupted; finished runs and the last complete epoch of the current run "
-            "are kept. Run the same command again to continue.",
-            130,
-        )
-        return
+    except Interrupted as exc:  # lwrcli.cli.main says it (not as an error) with the command
+        if exc.sweep is None:
+            exc.sweep = "Sweep stopped; each run was saved where it stood."
+        raise
     done = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
     err_console.print(f"Sweep of {len(runs)} runs in {out}: {done}.", highlight=False)
     if counts.get("failed"):
@@ -94,11 +91,17 @@ def report(
     split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
     fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or json.")] = "md",
     svg: Annotated[bool, typer.Option("--svg", help="Also write SVG plots.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace what --out already holds.")
+    ] = False,
 ) -> None:
     """Runs grouped by config: mean ± std over seeds, deltas, paper numbers, curves."""
+    from lwrcli.runtime.results import check_results_folder
     from lwrcli.studies.report import build_report
     from lwrcli.studies.report_render import render, write_outputs
 
+    if out is not None:  # before the runs are read: a folder with results is refused now
+        check_results_folder(out, overwrite, dirs)
     result = build_report(list(dirs), split, baseline)
     if not result["groups"]:
         raise UserError(
@@ -111,22 +114,40 @@ def report(
 
         err_console.print(notes(result), highlight=False)
     if out is not None:
-        written = write_outputs(result, out, fmt, svg)
+        written = write_outputs(result, out, fmt, svg, overwrite, dirs)
         err_console.print(f"Wrote {', '.join(p.name for p in written)} in {out}", highlight=False)
 
 
-def presets_list() -> None:
-    """All shipped presets with dataset, model, loss, LWR and epochs."""
+def presets_list(
+    pattern: Annotated[
+        str | None,
+        typer.Argument(help="Glob (cifar100-*-bs*) or substring (ldam) of the name."),
+    ] = None,
+) -> None:
+    """Shipped presets (dataset, model, loss, LWR, epochs) and sweep files, all or those
+    whose name matches PATTERN."""
     from lwrcli.studies.presets import presets_table, sweeps_table
 
     # Off a terminal (pipes, CI) rich assumes 80 columns; give the table room instead.
     console = out_console if out_console.is_terminal else Console(width=160)
-    console.print(presets_table())
-    console.print(sweeps_table())
+    presets, sweeps = presets_table(pattern), sweeps_table(pattern)
+    if not presets.row_count and not sweeps.row_count:
+        from lwrcli.config import list_presets
+        from lwrcli.errors import did_you_mean
+        from lwrcli.studies.sweep import list_sweeps
+
+        guess = did_you_mean(str(pattern), [*list_presets(), *list_sweeps()])
+        raise UserError(
+            f"No preset or sweep file name matches '{pattern}'.{guess} PATTERN is a glob "
+            "(cifar100-*-bs*) or a substring (ldam); 'lwr presets list' shows them all."
+        )
+    for table in (presets, sweeps):
+        if table.row_count:
+            console.print(table)
 
 
 def presets_show(
-    name: Annotated[str | None, typer.Argument(help="Preset name.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Preset (or sweep file) name.")] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="A YAML config or recipe instead of a preset.")
     ] = None,
@@ -142,19 +163,38 @@ def presets_show(
     ] = False,
 ) -> None:
     """The full, validated config of a preset or config file (YAML), with any --set applied;
-    --diff: only what the recipe (and --set) sets."""
+    --diff: only what the recipe (and --set) sets. A sweep file's NAME: the file itself."""
     from lwrcli.config import (
         apply_override,
         config_to_yaml,
+        list_presets,
         load_config,
         parse_override,
         preset_path,
         read_recipe,
     )
     from lwrcli.config.files import recipe_to_yaml
+    from lwrcli.errors import did_you_mean
+    from lwrcli.studies.sweep import list_sweeps, load_sweep_file, sweeps_dir
 
     if (name is None) == (config is None):
         raise UserError("Give a preset NAME or --config FILE (one of them).")
+    if name is not None and name not in list_presets():
+        sweeps = list_sweeps()
+        if name.removesuffix(".yaml") not in sweeps:
+            names = [*list_presets(), *sweeps]
+            raise UserError(
+                f"Unknown preset or sweep file '{name}'.{did_you_mean(name, names)} "
+                "Run 'lwr presets list PATTERN' to find one."
+            )
+        if sets or diff:
+            raise UserError(
+                f"'{name}' is a sweep file: --set and --diff apply to presets. Its runs take "
+                f"--set through 'lwr sweep --file {name} --set KEY=VALUE'."
+            )
+        load_sweep_file(name)  # validated, as a preset is
+        out_console.file.write((sweeps_dir() / f"{name.removesuffix('.yaml')}.yaml").read_text())
+        return
     cfg = load_config(preset=name, config_file=config, overrides=sets)  # validated either way
     if not diff:
         out_console.file.write(config_to_yaml(cfg))

@@ -21,10 +21,26 @@ def predict(
         Path, typer.Option("--out", help="Predictions file: .csv or .jsonl (JSON Lines).")
     ],
     top_k: Annotated[int, typer.Option("--top-k", help="Classes per image (capped at C).")] = 5,
+    tau_norm: Annotated[
+        float | None,
+        typer.Option("--tau-norm", help="tau-normalise classifier weights (bias dropped)."),
+    ] = None,
+    keep_bias: Annotated[
+        bool, typer.Option("--keep-bias", help="tau-norm: keep the classifier bias.")
+    ] = False,
+    posthoc_tau: Annotated[
+        float | None,
+        typer.Option("--posthoc-tau", help="Post-hoc logit adjustment tau (train prior)."),
+    ] = None,
     posthoc: Annotated[
-        str, typer.Option("--posthoc", help="none, tau-norm or logit-adjust (train prior).")
-    ] = "none",
-    tau: Annotated[float, typer.Option("--tau", help="tau of --posthoc.")] = 1.0,
+        str | None,
+        typer.Option(
+            "--posthoc", help="Deprecated: none, tau-norm or logit-adjust; use the two above."
+        ),
+    ] = None,
+    tau: Annotated[
+        float | None, typer.Option("--tau", help="Deprecated: tau of --posthoc (default 1).")
+    ] = None,
     tte: Annotated[
         bool, typer.Option("--tte", help="LIFT's test-time ensemble: mean logits of five crops.")
     ] = False,
@@ -40,16 +56,21 @@ def predict(
     ] = False,
 ) -> None:
     """Classify new images with a trained checkpoint: top-k classes per image, as CSV or JSON
-    Lines, prepared exactly as `lwr eval` prepares the run's test images.
+    Lines, prepared exactly as `lwr eval` prepares the run's test images; --tau-norm and
+    --posthoc-tau as in `lwr eval` (both: tau-norm first).
 
     \b
     Example:
       lwr predict runs/bs-lwr/checkpoints/best.safetensors photos/ more.jpg \\
-          --out predictions.csv --top-k 3 --posthoc logit-adjust
+          --out predictions.csv --top-k 3 --posthoc-tau 1.0
     """
-    from lwrcli.use.predict import Options, predict_images
+    from lwrcli.use.posthoc import Adjustment
+    from lwrcli.use.predict import Options, legacy_posthoc, predict_images
 
-    opts = Options(top_k, posthoc, tau, tte, device, batch_size, workers, overwrite)
+    adjustment, note = legacy_posthoc(posthoc, tau, Adjustment(tau_norm, posthoc_tau, keep_bias))
+    if note is not None:
+        err_console.print(note, highlight=False, soft_wrap=True)
+    opts = Options(top_k, adjustment, tte, device, batch_size, workers, overwrite)
     summary = predict_images(checkpoint, inputs, out, opts)
     for s in summary["skipped"]:
         err_console.print(f"skipped {s['path']}: {s['reason']}", highlight=False, soft_wrap=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -110,6 +111,8 @@ def apply_override(
         if depth == len(path) - 1:
             if key == "name" and parent is not None and issubclass(parent, SlotSection):
                 _switch_slot(node, parent, value, ".".join(path[:depth]), log)
+            if _is_list_field(parent, key) and not isinstance(value, (list, dict, type(None))):
+                value = [value]  # one value for a list: --set log.to=tensorboard
             node[key] = value
             return
         child = node.get(key)
@@ -119,6 +122,16 @@ def apply_override(
             child = {}
             node[key] = child
         node = child
+
+
+def _is_list_field(model: type[BaseModel] | None, key: str) -> bool:
+    """Whether `model.key` holds a list (list[...] or list[...] | None)."""
+    field = model.model_fields.get(key) if model is not None else None
+    if field is None:
+        return False
+    annotation = field.annotation
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
+    return any(get_origin(a) is list or a is list for a in (annotation, *options))
 
 
 def _owner(model: type[BaseModel]) -> str:

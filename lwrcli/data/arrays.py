@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from lwrcli.data.manifest import Manifest, fingerprint, read_manifest
 from lwrcli.errors import UserError
+from lwrcli.runtime.files import fix_mode
 
 # One fixed metadata entry: a multi-key map is written in hash order, which would make the
 # same arrays give different file bytes from run to run.
@@ -50,6 +51,7 @@ def write_arrays(
             for key, arr in tensors.items()
         }
         save_file(fixed, str(split_path(folder, split)), metadata=FILE_METADATA)
+        fix_mode(split_path(folder, split))  # save_file writes 0600: the umask's mode instead
         parts = _tensor_parts(split, fixed)
         per_split[split] = fingerprint(parts)
         everything.update(parts)

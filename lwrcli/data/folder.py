@@ -3,15 +3,21 @@
 Layouts:
 - `ROOT/train/<class>/*` with `ROOT/test/<class>/*` and/or `ROOT/val/<class>/*`: those
   folders are the test (and validation) splits; with only `val/`, it is the test split.
-  Their class folders must be the train ones.
-- `ROOT/<class>/*`: one pool; `test_per_class` random images of every class (default 10)
-  are held out as a balanced test split.
+  Their class folders must be the train ones, and `test_per_class` is refused (the tree
+  already has its test split). A `ROOT/train/` alone is one pool, as below.
+- `ROOT/<class>/*`: one pool; `test_per_class` random images of every class (default
+  DEFAULT_TEST_PER_CLASS = 10) are held out as a balanced test split.
 Then `val_per_class` random images per class are held out of train as a balanced validation
-split (for model selection), and what is left of train is optionally subsampled to a
-long-tailed profile: class ids follow the sorted class-folder names, class 0 the head, and
-n_max is the largest class's remaining count; a class with fewer images than its target
-keeps them all (the manifest notes it). Every random choice uses one generator seeded with
-`seed`, so the same tree and seed give the same splits.
+split (for model selection). Every class must keep at least `min_per_class` train images
+(default DEFAULT_MIN_PER_CLASS = 5) before any profile; fewer is refused with the numbers.
+What is left of train is optionally subsampled to a long-tailed profile applied in count
+order: classes ranked by their train count, largest first, ties by folder name (the manifest's
+`class_order`, with `counts_before_profile`), so the head is the largest class and an already
+long-tailed tree keeps its shape. n_max is the largest class's count; a class with fewer images
+than its target keeps them all (the manifest notes it); a `min_per_class` the user gives also
+clips the profile. Class ids follow the sorted class-folder names whatever the profile, so the
+ids of one tree are the same for every imbalance factor. Every random choice uses one generator
+seeded with `seed`, so the same tree and seed give the same splits.
 
 Images: .jpg .jpeg .png .bmp .webp in any case, in class folders or below them; hidden
 files are skipped, and links that resolve outside the root are refused. With `verify` every
@@ -35,13 +41,15 @@ import numpy as np
 from lwrcli.data.arrays import write_arrays
 from lwrcli.data.classnames import GivenNames
 from lwrcli.data.folder_arrays import auto_array_size, split_arrays
-from lwrcli.data.imagecheck import check_images, refuse_bad
+from lwrcli.data.imagecheck import check_images, name_some, refuse_bad
 from lwrcli.data.manifest import Manifest, fingerprint, make_manifest, staged_output, write_manifest
 from lwrcli.data.profiles import long_tailed_counts
 from lwrcli.errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-DEFAULT_TEST_PER_CLASS = 10
+DEFAULT_TEST_PER_CLASS = 10  # held out per class when the tree has no test folder
+DEFAULT_MIN_PER_CLASS = 5  # train images a class must keep before any profile
+SKIPPED_SHOWN = 5  # skipped files named in the summary; the manifest lists them all
 
 
 def _inside(path: Path, real_root: Path, root: Path) -> None:
@@ -94,21 +102,57 @@ def scan_tree(
 
 
 def _hold_out(
-    per_class: list[list[str]], k: int, names: list[str], rng: np.random.Generator, what: str
+    per_class: list[list[str]], k: int, rng: np.random.Generator
 ) -> tuple[list[list[str]], list[list[str]]]:
-    """Move k random images of every class into a held-out split (balanced)."""
-    short = [n for n, ps in zip(names, per_class) if len(ps) <= k]
-    if short:
-        raise UserError(
-            f"Holding out {k} {what} images per class leaves no training image for "
-            f"{len(short)} classes (e.g. '{short[0]}'); lower --{what}-per-class."
-        )
+    """Move k random images of every class into a held-out split (balanced); the caller has
+    checked that every class keeps enough (_check_minimum)."""
     held, rest = [], []
     for ps in per_class:
         order = rng.permutation(len(ps))
         held.append(sorted(ps[i] for i in order[:k]))
         rest.append(sorted(ps[i] for i in order[k:]))
     return held, rest
+
+
+def _check_minimum(
+    names: list[str],
+    train: list[list[str]],
+    held: dict[str, int],
+    minimum: int,
+    given: bool,
+) -> None:
+    """Refuse, with the numbers, a class left with fewer than `minimum` train images once
+    `held` images per class (test, val) are taken out of it."""
+    out = sum(held.values())
+    short = [(n, len(ps)) for n, ps in zip(names, train) if len(ps) - out < minimum]
+    if not short:
+        return
+    name, have = min(short, key=lambda item: (item[1], item[0]))
+    left = max(have - out, 0)
+    where = f"'{name}' has {have} images"
+    if out:
+        taken = " + ".join(f"{k} {what}" for what, k in held.items() if k)
+        where += f"; holding out {taken} per class leaves {left} to train on"
+    rule = f"the minimum of {minimum}" if given else f"the default minimum of {minimum}"
+    fixes = []
+    if held.get("test"):
+        most = have - held.get("val", 0) - minimum
+        fixes.append(
+            f"lower --test-per-class (at most {most} keeps {minimum})"
+            if most >= 1
+            else "lower --test-per-class"
+        )
+    if held.get("val"):
+        fixes.append("lower --val-per-class")
+    if left >= 1:
+        fixes.append(f"pass --min-per-class {left} to train on classes this small")
+    fixes.append("add images to the class")
+    raise UserError(
+        f"{len(short)} of {len(names)} classes would keep fewer train images than {rule} "
+        f"per class (--min-per-class): {where}. Nothing was written. To go on, "
+        + ", or ".join(fixes)
+        + "."
+    )
 
 
 def _clip_profile(
@@ -131,6 +175,85 @@ def _clip_profile(
     return targets
 
 
+def count_order(names: list[str], train: list[list[str]]) -> list[int]:
+    """Class ids by train count, largest first, ties by folder name: the profile's order."""
+    return sorted(range(len(names)), key=lambda c: (-len(train[c]), names[c]))
+
+
+def _apply_profile(
+    names: list[str],
+    train: list[list[str]],
+    imbalance_factor: float,
+    profile: str,
+    floor: int | None,
+    rng: np.random.Generator,
+    notes: list[str],
+) -> tuple[list[list[str]], list[int]]:
+    """Subsample train to the profile in count order; (new train, the order used)."""
+    order = count_order(names, train)
+    n_max = len(train[order[0]])
+    asked = long_tailed_counts(n_max, len(names), imbalance_factor, profile)
+    ranked = _clip_profile(asked, n_max, imbalance_factor, profile, floor)
+    targets = [0] * len(names)
+    for rank, c in enumerate(order):
+        targets[c] = ranked[rank]
+    head, tail = order[0], order[-1]
+    notes.append(
+        f"the {profile} profile (IF {imbalance_factor:g}) is applied in count order, largest "
+        f"class first, ties by name: head '{names[head]}' (id {head}, {len(train[head])} "
+        f"images) ... tail '{names[tail]}' (id {tail}); class ids stay the sorted folder "
+        "names; the manifest's class_order and counts_before_profile record it"
+    )
+    if ranked != asked:
+        notes.append(
+            f"the {profile} profile is clipped at {floor} image(s) per class (--min-per-class)"
+        )
+    short = [c for c, (ps, n) in enumerate(zip(train, targets)) if len(ps) < n]
+    if short:
+        notes.append(
+            f"{len(short)} classes have fewer images than the {profile} profile asks "
+            f"and keep all they have (class ids {short[:10]})"
+        )
+    kept = [
+        sorted(rng.permutation(ps)[:n].tolist()) if n < len(ps) else ps
+        for ps, n in zip(train, targets)
+    ]
+    return kept, order
+
+
+def _held_out_splits(
+    root: Path, test_per_class: int | None
+) -> tuple[list[str], list[list[str]], dict[str, list[list[str]]], list[str]]:
+    """(class names, train per class, the tree's own held-out splits, notes) of either layout."""
+    split_files: dict[str, list[list[str]]] = {}
+    if not (root / "train").is_dir():
+        names, train = scan_tree(root, root)
+        return names, train, split_files, ["layout: one class folder per class (ROOT/<class>/)"]
+    held = [s for s in ("val", "test") if (root / s).is_dir()]
+    if held and test_per_class is not None:
+        folders = " and ".join(f"{s}/" for s in held)
+        test = "val/" if held == ["val"] else "test/"
+        raise UserError(
+            f"{root} has train/ and {folders} folders: its {test} folder is the test split, so "
+            f"--test-per-class {test_per_class} would be ignored. Drop --test-per-class to use "
+            f"the tree's split, or give --root {root / 'train'} to hold test images out of "
+            "the train folder instead."
+        )
+    names, train = scan_tree(root / "train", root)
+    for s in held:
+        split_files[s] = scan_tree(root / s, root, names)[1]
+    if held == ["val"]:
+        split_files["test"] = split_files.pop("val")
+        notes = ["layout: train/ and val/ folders; the tree's val/ folder is the test split"]
+    elif held:
+        notes = [
+            f"layout: train/ and {' and '.join(f'{s}/' for s in held)} folders, used as the splits"
+        ]
+    else:
+        notes = ["layout: a train/ folder alone, one pool of class folders"]
+    return names, train, split_files, notes
+
+
 def prepare_folder(
     root: Path,
     out: Path,
@@ -149,9 +272,10 @@ def prepare_folder(
     min_per_class: int | None = None,
 ) -> Manifest:
     """Scan the tree, check every image decodes (`verify`; `skip_bad` leaves broken ones out),
-    hold out test/val, subsample train long-tailed; write `out` atomically (lists of paths
-    relative to `root` plus manifest.json; storage `arrays` for small images as the module
-    docstring says, else `lists`)."""
+    hold out test/val, check every class keeps `min_per_class` train images (None: the
+    default, which does not clip the profile), subsample train long-tailed in count order;
+    write `out` atomically (lists of paths relative to `root` plus manifest.json; storage
+    `arrays` for small images as the module docstring says, else `lists`)."""
     if storage not in ("auto", "arrays", "lists"):
         raise UserError(f"--storage must be auto, arrays or lists, not '{storage}'.")
     if image_size is not None and not 8 <= image_size <= 1024:
@@ -165,24 +289,19 @@ def prepare_folder(
         raise UserError(f"--root {root} is not a folder.")
     if val_per_class < 0 or (test_per_class is not None and test_per_class < 0):
         raise UserError("--val-per-class and --test-per-class must be >= 0.")
+    if min_per_class is not None and min_per_class < 1:
+        raise UserError(f"--min-per-class must be >= 1, got {min_per_class}.")
     if imbalance_factor is not None:  # fail on a bad profile before scanning a large tree
         long_tailed_counts(100, 2, imbalance_factor, profile)
-    if min_per_class is not None and imbalance_factor is None:
-        raise UserError("--min-per-class clips a long-tailed profile: give --imbalance-factor.")
+    minimum = DEFAULT_MIN_PER_CLASS if min_per_class is None else min_per_class
     rng = np.random.default_rng(seed)
-    notes: list[str] = []
-    split_files: dict[str, list[list[str]]] = {}
     with staged_output(out, overwrite) as tmp:
-        if (root / "train").is_dir():
-            names, train = scan_tree(root / "train", root)
-            held = [s for s in ("val", "test") if (root / s).is_dir()]
-            for s in held:
-                split_files[s] = scan_tree(root / s, root, names)[1]
-            if held == ["val"]:
-                split_files["test"] = split_files.pop("val")
-                notes.append("the tree's val/ folder is the test split")
-        else:
-            names, train = scan_tree(root, root)
+        names, train, split_files, notes = _held_out_splits(root, test_per_class)
+        if val_per_class > 0 and "val" in split_files:
+            raise UserError(
+                f"{root} has both val/ and test/ folders; --val-per-class would replace "
+                "the val/ folder. Drop --val-per-class."
+            )
         skipped: dict[str, str] = {}
         if verify:
             groups = (train, *split_files.values())
@@ -200,43 +319,44 @@ def prepare_folder(
                     "image once --skip-bad leaves out the broken ones; add images or remove it."
                 )
             notes.append(
-                f"{len(skipped)} corrupt or unreadable images left out (--skip-bad); "
-                "'skipped' names them"
+                f"{len(skipped):,} corrupt or unreadable images left out (--skip-bad): "
+                f"{name_some(skipped, SKIPPED_SHOWN)}; the manifest's 'skipped' names them all"
             )
+        held: dict[str, int] = {}
         if "test" not in split_files:
             k = DEFAULT_TEST_PER_CLASS if test_per_class is None else test_per_class
             if k <= 0:
                 raise UserError("The tree has no test folder: give --test-per-class N (N >= 1).")
-            split_files["test"], train = _hold_out(train, k, names, rng, "test")
-            notes.append(f"test: {k} random images per class held out of the tree (seed {seed})")
+            held["test"] = k
         if val_per_class > 0:
-            if "val" in split_files:
-                raise UserError(
-                    f"{root} has both val/ and test/ folders; --val-per-class would replace "
-                    "the val/ folder. Drop --val-per-class."
-                )
-            split_files["val"], train = _hold_out(train, val_per_class, names, rng, "val")
-            notes.append(f"val: {val_per_class} random images per class held out of train")
+            held["val"] = val_per_class
+        _check_minimum(names, train, held, minimum, min_per_class is not None)
+        if "test" in held:
+            k = held["test"]
+            split_files["test"], train = _hold_out(train, k, rng)
+            how = "the default" if test_per_class is None else "given"
+            notes.append(
+                f"test: {k} random images per class held out of the tree "
+                f"(--test-per-class {k}, {how}; seed {seed})"
+            )
+        if val_per_class > 0:
+            split_files["val"], train = _hold_out(train, val_per_class, rng)
+            notes.append(
+                f"val: {val_per_class} random images per class held out of train "
+                f"(--val-per-class {val_per_class})"
+            )
+        notes.append(
+            f"every class kept at least {minimum} train images before any profile "
+            f"(--min-per-class {minimum}, {'the default' if min_per_class is None else 'given'})"
+        )
+        notes.append(f"class ids follow the sorted folder names (id 0 = '{names[0]}')")
+        order: list[int] | None = None
+        before: list[int] | None = None
         if imbalance_factor is not None:
-            n_max = max(len(ps) for ps in train)
-            targets = long_tailed_counts(n_max, len(names), imbalance_factor, profile)
-            targets = _clip_profile(targets, n_max, imbalance_factor, profile, min_per_class)
-            if min_per_class is not None:
-                notes.append(
-                    f"the {profile} profile is clipped at {min_per_class} image(s) per class "
-                    "(--min-per-class)"
-                )
-            short = [c for c, (ps, n) in enumerate(zip(train, targets)) if len(ps) < n]
-            if short:
-                notes.append(
-                    f"{len(short)} classes have fewer images than the {profile} profile asks "
-                    f"and keep all they have (class ids {short[:10]})"
-                )
-            train = [
-                sorted(rng.permutation(ps)[:n].tolist()) if n < len(ps) else ps
-                for ps, n in zip(train, targets)
-            ]
-            notes.append("class ids follow sorted folder names; class 0 is the head")
+            before = [len(ps) for ps in train]
+            train, order = _apply_profile(
+                names, train, imbalance_factor, profile, min_per_class, rng, notes
+            )
         split_files["train"] = train
         blobs = {}
         for split, per_class in split_files.items():
@@ -277,7 +397,9 @@ def prepare_folder(
             imbalance_factor=imbalance_factor,
             profile=profile if imbalance_factor is not None else None,
             seed=seed,
-            min_per_class=min_per_class,
+            min_per_class=minimum,
+            class_order=order,
+            counts_before_profile=before,
             image_root=str(root),
             image_size=size,
             fingerprint=fps[0],

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lwrcli import __version__
 from lwrcli.data.classnames import GivenNames, choose_names
 from lwrcli.errors import UserError
+from lwrcli.runtime.files import temp_folder
 
 MANIFEST = "manifest.json"
 
@@ -76,7 +76,13 @@ class Manifest(BaseModel):
     imbalance_factor: float | None = None
     profile: str | None = None
     seed: int | None = None
-    min_per_class: int | None = None  # folder: the profile clipped at this many images
+    # folder: the fewest train images every class kept before the profile (given with
+    # --min-per-class, the profile is also clipped there; the notes say which).
+    min_per_class: int | None = None
+    # folder with a profile: class ids in the order the profile was applied (largest train
+    # count first, ties by name), and each class id's train count before subsampling.
+    class_order: list[int] | None = None
+    counts_before_profile: list[int] | None = None
     image_size: int | None = None  # arrays: H = W
     image_root: str | None = None  # lists: absolute root of the relative paths
     shot_groups: dict[str, list[int]]
@@ -170,7 +176,7 @@ def staged_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
             "folder or pass --overwrite to replace it."
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_folder(out, ".tmp-")  # at the umask's mode: mkdtemp's 0700 would outlive the rename
     try:
         yield tmp
         if out.exists():

@@ -76,7 +76,9 @@ class FolderOptions(_Options):
     profile: str = "exp"
     seed: int = 0
     val_per_class: int = 0
-    test_per_class: int | None = None  # None: the folder source's default
+    # None: 10 per class from a tree of class folders; refused when the tree has its own
+    # test/ (or lone val/) folder, which is then the test split.
+    test_per_class: int | None = None
     verify: bool = True
     skip_bad: bool = False
     # Store N x N uint8 arrays (centre crop of the shorter side, bilinear resize) for the
@@ -84,8 +86,9 @@ class FolderOptions(_Options):
     # <= 64 px (stored as they are), else lists.
     image_size: int | None = Field(None, ge=8, le=1024)
     storage: Literal["auto", "arrays", "lists"] = "auto"
-    # Clip the long-tailed profile at this many train images per class (else a profile that
-    # leaves a class empty is refused).
+    # The fewest train images a class may keep once test/val are held out (None: 5, see
+    # data/folder.py); fewer is refused with the numbers. Given, it also clips the long-tailed
+    # profile at this many (else a profile that leaves a class empty is refused).
     min_per_class: int | None = Field(None, ge=1)
 
 

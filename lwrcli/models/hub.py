@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 
 from lwrcli.errors import UserError
 from lwrcli.models import families
+from lwrcli.runtime.files import fix_mode
 
 HF_SAFE = {
     "pytorch_model.bin": "model.safetensors",
@@ -237,7 +238,7 @@ def _from_torch_hub(named: NamedWeights) -> Path:
     except (OSError, RuntimeError) as exc:  # no network, HTTP error, hash mismatch
         why = str(exc).splitlines()[0]
         raise _hand_placement(named, path, named.url, why, PLACE_FILE) from None
-    return path
+    return fix_mode(path)  # torch.hub's temporary file is 0600; the umask's mode instead
 
 
 def _from_hf(named: NamedWeights) -> Path:

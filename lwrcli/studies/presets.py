@@ -1,6 +1,8 @@
-"""`lwr presets`: the shipped recipes as a table."""
+"""`lwr presets`: the shipped recipes and sweep files as tables, filtered by a pattern."""
 
 from __future__ import annotations
+
+import fnmatch
 
 from rich.table import Table
 
@@ -43,12 +45,29 @@ def lwr_label(cfg: TrainConfig) -> str:
     return f"λ={lam} θ={theta}{proj}, {lw.schedule.kind}"
 
 
-def presets_table() -> Table:
-    table = Table(title="lwr presets (lwr presets show NAME for the full config)")
+def matches(name: str, pattern: str | None) -> bool:
+    """`lwr presets list PATTERN` (as `lwr models list`): a glob (cifar100-*-bs*) or a
+    substring (ldam), case-insensitive."""
+    if not pattern:
+        return True
+    if any(ch in pattern for ch in "*?["):
+        return fnmatch.fnmatch(name.lower(), pattern.lower())
+    return pattern.lower() in name.lower()
+
+
+def _title(what: str, n: int, pattern: str | None, hint: str) -> str:
+    found = f"{n} {what}" + (f" matching '{pattern}'" if pattern else "")
+    return f"{found} ({hint})"
+
+
+def presets_table(pattern: str | None = None) -> Table:
+    names = [n for n in list_presets() if matches(n, pattern)]
+    hint = "lwr presets show NAME for the full config"
+    table = Table(title=_title("presets", len(names), pattern, hint))
     table.add_column("preset", no_wrap=True)  # names are what users copy: never truncate
     for col in ("dataset", "model", "loss", "LWR", "epochs", "paper top-1"):
         table.add_column(col, overflow="fold")
-    for name in list_presets():
+    for name in names:
         cfg = load_config(preset=name)
         paper = cfg.reference.get("all")
         table.add_row(
@@ -63,15 +82,17 @@ def presets_table() -> Table:
     return table
 
 
-def sweeps_table() -> Table:
+def sweeps_table(pattern: str | None = None) -> Table:
     """The shipped sweep files (presets/sweeps/): runs = entries x grid points x seeds."""
     from lwrcli.studies.sweep import list_sweeps, load_sweep_file
 
-    table = Table(title="lwr sweeps (lwr sweep --file NAME --data DIR --out DIR)")
+    names = [n for n in list_sweeps() if matches(n, pattern)]
+    hint = "lwr presets show NAME; lwr sweep --file NAME --data DIR --out DIR"
+    table = Table(title=_title("sweeps", len(names), pattern, hint))
     table.add_column("sweep", no_wrap=True)
     for col in ("runs", "description"):
         table.add_column(col, overflow="fold")
-    for name in list_sweeps():
+    for name in names:
         spec = load_sweep_file(name)
         points = 1
         for values in spec.grid.values():

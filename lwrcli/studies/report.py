@@ -33,8 +33,29 @@ from lwrcli.studies import paper_rows
 
 METRICS = ("top1", "many", "medium", "few", "top5")
 HEADERS = {"top1": "All", "many": "Many", "medium": "Medium", "few": "Few", "top5": "Top-5"}
-# Fields that name or describe a run (or say where it is logged) but do not change what it trains.
-NOT_SETTINGS = ("seed", "reference", "description", "log")
+# Keys (a key or a whole section) that do not change what a run trains: its name-only fields,
+# where it is logged, how often it saves or logs, and how fast it runs (workers, devices, the
+# speed settings). Runs that differ only in these group together, and labels never name them.
+NOT_SETTINGS = (
+    "seed",
+    "reference",
+    "description",
+    "log",
+    "log_every",
+    "save_every",
+    "checkpoint_every_steps",
+    "checkpoint_every_minutes",
+    "eval_batch_size",
+    "device",
+    "dist_timeout_minutes",
+    "channels_last",
+    "compile",
+    "compile_mode",
+    "data.num_workers",
+    "data.gpu_decode",
+)
+# A label longer than this names the groups by their presets instead of every differing key.
+LABEL_MAX = 40
 SHORT = {"lwr.theta": "θ", "lwr.lambda_max": "λ_max", "lwr.enabled": "lwr", "loss.name": "loss"}
 
 
@@ -134,7 +155,9 @@ def score(run: Run, split: str) -> None:
         record, run.checkpoint = run.records[-1], "last"
     run.scored = {m: record.get(f"{split}_{m}") for m in METRICS}
     if run.scored["top1"] is None and run.checkpoint == "last":
-        summary = run.path / "eval" / "last" / "summary.json"
+        # `lwr eval`'s default folder of the last checkpoint on this split (lwrcli.use.evaluate)
+        name = "last" if split == "test" else f"last-{split}"
+        summary = run.path / "eval" / name / "summary.json"
         if summary.is_file():
             s = json.loads(summary.read_text())
             if s.get("split") == split:
@@ -155,6 +178,7 @@ def acting(config: dict[str, Any]) -> dict[str, Any]:
     switched off by another (λ and θ without LWR, a trick's settings while it is off) left
     out. `config` is a run's config.yaml in the current format (lwrcli.config.migrate)."""
     config = {k: v for k, v in config.items() if k not in NOT_SETTINGS}
+    config = _without_inert(config)
     for key, method in trick_methods().items():
         section = config.get(key)
         if isinstance(section, dict):
@@ -167,6 +191,16 @@ def acting(config: dict[str, Any]) -> dict[str, Any]:
         if rule is not None and key != rule[0] and flat.get(rule[0]) not in rule[1]:
             continue
         out[key] = value
+    return out
+
+
+def _without_inert(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` without the dotted NOT_SETTINGS inside its sections (data.num_workers)."""
+    out = dict(config)
+    for dotted in (k for k in NOT_SETTINGS if "." in k):
+        section, key = dotted.split(".", 1)
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
     return out
 
 
@@ -234,20 +268,51 @@ def label_groups(groups: list[Group]) -> None:
                 roots = {str(sweep_root(r.path).name) for r in g.runs}  # type: ignore[union-attr]
                 g.label += f" ({', '.join(sorted(roots))})"
         return
+    labels = _setting_labels(groups)
+    names = [str(g.config.get("name", g.runs[0].path.name)) for g in groups]
+    if max(map(len, labels)) > LABEL_MAX and len(set(names)) > 1:
+        # Runs of different recipes: their names, then what differs among runs of one recipe.
+        short = dict(zip(names, _shared_prefix_dropped(names)))
+        for name in set(names):
+            same = [g for g, n in zip(groups, names) if n == name]
+            extra = _setting_labels(same, named=False) if len(same) > 1 else [""]
+            for g, more in zip(same, extra):
+                g.label = ", ".join(p for p in (short[name], more) if p)
+    else:
+        for g, label in zip(groups, labels):
+            g.label = label
+    labels = [g.label for g in groups]
+    for g in groups:
+        if labels.count(g.label) > 1:
+            g.label += f" [{g.config.get('name')}, data {g.runs[0].fingerprint[:8]}]"
+
+
+def _setting_labels(groups: list[Group], named: bool = True) -> list[str]:
+    """Each group named by the acting settings in which the groups differ (θ=0.4, loss=bs);
+    a group with none of them by its config name (`named`) or ''."""
     flat = [_seedless(acting(g.config)) for g in groups]
     keys = sorted({k for f in flat for k in f})
     # Compared only among the groups where the setting acts.
     differ = [
         k for k in keys if len({json.dumps(f[k]) for f in flat if k in f}) > 1 and k != "name"
     ]
+    labels = []
     for g, f in zip(groups, flat):
         # A setting that does not act in this group (λ with LWR off) is not named.
         parts = [f"{SHORT.get(k, k.split('.')[-1])}={_value(k, f[k])}" for k in differ if k in f]
-        g.label = ", ".join(parts) or str(g.config.get("name", g.runs[0].path.name))
-    labels = [g.label for g in groups]
-    for g in groups:
-        if labels.count(g.label) > 1:
-            g.label += f" [{g.config.get('name')}, data {g.runs[0].fingerprint[:8]}]"
+        name = str(g.config.get("name", g.runs[0].path.name)) if named else ""
+        labels.append(", ".join(parts) or name)
+    return labels
+
+
+def _shared_prefix_dropped(names: list[str]) -> list[str]:
+    """Preset names without the dash-separated words they all start with (the dataset):
+    cifar100-lt-ir100-bs, cifar100-lt-ir100-ldam-drw -> bs, ldam-drw."""
+    tokens = [n.split("-") for n in set(names)]
+    k = 0
+    while k < min(len(t) for t in tokens) - 1 and len({t[k] for t in tokens}) == 1:
+        k += 1
+    return ["-".join(n.split("-")[k:]) for n in names]
 
 
 def summarize_group(group: Group) -> None:

@@ -8,10 +8,12 @@ import csv
 import functools
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lwrcli.errors import UserError
+from lwrcli.runtime.results import results_folder
 from lwrcli.studies import paper_rows
 from lwrcli.studies.report import HEADERS, METRICS
 
@@ -144,11 +146,25 @@ def notes(report: dict[str, Any]) -> str:
     return "\n".join(text) + "\n"
 
 
-def write_outputs(report: dict[str, Any], out: Path, fmt: str, svg: bool) -> list[Path]:
-    """The table (report.FMT, plus report.json) and the figures in `out`."""
+def write_outputs(
+    report: dict[str, Any],
+    out: Path,
+    fmt: str,
+    svg: bool,
+    overwrite: bool = False,
+    inputs: Sequence[Path] = (),
+) -> list[Path]:
+    """The table (report.FMT, plus report.json) and the figures in `out`. A folder that already
+    holds files is refused unless `overwrite`, which replaces it whole, so old curves or
+    TensorBoard events never mix with these (lwrcli.runtime.results)."""
+    with results_folder(out, overwrite, inputs) as staging:
+        written = _write(report, staging, fmt, svg)
+    return [out / p.relative_to(staging) for p in written]
+
+
+def _write(report: dict[str, Any], out: Path, fmt: str, svg: bool) -> list[Path]:
     from lwrcli.studies import report_plots
 
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     for f in dict.fromkeys([fmt, "json"]):
         path = out / f"report.{f}"

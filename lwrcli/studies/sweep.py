@@ -9,7 +9,6 @@ one folder never mixes two sweeps. Parallel subprocesses and cluster scripts: sw
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from lwrcli.config import TrainConfig, load_config, read_yaml
 from lwrcli.data.loading import check_dataset_matches
 from lwrcli.data.manifest import read_manifest
 from lwrcli.errors import UserError
+from lwrcli.runtime.files import write_atomic
 from lwrcli.runtime.runname import SWEEP_FILE
 from lwrcli.studies.paper_rows import PaperRow, check_rows, record_rows, same_runs
 
@@ -345,9 +345,7 @@ def check_or_write_record(out: Path, record: dict[str, Any]) -> None:
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists, is not empty and has no {SWEEP_FILE}; choose a new --out.")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{SWEEP_FILE}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,18 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from lwrcli.errors import UserError
+from lwrcli.runtime.files import fix_mode
 from lwrcli.studies.sweep import PlannedRun, SweepSpec, check_or_write_record, sweep_record
-from lwrcli.studies.sweep_run import _hms, clear_unstarted, epochs_done, run_state
+from lwrcli.studies.sweep_run import _hms, clear_unstarted, epochs_done, run_state, saved_at
 from lwrcli.train.engine import Interrupted
 from lwrcli.train.progress import TrainProgress
 
+# Set by plan.sh to its own path: a run stopped inside it names the script that continues.
+PLAN_ENV = "LWR_SWEEP_PLAN"
+
 
 def train_command(run: PlannedRun, run_dir: Path, resume: bool = False) -> list[str]:
-    """The `lwr train` arguments of one run (without the program)."""
+    """The `lwr train` arguments of one run (without the program); paths absolute, so the
+    command runs the same from any folder."""
+    run_dir = Path(run_dir).resolve()
     if resume:
         return ["train", "--resume", str(run_dir)]
     args = ["train"]
-    args += ["--preset", run.preset] if run.preset else ["--config", str(run.config)]
+    if run.preset:
+        args += ["--preset", run.preset]
+    else:
+        args += ["--config", str(Path(str(run.config)).resolve())]
     args += ["--data", str(run.data), "--out", str(run_dir)]
     for item in run.overrides:
         args += ["--set", item]
@@ -70,11 +79,15 @@ def run_parallel(
     running: dict[int, tuple[subprocess.Popen[bytes], PlannedRun, int, float, Any]] = {}
     stop = {"flag": False}
 
+    stopped: list[PlannedRun] = []  # the runs the stop reached while they ran
+
     def on_signal(signum: int, frame: Any) -> None:
         stop["flag"] = True
-        for proc, *_ in running.values():
+        for proc, run, *_ in running.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
+                if run not in stopped:
+                    stopped.append(run)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     durations: list[float] = []
@@ -111,12 +124,25 @@ def run_parallel(
                     + f"; {len(todo) + len(running)} left, sweep ETA {_hms(eta)}"
                 )
             if stop["flag"] and not running:
-                raise Interrupted()
+                raise _stopped(out, runs, stopped)
             time.sleep(0.2)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return counts
+
+
+def _stopped(out: Path, runs: list[PlannedRun], stopped: list[PlannedRun]) -> Interrupted:
+    """The stop of a parallel sweep: where each run it reached was saved (epoch and step)."""
+    saves = [f"{r.name} {saved_at(out / r.name, r.cfg.epochs)}" for r in stopped]
+    done = sum(run_state(out / r.name, r.cfg.epochs) == "done" for r in runs)
+    exc = Interrupted("the sweep")
+    exc.sweep = (
+        "Sweep stopped"
+        + (f": {'; '.join(saves)}" if saves else "")
+        + f"; {done} of {len(runs)} runs are finished."
+    )
+    return exc
 
 
 def _ready(out: Path, run: PlannedRun, by_name: dict[str, PlannedRun]) -> bool:
@@ -149,12 +175,25 @@ def _launch(
     return proc, run, k, time.perf_counter(), log
 
 
+# Both scripts define this: a run whose metrics.jsonl ends with its last epoch is finished
+# (the record is written after that epoch's checkpoint). A finish it cannot see (a stop
+# between the two) `lwr train --resume` sees, and says so with exit status 0.
+FINISHED = [
+    "finished() {  # RUN_DIR EPOCHS: true (saying so) when the run has finished",
+    r'  [ -f "$1/metrics.jsonl" ] && tail -n 1 "$1/metrics.jsonl" |',
+    r'    grep -Eq "^\{\"epoch\": ?$2[,}]" && echo "$1 already finished all $2 epochs; skipped."',
+    "}",
+]
+
+
 def _line(run: PlannedRun, out: Path, launcher: list[str], extra: tuple[str, ...] = ()) -> str:
-    run_dir = out / run.name
+    """One run: skipped when finished, resumed when it has a checkpoint, else started."""
+    run_dir = out.resolve() / run.name
     fresh = shlex.join([*launcher, *train_command(run, run_dir), *extra])
     again = shlex.join([*launcher, *train_command(run, run_dir, resume=True), *extra])
     done = shlex.quote(str(run_dir / "checkpoints" / "last.safetensors"))
-    return f"if [ -f {done} ]; then {again}; else {fresh}; fi"
+    skip = f"finished {shlex.quote(str(run_dir))} {run.cfg.epochs}"
+    return f"if {skip}; then :; elif [ -f {done} ]; then {again}; else {fresh}; fi"
 
 
 def _launcher(gpus_per_run: int) -> list[str]:
@@ -164,16 +203,25 @@ def _launcher(gpus_per_run: int) -> list[str]:
 
 
 def write_plan(out: Path, spec: SweepSpec, runs: list[PlannedRun], gpus_per_run: int) -> Path:
-    """SWEEP_DIR/plan.sh: the exact `lwr train` command of every run, one per line (a run
-    folder that already has a checkpoint is resumed instead). Nothing is trained."""
+    """SWEEP_DIR/plan.sh: the exact `lwr train` command of every run, one per line: a
+    finished run is skipped (one line), one with a checkpoint resumed. Every path in it is
+    absolute, so it runs the same from any folder and any number of times. Nothing is
+    trained here."""
     check_or_write_record(out, sweep_record(spec, runs))
-    lines = ["#!/usr/bin/env bash", f"# {len(runs)} runs of the sweep in {out}", "set -e"]
+    root = out.resolve()
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# {len(runs)} runs of the sweep in {root}: run it again to continue what is left.",
+        "set -e",
+        f"export {PLAN_ENV}={shlex.quote(str(root / 'plan.sh'))}",
+        *FINISHED,
+    ]
     for run in runs:
-        lines += [f"# {run.name}", f"mkdir -p {shlex.quote(str((out / run.name).parent))}"]
+        lines += [f"# {run.name}", f"mkdir -p {shlex.quote(str((root / run.name).parent))}"]
         lines.append(_line(run, out, _launcher(gpus_per_run)))
     path = out / "plan.sh"
     path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o755)
+    fix_mode(path, executable=True)  # 0777 minus the umask, like every file lwr writes
     return path
 
 
@@ -218,11 +266,12 @@ def write_slurm(out: Path, spec: SweepSpec, runs: list[PlannedRun], gpus_per_run
         '    kill -0 "$child" 2>/dev/null || return "$status"',
         "  done",
         "}",
+        *FINISHED,
         'case "$SLURM_ARRAY_TASK_ID" in',
     ]
     for i, run in enumerate(runs):
         lines.append(f"  {i})  # {run.name}")
-        lines.append(f"    mkdir -p {shlex.quote(str((out / run.name).parent))}")
+        lines.append(f"    mkdir -p {shlex.quote(str((out.resolve() / run.name).parent))}")
         line = _line(run, out, ["forward", *_launcher(gpus_per_run)], ("--requeue",))
         lines.append(f"    {line} ;;")
     lines.append("esac")

@@ -40,6 +40,24 @@ def run_state(run_dir: Path, epochs: int) -> str:
     return "new"
 
 
+def saved_at(run_dir: Path, epochs: int) -> str:
+    """Where a run's last save stands: 'finished', 'saved in epoch 3 after step 40',
+    'saved after epoch 2', or 'nothing saved yet'."""
+    last = run_dir / "checkpoints" / "last.safetensors"
+    if epochs_done(run_dir) >= epochs:
+        return "finished"
+    if not last.is_file():
+        return "nothing saved yet"
+    from lwrcli.checkpoint.files import load_checkpoint
+
+    ckpt = load_checkpoint(last)
+    if ckpt.epoch >= epochs:
+        return "finished"
+    if ckpt.step:
+        return f"saved in epoch {ckpt.epoch + 1} after step {ckpt.step}"
+    return f"saved after epoch {ckpt.epoch}"
+
+
 def clear_unstarted(run_dir: Path) -> None:
     """A folder the sweep made but whose run stopped before its first checkpoint holds no
     result; clear it so `lwr train` can start there."""
@@ -108,29 +126,49 @@ def run_sweep(out: Path, spec: SweepSpec, runs: list[PlannedRun]) -> dict[str, i
         progress.stop_requested = True  # a run still setting up stops after its first step
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def finished() -> str:
+        n = counts["skipped"] + counts["trained"] + counts["resumed"]
+        return f"{n} of {len(runs)} runs are finished"
+
     try:
         for k, (run, state) in enumerate(zip(runs, states), start=1):
             if state == "done":
                 continue
             if stop or progress.stop_requested:
-                raise Interrupted(f"the sweep before run {k}/{len(runs)}")
+                exc = Interrupted(f"the sweep before run {k}/{len(runs)}")
+                exc.sweep = f"Sweep stopped before run {k}/{len(runs)} {run.name}; {finished()}."
+                raise exc
             run_dir = out / run.name
             progress.begin(k, run.name, run.cfg.epochs)
-            if state == "resume":
-                progress.message(f"run {k}/{len(runs)} {run.name}: resuming")
-                train_run(None, run.data, resume=run_dir, progress=progress)  # type: ignore[arg-type]
-                counts["resumed"] += 1
-            else:
-                progress.message(f"run {k}/{len(runs)} {run.name}: starting")
-                clear_unstarted(run_dir)
-                try:
-                    train_run(run.cfg, run.data, run_dir, progress=progress)
-                except UserError:
-                    _remove_unstarted(out, run_dir, fresh_folder)
-                    raise
-                counts["trained"] += 1
+            try:
+                if state == "resume":
+                    progress.message(f"run {k}/{len(runs)} {run.name}: resuming")
+                    train_run(None, run.data, resume=run_dir, progress=progress)  # type: ignore[arg-type]
+                    counts["resumed"] += 1
+                else:
+                    progress.message(f"run {k}/{len(runs)} {run.name}: starting")
+                    clear_unstarted(run_dir)
+                    try:
+                        train_run(run.cfg, run.data, run_dir, progress=progress)
+                    except UserError:
+                        _remove_unstarted(out, run_dir, fresh_folder)
+                        raise
+                    counts["trained"] += 1
+            except Interrupted as exc:  # say which run, and where its save is
+                exc.sweep = (
+                    f"Sweep stopped in run {k}/{len(runs)} {run.name}, {exc.where}; "
+                    f"that run was saved there, and {finished()}."
+                )
+                raise
         if stop or progress.stop_requested:  # the last run had finished when the stop came
-            raise Interrupted("the sweep after its last run")
+            exc = Interrupted("the sweep after its last run")
+            exc.sweep = (
+                f"The stop came too late to matter: it arrived after the sweep's last run, and "
+                f"all {len(runs)} runs are finished."
+            )
+            exc.late = True
+            raise exc
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -42,7 +42,17 @@ class TrainingDiverged(UserError):
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; the run was saved where it stood (the message says where)."""
+    """SIGINT/SIGTERM arrived; the run was saved where it stood. `where` (the message) says
+    where, `run_dir` which run (None: no run, e.g. a sweep between runs). A sweep sets
+    `sweep` to what it kept, and `late` when nothing was left to do when the stop came; the
+    CLI then names the command that continues (lwrcli.cli.main)."""
+
+    def __init__(self, where: str = "", run_dir: Path | None = None) -> None:
+        super().__init__(where)
+        self.where = where
+        self.run_dir = run_dir
+        self.sweep: str | None = None
+        self.late = False
 
 
 class Trainer(CheckpointWriter):
@@ -225,7 +235,7 @@ class Trainer(CheckpointWriter):
                 self._check_finite(float(terms["loss"]), epoch)
                 self._save_mid_epoch(epoch, step + 1, sums)
             if stop:
-                raise Interrupted(f"epoch {epoch + 1}, step {step + 1} of {steps}")
+                raise Interrupted(f"epoch {epoch + 1}, step {step + 1} of {steps}", self.run_dir)
         for _ in batches:  # let the loader close its epoch (it has no batch left)
             pass
         if self.device.type == "cuda":
@@ -320,7 +330,7 @@ class Trainer(CheckpointWriter):
                 self._save(record)
                 self.progress.end_epoch(epoch, _brief(record))
                 if not last and self._stop_agreed():
-                    raise Interrupted(f"epoch {epoch + 1}, after its last step")
+                    raise Interrupted(f"epoch {epoch + 1}, after its last step", self.run_dir)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

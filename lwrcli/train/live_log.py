@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lwrcli.config import TrainConfig
+from lwrcli.runtime.files import write_atomic
 
 TRACKERS_FILE = "trackers.json"  # in the run folder: tracker run ids, for continuation
 TENSORBOARD_DIR = "tensorboard"
@@ -114,9 +115,7 @@ class RunInfo:
 
     def save_id(self, key: str, value: str) -> None:
         ids = {**self.ids(), key: value}
-        tmp = self.ids_path.with_name(f".{TRACKERS_FILE}.tmp")
-        tmp.write_text(json.dumps(ids, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.ids_path)
+        write_atomic(self.ids_path, json.dumps(ids, indent=2) + "\n")
 
 
 class TensorBoardTracker:

@@ -101,18 +101,43 @@ def format_table(summary: dict[str, Any], title: str) -> Table:
     return table
 
 
+# Floats in the CSV and JSON files eval and predict write: 6 significant digits (28.8, not
+# 28.799999999999997; 0.912346 for a probability).
+SIG_DIGITS = 6
+
+
+def sig(value: float, digits: int = SIG_DIGITS) -> float:
+    """`value` rounded to `digits` significant digits (NaN and infinities kept)."""
+    return float(f"{value:.{digits}g}")
+
+
+def rounded(obj: Any, digits: int = SIG_DIGITS) -> Any:
+    """A JSON-ready copy of `obj` (dicts, lists, tuples, scalars) with every float rounded
+    to `digits` significant digits; ints, bools, strings and None unchanged."""
+    if isinstance(obj, float):
+        return sig(obj, digits)
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
 def write_per_class_csv(
     path: Path,
     per_class: Sequence[float | None],
     class_names: Sequence[str],
     class_counts: Sequence[int],
-    test_counts: Sequence[int],
+    split_counts: Sequence[int],
+    split: str = "test",
 ) -> None:
-    """One row per class so a long tail can be inspected in a spreadsheet; empty top1 = untested."""
+    """One row per class so a long tail can be inspected in a spreadsheet: its train count and
+    shot group, its images in the evaluated split (`<split>_count`) and its top-1 % there
+    (empty: no image of the class in that split)."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["class_id", "class_name", "train_count", "shot_group", "test_count", "top1"]
+            ["class_id", "class_name", "train_count", "shot_group", f"{split}_count", "top1"]
         )
         for c, acc in enumerate(per_class):
             missing = acc is None or acc != acc  # None or NaN
@@ -122,7 +147,21 @@ def write_per_class_csv(
                     class_names[c],
                     int(class_counts[c]),
                     shot_group(int(class_counts[c])),
-                    int(test_counts[c]),
-                    "" if missing else f"{acc:.4f}",
+                    int(split_counts[c]),
+                    "" if missing else f"{acc:.{SIG_DIGITS}g}",
                 ]
             )
+
+
+# The top-left cell of confusion.csv: rows are true classes, columns predicted ones.
+CONFUSION_CORNER = "true\\predicted"
+
+
+def write_confusion_csv(path: Path, matrix: torch.Tensor, class_names: Sequence[str]) -> None:
+    """The (C, C) counts of `confusion_matrix` with a header row of the predicted classes'
+    names; each row starts with its true class's name."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([CONFUSION_CORNER, *class_names])
+        for name, row in zip(class_names, matrix.tolist()):
+            writer.writerow([name, *row])

@@ -27,7 +27,7 @@ from lwrcli.data.manifest import read_manifest
 from lwrcli.errors import UserError
 from lwrcli.models import count_parameters
 from lwrcli.runtime.device import bf16_warning, resolve_device
-from lwrcli.runtime.distributed import DistInfo, barrier, setup, teardown
+from lwrcli.runtime.distributed import DistInfo, barrier, launched, setup, teardown
 from lwrcli.runtime.slurm import requeue_job
 from lwrcli.train.build import build_components, train_loader_hook
 from lwrcli.train.engine import Interrupted, Trainer
@@ -36,7 +36,7 @@ from lwrcli.train.live_log import LiveLog
 from lwrcli.train.progress import TrainProgress
 from lwrcli.train.resolve import resolve_config, speed_summary
 from lwrcli.train.rundir import RUN_INFO, Created, inspect_run_dir, prepare_run_dir, read_run_info
-from lwrcli.train.runlog import METRICS, reconcile_metrics
+from lwrcli.train.runlog import METRICS, read_metrics, reconcile_metrics
 
 
 def environment_record(device: torch.device) -> dict[str, Any]:
@@ -81,6 +81,9 @@ class RunResult:
     is_main: bool = True  # rank 0 (the one process that reports)
     # A stop (Ctrl-C, SIGTERM) that came after the last step: the run is complete anyway.
     stopped_late: bool = False
+    # The run had finished before this call: nothing was trained; `history` is its
+    # metrics.jsonl (what the CLI reports).
+    finished_before: bool = False
 
 
 def train_run(
@@ -102,6 +105,8 @@ def train_run(
     if resume is not None:
         cfg, data_dir, resume_ckpt, resume_state = _load_resume(resume, data_dir)
         run_dir = resume
+        if resume_ckpt.epoch >= cfg.epochs:  # nothing left: say so, exit 0 (a re-run script)
+            return _finished_result(run_dir, cfg.epochs, launched().is_main)
     else:
         if data_dir is None or out is None:
             raise UserError("lwr train needs --data DATA_DIR and --out RUN_DIR (or --resume).")
@@ -124,13 +129,7 @@ def train_run(
             # Every process looks before rank 0 writes anything (the barrier below).
             found = inspect_run_dir(run_dir, cfg, manifest.fingerprint)
             if found == "finished":
-                if dist.is_main:
-                    _message(
-                        progress,
-                        f"{run_dir} already finished all {cfg.epochs} epochs "
-                        "of this same run; nothing to do.",
-                    )
-                return RunResult(run_dir, cfg.epochs, [], None, dist.is_main)
+                return _finished_result(run_dir, cfg.epochs, dist.is_main)
             if found == "continue":
                 _, data_dir, resume_ckpt, resume_state = _load_resume(run_dir, data_dir)
                 continuing = True
@@ -218,21 +217,28 @@ def train_run(
         teardown()
 
 
-def _millions(n: int) -> str:
-    m = n / 1e6
-    return f"{m:.0f}" if m >= 10 else f"{m:.1f}" if m >= 1 else f"{m:.2g}"
+def _finished_result(run_dir: Path, epochs: int, is_main: bool) -> RunResult:
+    """A run that had finished before this call: its recorded epochs, nothing trained."""
+    history = [r for r in read_metrics(Path(run_dir) / METRICS) if int(r["epoch"]) > 0]
+    return RunResult(run_dir, epochs, history, None, is_main, finished_before=True)
+
+
+def human_count(n: int) -> str:
+    """A count at three significant digits: '950', '20.5 k', '88 M', '1.2 B'."""
+    value = float(n)
+    for unit in ("", " k", " M", " B"):
+        if f"{value:.3g}" != "1e+03" and abs(value) < 999.5:
+            return f"{value:.3g}{unit}" if unit else str(int(value))
+        value /= 1000.0
+    return f"{value:.3g} T"
 
 
 def _parameters_note(model: torch.nn.Module) -> str:
-    """'trainable 0.1 M of 86 M parameters' (a frozen base) or '11,220,132 parameters'."""
+    """'trainable 20.5 k of 88 M parameters' (a frozen base) or '11,220,132 parameters'."""
     total, trainable = count_parameters(model), count_parameters(model, trainable=True)
     if trainable == total:
         return f"{total:,} parameters"
-    return f"trainable {_millions(trainable)} M of {_millions(total)} M parameters"
-
-
-def _message(progress: TrainProgress | None, text: str) -> None:
-    (progress or TrainProgress(1)).message(text)
+    return f"trainable {human_count(trainable)} of {human_count(total)} parameters"
 
 
 def _start_line(
@@ -309,10 +315,8 @@ def _load_resume(
     info = read_run_info(run_dir / RUN_INFO)
     data_dir = Path(data_dir or info.get("data_dir", ""))
     ckpt, state = resume_point(run_dir / "checkpoints")
-    if ckpt.epoch >= cfg.epochs:
-        raise UserError(
-            f"Run {run_dir} already finished all {cfg.epochs} epochs; nothing to resume."
-        )
+    if ckpt.epoch >= cfg.epochs:  # finished: the caller says so (its dataset may be gone)
+        return cfg, data_dir, ckpt, state
     fp = info.get("dataset_fingerprint")
     if fp and read_manifest(data_dir).fingerprint != fp:
         raise UserError(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lwrcli.errors import UserError
+from lwrcli.runtime.files import write_atomic
 
 METRICS = "metrics.jsonl"
 
@@ -58,6 +59,4 @@ def reconcile_metrics(path: Path, epoch: int, record: dict[str, Any] | None) -> 
     records = [r for r in read_metrics(path) if int(r["epoch"]) <= epoch]
     if record is not None and epoch > 0 and not any(int(r["epoch"]) == epoch for r in records):
         records.append(record)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))

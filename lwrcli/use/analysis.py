@@ -9,7 +9,6 @@ and tail classes. Several checkpoints (say BS and BS + LWR) are overlaid in the 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ from rich.table import Table
 from lwrcli.checkpoint.files import THETA_REFERENCE, load_checkpoint
 from lwrcli.data.manifest import GROUPS, read_manifest, shot_group, shot_groups
 from lwrcli.errors import UserError
+from lwrcli.runtime.files import write_atomic
+from lwrcli.runtime.results import check_results_folder, results_folder
 from lwrcli.train.lwr import Margin, lwr_penalty, resolve_margin
 from lwrcli.use import plots
 
@@ -161,11 +162,26 @@ def _unique(names: Sequence[str], taken: set[str]) -> list[str]:
     return out
 
 
+def checkpoint_labels(ckpts: Sequence[Any]) -> list[str]:
+    """Run and checkpoint name of each (`bs-lwr/theta=0.4/seed=0/best`, `runA/last`); a file
+    outside a run folder by its name, with its folder's when files of one name in different
+    folders are compared; the same checkpoint given twice numbered -2, -3, ..."""
+    labels, folders = [], []
+    for ck in ckpts:
+        inside = ck.path is not None and ck.path.parent.name == "checkpoints"
+        labels.append(f"{ck.label}/{ck.path.stem}" if inside else ck.label)
+        folders.append(None if inside or ck.path is None else ck.path.parent)
+    named = list(labels)
+    for i, folder in enumerate(folders):
+        same = {f for f, lab in zip(folders, named) if f is not None and lab == named[i]}
+        if folder is not None and len(same) > 1:
+            labels[i] = f"{folder.name}/{named[i]}"
+    return _unique(labels, set())
+
+
 def _write_text(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so an interrupted run leaves no half file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def analyze_checkpoints(
@@ -173,11 +189,13 @@ def analyze_checkpoints(
     out: Path,
     data_dir: Path | None = None,
     formats: Sequence[str] = ("png",),
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write plots and summary.json for one or more checkpoints into `out`; return the summary.
 
     Class counts and names come from the dataset manifest when `data_dir` is given, else from
-    each checkpoint's own metadata. Only this command's own files in `out` are replaced.
+    each checkpoint's own metadata. A folder that already holds files is refused unless
+    `overwrite`, which replaces it whole (lwrcli.runtime.results).
     """
     out = Path(out)
     if not paths:
@@ -185,8 +203,8 @@ def analyze_checkpoints(
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise UserError(f"Unknown plot format {bad[0]!r}; choose from {', '.join(FORMATS)}.")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder; choose a folder path.")
+    inputs = [Path(p) for p in paths] + ([Path(data_dir)] if data_dir is not None else [])
+    check_results_folder(out, overwrite, inputs)
     ckpts = [load_checkpoint(Path(p)) for p in paths]
     manifest = read_manifest(data_dir) if data_dir is not None else None
     if manifest is not None:
@@ -197,11 +215,23 @@ def analyze_checkpoints(
                     f"{ck.classifier_weight.shape[0]} classes, {data_dir} has "
                     f"{manifest.num_classes}. Pass the dataset the checkpoint was trained on."
                 )
-    labels = _unique([ck.label for ck in ckpts], set())
+    labels = checkpoint_labels(ckpts)
     # "hist" is reserved so a run named "hist" cannot overwrite cosine_hist.*
     slugs = _unique([re.sub(r"[^A-Za-z0-9_.-]+", "_", lab) or "run" for lab in labels], {"hist"})
-    out.mkdir(parents=True, exist_ok=True)
+    with results_folder(out, overwrite, inputs) as staging:
+        return _write_analysis(staging, ckpts, labels, slugs, manifest, data_dir, formats)
 
+
+def _write_analysis(
+    out: Path,
+    ckpts: Sequence[Any],
+    labels: list[str],
+    slugs: list[str],
+    manifest: Any,
+    data_dir: Path | None,
+    formats: Sequence[str],
+) -> dict[str, Any]:
+    """The plots and summary.json of `analyze_checkpoints`, written into `out`."""
     entries, mats, all_counts, all_norms = [], [], [], []
     for ck, label, slug in zip(ckpts, labels, slugs):
         counts = list(manifest.class_counts) if manifest else list(ck.class_counts)
@@ -257,8 +287,11 @@ def summary_table(summary: dict[str, Any]) -> Table:
     """Terminal table: one row per checkpoint with the headline geometry numbers."""
     table = Table(title="Class-vector geometry (cosines of classifier weights)")
     columns = ("checkpoint", "C", "mean cos", "max cos", "R_LWR (θ)", "norm many/few", "top/bottom")
-    for col in columns:
-        table.add_column(col, justify="left" if col == "checkpoint" else "right")
+    for col in columns:  # a label (run/checkpoint) too long for the width folds, never cut
+        if col == "checkpoint":
+            table.add_column(col, overflow="fold")
+        else:
+            table.add_column(col, justify="right")
     for e in summary["checkpoints"]:
         table.add_row(
             e["label"],

@@ -9,6 +9,8 @@ validation split (never on test); the summary names the adjustment and its bias 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,28 +24,98 @@ from lwrcli.checkpoint.frozen_base import restore_weights
 from lwrcli.data.loading import BatchLoader, build_data
 from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.errors import UserError
-from lwrcli.methods.losses import posthoc_logit_adjust
 from lwrcli.models import build_model, get_classifier
 from lwrcli.models.features import head_inputs
 from lwrcli.runtime.device import eval_amp, resolve_device
 from lwrcli.runtime.distributed import DistInfo
-from lwrcli.train.metrics import confusion_matrix, summarize, write_per_class_csv
+from lwrcli.runtime.results import check_results_folder, results_folder
+from lwrcli.train.metrics import (
+    confusion_matrix,
+    rounded,
+    summarize,
+    write_confusion_csv,
+    write_per_class_csv,
+)
 from lwrcli.train.resolve import resolve_config
-from lwrcli.use.posthoc import bias_treatment, head_logits, search_posthoc, search_tau_norm
+from lwrcli.train.rundir import RUN_INFO, read_run_info
+from lwrcli.use.posthoc import Adjustment, crop_logits, search_posthoc, search_tau_norm
+
+__all__ = ["crop_logits", "evaluate_checkpoint", "load_model"]  # crop_logits: posthoc's
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def default_eval_dir(checkpoint: Path, split: str | None) -> Path:
-    """RUN/eval/NAME[-split] for a checkpoint inside a run folder, else NAME.eval beside it."""
+def run_dataset(checkpoint: Path) -> Path | None:
+    """The prepared dataset a run trained on, as its run.json records it, for a checkpoint in
+    RUN/checkpoints/; None for a checkpoint elsewhere or a run without the record."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.parent.name != "checkpoints":
+        return None
+    info = checkpoint.parent.parent / RUN_INFO
+    if not info.is_file():
+        return None
+    recorded = read_run_info(info).get("data_dir")
+    return Path(recorded) if recorded else None
+
+
+def find_dataset(checkpoint: Path, data_dir: Path | None) -> Path:
+    """`--data` when given, else the run's own dataset (run.json), as predict and export find it."""
+    if data_dir is not None:
+        return Path(data_dir)
+    recorded = run_dataset(checkpoint)
+    if recorded is None:
+        raise UserError(
+            f"lwr eval needs --data DATA_DIR: {checkpoint} is not in a run folder that records "
+            "its dataset (RUN/checkpoints/ beside RUN/run.json), so the prepared dataset to "
+            "score it on is unknown."
+        )
+    if not (recorded / "manifest.json").is_file():
+        raise UserError(
+            f"The run's dataset {recorded} (recorded in its run.json) is not there any more; "
+            "pass --data DATA_DIR, the prepared dataset to score on."
+        )
+    return recorded
+
+
+def default_eval_dir(checkpoint: Path, tag: str = "") -> Path:
+    """RUN/eval/NAME[TAG] for a checkpoint inside a run folder, else NAME[TAG].eval beside it;
+    TAG (`eval_tag`) names the split, adjustments and dataset, so different evaluations of a
+    checkpoint never share a folder."""
     checkpoint = Path(checkpoint)
     stem = checkpoint.name.removesuffix(".safetensors")
-    suffix = f"-{split}" if split else ""
     if checkpoint.parent.name == "checkpoints":
-        return checkpoint.parent.parent / "eval" / f"{stem}{suffix}"
-    return checkpoint.with_name(f"{stem}{suffix}.eval")
+        return checkpoint.parent.parent / "eval" / f"{stem}{tag}"
+    return checkpoint.with_name(f"{stem}{tag}.eval")
+
+
+def eval_tag(
+    split: str | None = None,
+    adjustment: Adjustment = Adjustment(),
+    searched: frozenset[str] = frozenset(),
+    tte: bool = False,
+    raw_weights: bool = False,
+    dataset: str | None = None,
+) -> str:
+    """The folder name's suffix of one evaluation: `-val` (a split other than test),
+    `-taunorm1`/`-taunorm-search` (`-keepbias`), `-posthoc0.5`/`-posthoc-search`, `-tte`,
+    `-raw` (EMA checkpoints' trained weights), `-on-DATA` (another dataset than the run's)."""
+    parts = [split] if split else []
+    if "tau_norm" in searched:
+        parts.append("taunorm-search")
+    elif adjustment.tau_norm is not None:
+        parts.append(f"taunorm{adjustment.tau_norm:g}")
+    if adjustment.keep_bias and (adjustment.tau_norm is not None or "tau_norm" in searched):
+        parts.append("keepbias")
+    if "posthoc_tau" in searched:
+        parts.append("posthoc-search")
+    elif adjustment.posthoc_tau is not None:
+        parts.append(f"posthoc{adjustment.posthoc_tau:g}")
+    parts += ["tte"] * tte + ["raw"] * raw_weights
+    if dataset:
+        parts.append(f"on-{re.sub(r'[^A-Za-z0-9._=-]+', '_', dataset)}")
+    return "".join(f"-{p}" for p in parts)
 
 
 @torch.no_grad()
@@ -80,17 +152,6 @@ def _features(model: nn.Module, loader: BatchLoader, amp: str) -> tuple[torch.Te
     return torch.cat([f for f, _ in batches]), torch.cat([y for _, y in batches])
 
 
-def crop_logits(
-    head: nn.Module, features: torch.Tensor, tau_norm: float | None, keep_bias: bool
-) -> torch.Tensor:
-    """head_logits of features (N, d), or of test-time-ensemble features (N, K, d) averaged
-    over the K crops."""
-    if features.dim() == 2:
-        return head_logits(head, features, tau_norm, keep_bias)
-    n, k, _ = features.shape
-    return head_logits(head, features.flatten(0, 1), tau_norm, keep_bias).view(n, k, -1).mean(1)
-
-
 def write_outputs(
     out: Path,
     summary: dict[str, Any],
@@ -102,15 +163,17 @@ def write_outputs(
     confusion: bool,
 ) -> None:
     """per_class.csv, summary.json and (when asked) confusion.csv in `out`: what every
-    `lwr eval` mode writes."""
+    `lwr eval` mode writes (floats at 6 significant digits)."""
     out.mkdir(parents=True, exist_ok=True)
-    test_counts = torch.bincount(targets, minlength=manifest.num_classes).tolist()
-    write_per_class_csv(out / "per_class.csv", per_class, manifest.class_names, counts, test_counts)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    split_counts = torch.bincount(targets, minlength=manifest.num_classes).tolist()
+    split = str(summary.get("split") or manifest.test_split)
+    write_per_class_csv(
+        out / "per_class.csv", per_class, manifest.class_names, counts, split_counts, split
+    )
+    (out / "summary.json").write_text(json.dumps(rounded(summary), indent=2) + "\n")
     if confusion:
         cm = confusion_matrix(logits.argmax(1), targets, manifest.num_classes)
-        lines = [",".join(map(str, row)) for row in cm.tolist()]
-        (out / "confusion.csv").write_text("\n".join(lines) + "\n")
+        write_confusion_csv(out / "confusion.csv", cm, manifest.class_names)
 
 
 def _no_val_error(data_dir: Path, option: str) -> UserError:
@@ -123,7 +186,7 @@ def _no_val_error(data_dir: Path, option: str) -> UserError:
 
 def evaluate_checkpoint(
     checkpoint: Path,
-    data_dir: Path,
+    data_dir: Path | None = None,
     out: Path | None = None,
     split: str | None = None,
     posthoc_tau: float | None = None,
@@ -137,10 +200,17 @@ def evaluate_checkpoint(
     tte: bool = False,
     raw_weights: bool = False,
     log: Callable[[str], None] = _stderr,
+    workers: int | None = None,
+    overwrite: bool = False,
+    default_out: bool = False,
 ) -> dict[str, Any]:
     """Scores of `checkpoint` on a split; τ-norm and post-hoc τ fixed, or picked on val;
     `tte`: LIFT's test-time ensemble (large-image datasets). A checkpoint with an EMA is
-    scored on the average unless `raw_weights`."""
+    scored on the average unless `raw_weights`. `data_dir` None: the run's own dataset.
+
+    The outputs go to `out`, or with `default_out` to the folder named after the checkpoint,
+    split and adjustments (`default_eval_dir`); a folder with results is refused unless
+    `overwrite` (lwrcli.runtime.results), before the images are scored."""
     if tau_norm_search and tau_norm is not None:
         raise UserError("Give --tau-norm τ or --tau-norm-search, not both.")
     if posthoc_tau_search and posthoc_tau is not None:
@@ -151,8 +221,17 @@ def evaluate_checkpoint(
             "it with --tau-norm τ --tte."
         )
     ckpt = load_checkpoint(checkpoint, weights="raw" if raw_weights else "ema")
+    own, from_run = run_dataset(checkpoint), data_dir is None
+    data_dir = find_dataset(checkpoint, data_dir)
     manifest = read_manifest(data_dir)
     check_compatible(ckpt, manifest, data_dir)
+    recorded = ckpt.meta.get("dataset_fingerprint")
+    if from_run and recorded and manifest.fingerprint != recorded:
+        raise UserError(
+            f"The run's dataset {data_dir} was prepared again since the run trained on it "
+            f"(fingerprint {manifest.fingerprint}, the checkpoint's {recorded}): its test "
+            f"images may be other ones. Pass --data {data_dir} to score on it anyway."
+        )
     split = split or manifest.test_split
     if split not in manifest.splits:
         raise UserError(
@@ -164,12 +243,28 @@ def evaluate_checkpoint(
         raise _no_val_error(
             data_dir, "--tau-norm-search" if tau_norm_search else "--posthoc-tau-search"
         )
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder.")
+    searched = frozenset(
+        k for k, on in (("tau_norm", tau_norm_search), ("posthoc_tau", posthoc_tau_search)) if on
+    )
+    given = out is not None
+    if out is None and default_out:
+        other = own is None or Path(os.path.abspath(data_dir)) != Path(os.path.abspath(own))
+        tag = eval_tag(
+            split if split != manifest.test_split else None,
+            Adjustment(tau_norm, posthoc_tau, keep_bias),
+            searched,
+            tte,
+            raw_weights,
+            Path(os.path.abspath(data_dir)).name if own is not None and other else None,
+        )
+        out = default_eval_dir(checkpoint, tag)
+    inputs = (Path(checkpoint), data_dir)
     cfg = ckpt.config.model_copy(deep=True)
     cfg.device = device  # type: ignore[assignment]
     if batch_size is not None:
         cfg.eval_batch_size = batch_size
+    if workers is not None:
+        cfg.data.num_workers = workers
     cfg.eval_tte = tte
     dev = resolve_device(cfg.device)
     # The checkpoint's config was resolved when it trained; an older one may lack what the
@@ -181,49 +276,47 @@ def evaluate_checkpoint(
     splits = [split] + ([val] if searching and val != split else [])
     data = build_data(data_dir, cfg, dev, DistInfo(), train=False, splits=splits)  # type: ignore[arg-type]
     model = load_model(ckpt, dev)
+    if out is not None:  # before the images are scored (the checkpoint's own errors first)
+        check_results_folder(out, overwrite, inputs, given)
     head = get_classifier(model)
-    feats = {s: _features(model, data.evals[s], eval_amp(cfg.amp, dev)) for s in splits}
     # The checkpoint's own train counts define pi and the shot groups (what it was trained on).
     counts = ckpt.class_counts
-    adjustments, searches = [], {}
+    Adjustment(posthoc_tau=posthoc_tau).check(counts)
+    feats = {s: _features(model, data.evals[s], eval_amp(cfg.amp, dev)) for s in splits}
+    targets = {s: y.cpu() for s, (_, y) in feats.items()}
+    searches, picked_on = {}, {}
     with torch.no_grad():
         if tau_norm_search:
             found = search_tau_norm(head, *feats[val], keep_bias)  # type: ignore[index]
             tau_norm, searches["tau_norm"] = found.tau, found.record(val)  # type: ignore[arg-type]
-        logits = {s: crop_logits(head, f, tau_norm, keep_bias).cpu() for s, (f, _) in feats.items()}
-    targets = {s: y.cpu() for s, (_, y) in feats.items()}
-    if tau_norm is not None:
-        picked = f" (picked on {val})" if tau_norm_search else ""
-        adjustments.append(f"τ-norm {tau_norm:g}{picked}, {bias_treatment(head, keep_bias)}")
-    if posthoc_tau_search:
-        found = search_posthoc(logits[val], targets[val], counts)  # type: ignore[index]
-        posthoc_tau, searches["posthoc_tau"] = found.tau, found.record(val)  # type: ignore[arg-type]
-    if posthoc_tau is not None:
-        prior = torch.tensor(counts, dtype=torch.float64)
-        logits[split] = posthoc_logit_adjust(logits[split], prior, posthoc_tau)
-        picked = f" (picked on {val})" if posthoc_tau_search else ""
-        adjustments.append(f"post-hoc logit adjustment τ={posthoc_tau:g}{picked}")
-    summary = summarize(logits[split], targets[split], counts)
+            picked_on["tau_norm"] = val
+        if posthoc_tau_search:
+            normed = Adjustment(tau_norm, None, keep_bias).logits(head, feats[val][0], counts)  # type: ignore[index]
+            found = search_posthoc(normed, targets[val], counts)  # type: ignore[index]
+            posthoc_tau, searches["posthoc_tau"] = found.tau, found.record(val)  # type: ignore[arg-type]
+            picked_on["posthoc_tau"] = val
+        adjustment = Adjustment(tau_norm, posthoc_tau, keep_bias)
+        logits = adjustment.logits(head, feats[split][0], counts)
+    summary = summarize(logits, targets[split], counts)
     per_class = summary.pop("per_class")
     summary.update(
         {
             "checkpoint": str(checkpoint),
             "dataset": manifest.name,
+            "data_dir": str(data_dir),
             "synthetic": manifest.synthetic,
             "split": split,
             "epoch": ckpt.epoch,
             "weights": ckpt.meta.get("weights", "raw"),  # "ema": the moving average
-            "adjustment": "; ".join(adjustments) or "none (raw logits)",
-            "tau_norm": tau_norm,
-            "tau_norm_bias": bias_treatment(head, keep_bias) if tau_norm is not None else None,
-            "posthoc_tau": posthoc_tau,
+            **adjustment.record(head, picked_on),
             "tte": tte,
             **({"search": searches} if searches else {}),
         }
     )
     if out is not None:
-        write_outputs(
-            out, summary, per_class, manifest, counts, logits[split], targets[split], confusion
-        )
+        with results_folder(out, overwrite, inputs, given) as staging:
+            write_outputs(
+                staging, summary, per_class, manifest, counts, logits, targets[split], confusion
+            )
         summary["outputs"] = str(out)
     return summary

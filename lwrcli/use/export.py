@@ -18,10 +18,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +32,8 @@ from lwrcli import __version__
 from lwrcli.checkpoint.files import Checkpoint, load_checkpoint
 from lwrcli.data.manifest import Manifest
 from lwrcli.errors import UserError
+from lwrcli.runtime.files import temp_folder
+from lwrcli.runtime.results import check_results_folder
 from lwrcli.use.evaluate import load_model
 from lwrcli.use.export_contract import InputContract, Preprocessed, find_manifest, resolve_contract
 from lwrcli.use.model_card import write_model_card
@@ -206,13 +206,10 @@ class ExportResult:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(
-            f"--out {out} is not empty; choose another folder or pass --overwrite to replace it."
-        )
+def _check_out(out: Path, overwrite: bool, inputs: list[Path]) -> None:
+    """The rule of every results folder (lwrcli.runtime.results): a folder with files is
+    refused unless `overwrite`, and never one that holds a run, a dataset or an input."""
+    check_results_folder(out, overwrite, inputs)
 
 
 def export_checkpoint(
@@ -229,7 +226,7 @@ def export_checkpoint(
     if fmt not in FORMATS:
         raise UserError(f"Unknown export format '{fmt}'; use one of: {', '.join(FORMATS)}.")
     out = Path(out)
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, [Path(checkpoint), *([Path(data_dir)] if data_dir else [])])
     if fmt == "onnx":
         require_onnx()
     ckpt = load_checkpoint(checkpoint)
@@ -241,10 +238,7 @@ def export_checkpoint(
         expected = [model(x) for x in batches]
     meta = metadata(ckpt, contract, manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+    staging = temp_folder(out)  # at the umask's mode: mkdtemp's 0700 would outlive the rename
     try:
         path = staging / FILENAMES[fmt]
         if fmt == "onnx":

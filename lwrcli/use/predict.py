@@ -15,8 +15,11 @@ training since predict exists), else from the run's prepared dataset (run.json n
 else from the dataset the recipe names (CIFAR: 32 px arrays); otherwise lists (`input_spec`).
 
 Logits go through the same path as eval (the head's input captured, then the head, K crops'
-logits averaged); `logit-adjust` subtracts τ·log π with π the checkpoint's train counts,
-`tau-norm` τ-normalises the head (bias dropped), both as `lwr eval` does.
+logits averaged), and the same post-hoc adjustments with the same options
+(lwrcli.use.posthoc.Adjustment): `--tau-norm T [--keep-bias]` τ-normalises the head,
+`--posthoc-tau T` subtracts τ·log π with π the checkpoint's train counts, both combinable.
+The old `--posthoc tau-norm|logit-adjust --tau T` still works, with a note (`legacy_posthoc`).
+Probabilities are written at 6 significant digits.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import csv
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,15 +40,17 @@ from torch.utils.data import DataLoader
 from lwrcli.checkpoint.files import load_checkpoint
 from lwrcli.data.image_loader import available_cores
 from lwrcli.errors import UserError
-from lwrcli.methods.losses import posthoc_logit_adjust
 from lwrcli.models import get_classifier
 from lwrcli.models.features import head_inputs
 from lwrcli.runtime.device import eval_amp, resolve_device
-from lwrcli.use.evaluate import crop_logits, load_model
+from lwrcli.runtime.files import temp_beside
+from lwrcli.train.metrics import SIG_DIGITS, rounded
+from lwrcli.use.evaluate import load_model
+from lwrcli.use.posthoc import Adjustment
 from lwrcli.use.predict_inputs import Collate, Preprocess, collect_images, input_spec
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
-POSTHOC = ("none", "tau-norm", "logit-adjust")
+LEGACY_POSTHOC = ("none", "tau-norm", "logit-adjust")  # the deprecated --posthoc's choices
 
 
 def output_format(out: Path) -> str:
@@ -65,11 +69,42 @@ def summary_path(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + ".summary.json")
 
 
+def legacy_posthoc(
+    posthoc: str | None, tau: float | None, adjustment: Adjustment
+) -> tuple[Adjustment, str | None]:
+    """The deprecated `--posthoc tau-norm|logit-adjust|none [--tau T]` (T defaults to 1) as the
+    options eval and predict share, and the note that says so; refused when mixed with them."""
+    if posthoc is None:
+        if tau is not None:
+            raise UserError(
+                "--tau goes with the deprecated --posthoc only; give --tau-norm T or "
+                "--posthoc-tau T (as lwr eval takes them)."
+            )
+        return adjustment, None
+    if posthoc not in LEGACY_POSTHOC:
+        raise UserError(
+            f"--posthoc must be one of {', '.join(LEGACY_POSTHOC)}, got '{posthoc}' (and it is "
+            "deprecated: use --tau-norm T and --posthoc-tau T, as lwr eval does)."
+        )
+    if adjustment != Adjustment(keep_bias=adjustment.keep_bias):
+        raise UserError(
+            "Give --tau-norm / --posthoc-tau, or the deprecated --posthoc --tau, not both."
+        )
+    t = 1.0 if tau is None else tau
+    new = {"none": "", "tau-norm": f"--tau-norm {t:g}", "logit-adjust": f"--posthoc-tau {t:g}"}
+    found = Adjustment(
+        tau_norm=t if posthoc == "tau-norm" else None,
+        posthoc_tau=t if posthoc == "logit-adjust" else None,
+        keep_bias=adjustment.keep_bias,
+    )
+    instead = f"use {new[posthoc]}" if new[posthoc] else "leave it out (raw logits)"
+    return found, f"note: --posthoc {posthoc} is deprecated; {instead}, as in lwr eval."
+
+
 @dataclass
 class Options:
     top_k: int = 5
-    posthoc: str = "none"
-    tau: float = 1.0
+    adjustment: Adjustment = Adjustment()  # --tau-norm, --keep-bias, --posthoc-tau
     tte: bool = False
     device: str = "auto"
     batch_size: int | None = None
@@ -79,8 +114,6 @@ class Options:
 
 
 def _check_options(opts: Options, out: Path) -> None:
-    if opts.posthoc not in POSTHOC:
-        raise UserError(f"--posthoc must be one of {', '.join(POSTHOC)}, got '{opts.posthoc}'.")
     if opts.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device must be auto, cpu or cuda, got '{opts.device}'.")
     if opts.top_k < 1:
@@ -121,17 +154,12 @@ class _Writer:
 
     def row(self, path: str, ids: list[int], names: list[str], probs: list[float]) -> None:
         if self.fmt == "csv":
-            cells = [x for triple in zip(ids, names, probs) for x in triple]
+            shown = [f"{p:.{SIG_DIGITS}g}" for p in probs]
+            cells = [x for triple in zip(ids, names, shown) for x in triple]
             self.csv.writerow([path, *cells])
         else:
-            record = {"path": path, "ids": ids, "names": names, "probs": probs}
+            record = {"path": path, "ids": ids, "names": names, "probs": rounded(probs)}
             self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _temp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def predict_images(
@@ -157,10 +185,8 @@ def predict_images(
     k = min(opts.top_k, num_classes)
     names = list(ckpt.class_names) if len(ckpt.class_names) == num_classes else []
     names = names or [str(c) for c in range(num_classes)]
-    tau_norm = opts.tau if opts.posthoc == "tau-norm" else None
-    prior = torch.tensor(ckpt.class_counts, dtype=torch.float64)
-    if opts.posthoc == "logit-adjust":
-        posthoc_logit_adjust(torch.zeros(1, num_classes), prior, opts.tau)  # empty classes fail now
+    adjustment, counts = opts.adjustment, ckpt.class_counts
+    adjustment.check(counts)  # a prior with an empty class fails now, before any image
     workers = min(cfg.data.num_workers if opts.workers is None else opts.workers, available_cores())
     loader = DataLoader(
         prep.dataset(paths),
@@ -172,7 +198,7 @@ def predict_images(
     )
     made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp, skipped, done = _temp_beside(out), [], 0
+    tmp, skipped, done = temp_beside(out), [], 0
     bar = _progress(len(paths), opts.progress)
     start = time.perf_counter()
     try:
@@ -184,9 +210,7 @@ def predict_images(
                     x = prep.to_device(images, cfg.channels_last is True)
                     with torch.no_grad():
                         feats = head_inputs(model, [(x, idx)], amp)[0][0]
-                        logits = crop_logits(head, feats, tau_norm, keep_bias=False).cpu()
-                    if opts.posthoc == "logit-adjust":
-                        logits = posthoc_logit_adjust(logits, prior, opts.tau)
+                        logits = adjustment.logits(head, feats, counts)
                     probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
                     for i, ids, ps in zip(idx.tolist(), top.tolist(), probs.tolist()):
                         writer.row(str(paths[i]), ids, [names[c] for c in ids], ps)
@@ -210,8 +234,7 @@ def predict_images(
             "skipped": skipped,
             "top_k": k,
             "num_classes": num_classes,
-            "posthoc": opts.posthoc,
-            "tau": opts.tau if opts.posthoc != "none" else None,
+            **adjustment.record(head),
             "tte": opts.tte,
             "preprocessing": prep.spec.storage + ": " + spec.describe(cfg.data, opts.tte),
             "preprocessing_from": spec.origin,
@@ -220,9 +243,9 @@ def predict_images(
             "images_per_s": round(done / seconds, 1) if seconds > 0 else None,
         }
         side = summary_path(out)
-        side_tmp = _temp_beside(side)
+        side_tmp = temp_beside(side)
         try:
-            side_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            side_tmp.write_text(json.dumps(rounded(summary), indent=2) + "\n", encoding="utf-8")
             os.replace(side_tmp, side)
         finally:
             side_tmp.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from lwrcli.errors import UserError
 from lwrcli.models import build_model
 from lwrcli.runtime.device import eval_amp, resolve_device
 from lwrcli.runtime.distributed import DistInfo
+from lwrcli.runtime.results import check_results_folder, results_folder
 from lwrcli.train.metrics import summarize
 from lwrcli.train.resolve import resolve_config
 from lwrcli.train.scoring import predict
@@ -68,10 +69,15 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def default_zero_shot_dir(name: str, data_dir: Path) -> Path:
-    """zero-shot-<arch>-<dataset folder> in the current folder."""
+def default_zero_shot_dir(
+    name: str, data_dir: Path, split: str | None = None, tte: bool = False
+) -> Path:
+    """zero-shot-<arch>-<dataset folder>[-<split>][-tte] in the current folder (a split given
+    other than test, and the test-time ensemble, named: different evaluations never share a
+    folder)."""
     arch = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name.partition(":")[2]).stem)
-    return Path(f"zero-shot-{arch}-{Path(data_dir).name}")
+    tag = (f"-{split}" if split not in (None, "test") else "") + ("-tte" if tte else "")
+    return Path(f"zero-shot-{arch}-{Path(data_dir).name}{tag}")
 
 
 def evaluate_zero_shot(
@@ -87,20 +93,31 @@ def evaluate_zero_shot(
     device: str = "auto",
     batch_size: int | None = None,
     log: Callable[[str], None] = _stderr,
+    workers: int | None = None,
+    overwrite: bool = False,
+    default_out: bool = False,
 ) -> dict[str, Any]:
     """Top-1/top-5, shot groups and per-class accuracy of CLIP's text head on a split; `log`
-    receives what resolving decided (an input size the model needs)."""
+    receives what resolving decided (an input size the model needs). The outputs go to `out`,
+    or with `default_out` to `default_zero_shot_dir`; a folder with results is refused unless
+    `overwrite` (lwrcli.runtime.results)."""
     manifest = read_manifest(data_dir)
     split = split or manifest.test_split
     if split not in manifest.splits:
         raise UserError(
             f"Dataset {data_dir} has no '{split}' split; it has {', '.join(manifest.splits)}."
         )
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder.")
+    inputs = [Path(data_dir), *([Path(pretrained)] if pretrained else [])]
+    given = out is not None
+    if out is None and default_out:
+        out = default_zero_shot_dir(name, data_dir, split, tte)
+    if out is not None:
+        check_results_folder(out, overwrite, inputs, given)
     cfg = zero_shot_config(name, weights, pretrained, templates, device, tte)
     if batch_size is not None:
         cfg.eval_batch_size = batch_size
+    if workers is not None:
+        cfg.data.num_workers = workers
     dev = resolve_device(cfg.device)
     resolved = resolve_config(cfg, dev, manifest.storage, manifest.num_classes, manifest.image_size)
     cfg = resolved.cfg
@@ -134,6 +151,7 @@ def evaluate_zero_shot(
         }
     )
     if out is not None:
-        write_outputs(out, summary, per_class, manifest, counts, logits, targets, confusion)
+        with results_folder(out, overwrite, inputs, given) as staging:
+            write_outputs(staging, summary, per_class, manifest, counts, logits, targets, confusion)
         summary["outputs"] = str(out)
     return summary
