@@ -18,6 +18,8 @@ skipped with its reason and the others still run; the JSON is rewritten after ea
                of steps (this script's --worker mode), started together: total images/s.
   clip         CLIP ViT-B/16 (random weights) AdaptFormer vs full fine-tuning steps with bf16
                (bench_clip.make_step), images/s and the LIFT ImageNet-LT 10-epoch estimate.
+  frontier     RIDE, SADE, PaCo and BCL (and LWR on their heads) steps as ratios to the plain
+               ResNet-32 CE step on the generated CIFAR-100-LT data (bench_frontier.py).
 
 Run on a machine with a GPU, from the project root:
 
@@ -77,15 +79,16 @@ CIFAR_PRESET = "cifar100-lt-ir100-ce"
 CIFAR_TRAIN = 10_847  # CIFAR-100-LT IF 100
 CIFAR_EPOCHS = 200
 LIFT_IMAGES = 1_158_460  # 10 epochs of ImageNet-LT's 115,846 train images
-SECTIONS = ("resnet50", "cifar_epoch", "compile", "lwr", "parallel", "clip")
+SECTIONS = ("resnet50", "cifar_epoch", "compile", "lwr", "parallel", "clip", "frontier")
 # Per-section budgets in seconds (full run: 450 s of 480 s, the rest for start-up).
 BUDGETS = {
-    "resnet50": 60,
-    "cifar_epoch": 100,
-    "compile": 130,
+    "resnet50": 55,
+    "cifar_epoch": 90,
+    "compile": 110,
     "lwr": 20,
-    "parallel": 80,
-    "clip": 60,
+    "parallel": 70,
+    "clip": 55,
+    "frontier": 50,
 }
 QUICK_BUDGETS = {
     "resnet50": 40,
@@ -94,6 +97,7 @@ QUICK_BUDGETS = {
     "lwr": 20,
     "parallel": 90,
     "clip": 120,
+    "frontier": 120,
 }
 COMPILE_VARIANTS = {
     "compile off": ["compile=false"],
@@ -545,6 +549,43 @@ def section_clip(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+def section_frontier(ctx: Ctx) -> dict[str, Any]:
+    """The frontier families (issue 25) as ratios to the plain ResNet-32 CE step, measured
+    here one after another (bench_frontier.py's variants, its plain fp32 settings)."""
+    from bench_frontier import BASELINE, VARIANTS, runner, seconds_per_step
+
+    wanted = [v for v in VARIANTS if v[0] == BASELINE or v[0].startswith(FRONTIER_ROWS)]
+    rows: dict[str, Any] = {}
+    ctx.partial["seconds_per_step"] = rows
+    per = max(1.0, ctx.until - time.perf_counter()) / len(wanted)
+    for label, preset, sets in wanted:
+        t_start = time.perf_counter()
+        step = runner(ctx.cifar_data(), preset, sets, ctx.sizes.cifar_batch)
+        step()  # warm-up: the first step allocates
+        n = 0
+        total = 0.0
+        while n < 3 or (n < 20 and time.perf_counter() < t_start + per):
+            total += seconds_per_step(step, 1)
+            n += 1
+        rows[label] = total / n
+        del step
+        free(ctx.device)
+    base = rows[BASELINE]
+    return {
+        "batch": ctx.sizes.cifar_batch,
+        "seconds_per_step": rows,
+        "summary": [
+            [f"{label} (x plain ResNet-32 step)", f"{sec / base:.2f}", "-"]
+            for label, sec in rows.items()
+            if label != BASELINE
+        ],
+    }
+
+
+# The frontier rows gpu_check times (label prefixes of bench_frontier.VARIANTS).
+FRONTIER_ROWS = ("RIDE", "SADE", "PaCo", "BCL (3 views", "BCL + LWR on the classifier")
+
+
 SECTION_FNS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "resnet50": section_resnet50,
     "cifar_epoch": section_cifar_epoch,
@@ -552,6 +593,7 @@ SECTION_FNS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "lwr": section_lwr,
     "parallel": section_parallel,
     "clip": section_clip,
+    "frontier": section_frontier,
 }
 
 

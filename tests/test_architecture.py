@@ -37,7 +37,10 @@ CORE = (
     "studies/report.py",
     "studies/presets.py",
 )
-METHOD_WORDS = re.compile(r"bbn|seql|ib_|etf|max_norm|mislas", re.IGNORECASE)
+METHOD_WORDS = re.compile(
+    r"bbn|seql|ib_|etf|max_norm|mislas|\bride\b|\bsade\b|balpoe|\bexperts\b|paco|\bbcl\b",
+    re.IGNORECASE,
+)
 
 
 def module_name(path: Path) -> str:

@@ -82,7 +82,7 @@ def test_every_preset_is_a_short_recipe() -> None:
         assert migrate(raw) is raw, f"{name} holds keys that moved"
     too_long = {n: k for n, k in lengths.items() if k > MAX_LINES}
     assert not too_long, f"presets over {MAX_LINES} lines: {too_long}"
-    assert len(lengths) == 250
+    assert len(lengths) == 278  # 250 + 14 multi-expert + 14 contrastive (issue 25)
 
 
 def test_bases_are_one_level_and_lwr_presets_name_their_plain_recipe() -> None:

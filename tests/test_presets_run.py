@@ -11,12 +11,13 @@ import torch
 
 from lwrcli.config import list_presets, load_config
 from lwrcli.data.loading import build_data
+from lwrcli.data.manifest import read_manifest
 from lwrcli.data.synthetic import prepare_synthetic
 from lwrcli.errors import UserError
 from lwrcli.methods.losses import reweight_for_epoch
 from lwrcli.models import build_model, get_classifier
 from lwrcli.models import families as backbones
-from lwrcli.train.build import build_components
+from lwrcli.train.build import build_components, train_loader_hook
 from lwrcli.train.engine import Trainer
 from lwrcli.train.resolve import resolve_config
 
@@ -59,19 +60,25 @@ def test_preset_builds_and_takes_one_step(
         overrides += [f"model.name=clip:{tiny_clip}", "data.array_resize=32"]
     cfg = load_config(name, overrides=overrides)
     device = torch.device("cpu")
-    data = build_data(tiny, cfg, device)
+    # The training loader a run draws from: the methods' say included (BBN's paired batches,
+    # the contrastive losses' augmented views (B, V, 3, H, W)).
+    wrap = train_loader_hook(cfg, read_manifest(tiny).num_classes)
+    data = build_data(tiny, cfg, device, train_wrap=wrap)
     x, y = next(iter(data.train))
     arch = cfg.model.name.removeprefix("torchvision:")
     if arch.startswith("vit_"):  # torchvision ViTs take one input size; use the tiny images'
         monkeypatch.setitem(backbones.TORCHVISION_KWARGS, arch, {"image_size": x.shape[-1]})
     real = build_model(cfg.model, data.num_classes, class_names=data.manifest.class_names)
     real.eval()
-    with torch.no_grad():
-        assert real(x).shape == (x.shape[0], data.num_classes)
+    with torch.no_grad():  # one image batch (the first of a batch's views or pairs)
+        assert real(x[:, 0] if x.dim() == 5 else x).shape == (x.shape[0], data.num_classes)
 
-    # BBN's two-branch ResNet-32 stays (small already; a small CNN has no block to duplicate).
+    # BBN's two-branch ResNet-32 stays (small already; a small CNN has no block to duplicate);
+    # multi-expert recipes take their step on a narrow ResNet-32 split into the same experts.
     bbn = cfg.model.variant.name == "bbn"
     small = [] if bbn else ["model.name=small_cnn", "model.width=8"]
+    if cfg.model.variant.name == "experts":
+        small = ["model.name=resnet32", "model.resnet_width=4"]
     cfg = load_config(
         name,
         overrides=[

@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from presets_augpolicy import augpolicy_presets  # noqa: E402
 from presets_bbn import bbn_presets  # noqa: E402
+from presets_contrastive import contrastive_presets  # noqa: E402
+from presets_experts import experts_presets  # noqa: E402
 from presets_lift import lift_presets  # noqa: E402
 from presets_losses import loss_presets  # noqa: E402
 from presets_mixing import mislas_presets  # noqa: E402
@@ -494,6 +496,8 @@ def all_presets() -> dict[str, dict[str, Any]]:
     presets.update(loss_presets(cifar, large))
     presets.update(augpolicy_presets(cifar))
     presets.update(bbn_presets(lwr_block))
+    presets.update(contrastive_presets(lwr_block, LARGE_CHECKPOINT_MINUTES))
+    presets.update(experts_presets(lwr_block))
     for name, body in presets.items():
         body["name"] = name
         if name in PAPER:

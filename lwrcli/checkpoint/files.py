@@ -91,6 +91,13 @@ class Checkpoint:
         return self.state[self.classifier_key]
 
     @property
+    def classifier_keys(self) -> list[str]:
+        """Every classifier weight's key: K for a model with K heads (the metadata's
+        `classifier_keys`), else the one `classifier_key`."""
+        keys = json.loads(self.meta.get("classifier_keys") or "null")
+        return list(keys) if keys else [self.classifier_key]
+
+    @property
     def label(self) -> str:
         """A short name for plots and tables: the run's name within its sweep
         (`bs-lwr/theta=0.4/seed=0`, not just `seed=0`) or its folder's name; for a file

@@ -189,6 +189,18 @@ def eval_cmd(
         bool,
         typer.Option("--tte", help="LIFT's test-time ensemble: mean logits of five crops."),
     ] = False,
+    aggregate: Annotated[
+        str,
+        typer.Option(
+            "--aggregate",
+            help="Multi-expert checkpoints: uniform (the experts' mean) or tsa (weights learnt "
+            "on the split's unlabelled images, SADE's test-time aggregation).",
+        ),
+    ] = "uniform",
+    tsa_epochs: Annotated[int, typer.Option("--tsa-epochs", min=1, help="TSA's epochs.")] = 5,
+    tsa_lr: Annotated[
+        float, typer.Option("--tsa-lr", min=0.0, help="TSA's lr (SADE: CIFAR 0.1, ImageNet 0.025).")
+    ] = 0.1,
     zero_shot: Annotated[
         str | None,
         typer.Option("--zero-shot", help="Score a CLIP text head untrained: clip:<arch>."),
@@ -206,6 +218,7 @@ def eval_cmd(
     """Top-1/top-5, many/medium/few and per-class accuracy of a checkpoint (or, with
     --zero-shot, of a CLIP model's text head without training)."""
     from lwrcli.train.metrics import format_table, rounded
+    from lwrcli.use.aggregate import TSAOptions, experts_lines
     from lwrcli.use.evaluate import evaluate_checkpoint
 
     if device not in ("auto", "cpu", "cuda"):
@@ -221,6 +234,8 @@ def eval_cmd(
             )
         if data is None:
             raise UserError("lwr eval --zero-shot needs --data DATA_DIR, the dataset to score.")
+        if aggregate != "uniform":
+            raise UserError("--aggregate weights the experts of a checkpoint, not --zero-shot.")
         if templates not in ("openai", "single"):
             raise UserError(f"--templates must be openai or single, got '{templates}'.")
         summary = evaluate_zero_shot(
@@ -250,6 +265,8 @@ def eval_cmd(
             workers=workers,
             overwrite=overwrite,
             default_out=True,
+            aggregate=aggregate,
+            tsa=TSAOptions(epochs=tsa_epochs, lr=tsa_lr),
         )
     target = Path(summary["outputs"])
     title = f"{summary['dataset']} / {summary['split']} — {summary['adjustment']}"
@@ -262,6 +279,9 @@ def eval_cmd(
         err_console.print(format_table(summary, title))
     else:
         out_console.print(format_table(summary, title))
+    for line in experts_lines(summary):  # a multi-expert checkpoint: weights, each expert
+        (err_console if as_json else out_console).print(line, highlight=False)
+    if not as_json:
         out_console.print(f"Per-class accuracy and summary.json in {target}", highlight=False)
 
 

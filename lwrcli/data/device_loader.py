@@ -4,6 +4,11 @@ The whole uint8 dataset (N, 3, H, W) lives on the training device (GPU memory, o
 Each batch is cropped with zero padding and flipped with tensor ops, optionally augmented by
 a policy (RandAugment, AutoAugment, TrivialAugment: lwrcli.data.device_augment), then
 normalised, so a CIFAR epoch costs a few kernel launches instead of 50,000 PIL round trips.
+
+With `views=V > 1` (the contrastive losses: two augmented views of each image) a training
+batch is (B, V, 3, H, W): the same device-resident images augmented V times with independent
+draws from the loader's generator (view 0 draws first, as a one-view loader would), gathered
+once and never copied to the host; resuming restores the generator as for one view.
 """
 
 from __future__ import annotations
@@ -92,8 +97,16 @@ class DeviceImageLoader:
         resize: int | None = None,
         tte: bool = False,
         policy: AugmentPolicy | None = None,
+        views: int = 1,
+        drop_last: bool = False,
     ) -> None:
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
         self.images = images
+        # Training batches of `views` independently augmented copies: (B, V, 3, H, W) when > 1.
+        self.views = views
+        # Training: leave out the last partial global batch (as the image-list pipeline does).
+        self.drop_last = drop_last
         # RandAugment / AutoAugment / TrivialAugment after crop and flip (training only).
         self.policy = policy
         # Upsampled size (None: as stored); `tte`: evaluation batches become LIFT's five crops
@@ -125,14 +138,14 @@ class DeviceImageLoader:
 
     def __len__(self) -> int:
         """Steps per epoch. Training walks the split in global batches (batch_size per process
-        x world_size), keeping a last partial one that every process can share; evaluation
-        walks this process's shard."""
+        x world_size), keeping a last partial one that every process can share (unless
+        `drop_last`); evaluation walks this process's shard."""
         n = len(self.labels)
         if not self.train:
             per_rank = (n - self.rank + self.world_size - 1) // self.world_size
             return (per_rank + self.batch_size - 1) // self.batch_size
         full, rest = divmod(n, self.global_batch_size)
-        return full + (1 if rest >= self.world_size else 0)
+        return full + (1 if rest >= self.world_size and not self.drop_last else 0)
 
     @property
     def position(self) -> int:
@@ -182,22 +195,29 @@ class DeviceImageLoader:
                 idx = order[start : start + self.batch_size]
                 yield self.normalize(self.images[idx]), self.labels[idx]
             return
-        dev = self.images.device
         for chunk, mine in self._steps():
-            # The global batch and its augmentation are drawn as one process would draw them;
-            # this process takes its contiguous part, so 1 or W processes see the same images
-            # with the same crops and flips at the same step.
-            params = draw_crop_flip(len(chunk), self.padding, self.flip, self.generator, dev)
-            ops = None
-            if self.policy is not None:  # drawn after crop/flip: runs without it are unchanged
-                h, w = self.images.shape[-2:]
-                ops = self.policy.draw(len(chunk), h, w, self.generator, dev)
             idx = chunk[mine]
-            mine_params = [p[mine] if p is not None else None for p in params]
-            batch = apply_crop_flip(self.images[idx], self.padding, *mine_params)
-            if self.policy is not None and ops is not None:
-                batch = self.policy(batch, ops[0][mine], ops[1][mine])
-            yield self.normalize(batch), self.labels[idx]
+            images = self.images[idx]  # gathered once on the device, shared by every view
+            views = [self._augment(images, len(chunk), mine) for _ in range(self.views)]
+            x = views[0] if self.views == 1 else torch.stack(views, dim=1)
+            yield x, self.labels[idx]
+
+    def _augment(self, images: torch.Tensor, global_size: int, mine: torch.Tensor) -> torch.Tensor:
+        """One augmented, normalised view of this process's `images` (B, 3, H, W) uint8. The
+        global batch's augmentation is drawn as one process would draw it and this process
+        takes its contiguous part `mine`, so 1 or W processes see the same crops and flips at
+        the same step."""
+        dev = self.images.device
+        params = draw_crop_flip(global_size, self.padding, self.flip, self.generator, dev)
+        ops = None
+        if self.policy is not None:  # drawn after crop/flip: runs without it are unchanged
+            h, w = self.images.shape[-2:]
+            ops = self.policy.draw(global_size, h, w, self.generator, dev)
+        mine_params = [p[mine] if p is not None else None for p in params]
+        batch = apply_crop_flip(images, self.padding, *mine_params)
+        if self.policy is not None and ops is not None:
+            batch = self.policy(batch, ops[0][mine], ops[1][mine])
+        return self.normalize(batch)
 
     def batch_indices(self) -> Iterator[torch.Tensor]:
         """This process's training batches as index tensors (B,), advancing the position: what

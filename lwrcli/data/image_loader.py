@@ -2,7 +2,9 @@
 
 Workers read and decode files and run the uint8 training transforms (RandomResizedCrop +
 flip + ColorJitter) or the evaluation ones (Resize + CenterCrop); batches leave them as uint8
-and `to_device`, which the engine calls on every batch, normalises on the device. With
+and `to_device`, which the engine calls on every batch, normalises on the device. Training with
+`views=V > 1` (the contrastive losses) gives each image V independently transformed views,
+batches (B, V, 3, S, S). With
 `data.gpu_decode` on CUDA the workers only read file bytes and nvjpeg decodes the batch on the
 GPU, where the transforms then run.
 """
@@ -24,6 +26,7 @@ from lwrcli.config import DataConfig
 from lwrcli.data.manifest import Manifest
 from lwrcli.data.samplers import epoch_indices
 from lwrcli.data.transforms import (
+    Views,
     decode_rgb,
     eval_transform,
     normalize,
@@ -272,6 +275,7 @@ def build_image_loader(
     epochs: int = 1,
     tte: bool = False,
     sampler: str | None = None,
+    views: int = 1,
 ) -> DataLoader:
     """A DataLoader of ImageBatch (or RawBatch with gpu_decode) for one split of a `lists`
     dataset; pass each batch through `to_device`. Training shuffles with seed + epoch (call
@@ -279,7 +283,8 @@ def build_image_loader(
     shards so all ranks take as many steps, and drops the last partial batch unless
     `drop_last=False`. Workers never exceed the cores this process may use. `tte` (evaluation
     only): each item is LIFT's five crops, batches (B, 5, 3, S, S). `sampler` replaces
-    `data_cfg.sampler` (BBN's reversed branch)."""
+    `data_cfg.sampler` (BBN's reversed branch). `views` > 1 (training only): each item is
+    that many independently augmented views, batches (B, V, 3, S, S)."""
     device = device or torch.device("cpu")
     if manifest.image_root is None:
         raise UserError(f"{data_dir}/manifest.json has no image_root; prepare it again.")
@@ -288,6 +293,8 @@ def build_image_loader(
     paths, labels = read_split_list(data_dir, split)
     if train:
         transform = train_transform(data_cfg)
+        if views > 1:
+            transform = Views(transform, views)
     else:
         transform = tte_transform(data_cfg) if tte else eval_transform(data_cfg)
     gpu_decode = data_cfg.gpu_decode and device.type == "cuda"

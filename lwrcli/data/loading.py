@@ -170,8 +170,11 @@ def build_data(
     train_wrap: Callable[[Any, Callable[..., Any]], Any] | None = None,
 ) -> DataBundle:
     """The loaders of a prepared dataset. `train_wrap(loader, second)` replaces the training
-    loader (a method that draws two batches per step), where `second(sampler=..., seed=...)`
-    builds another loader over the training split, sharing its device-resident images."""
+    loader (a method that draws two batches per step, or augmented views of each image), where
+    `second(sampler=..., seed=..., views=...)` builds another loader over the training split
+    (the config's sampler and seed where not given), sharing its device-resident images;
+    `views` > 1 gives batches of V augmented views of each image, (B, V, 3, H, W), and
+    `drop_last` leaves out the last partial global batch (the image lists always do)."""
     dist = dist or DistInfo()
     manifest = read_manifest(data_dir)
     wanted = eval_splits(manifest) if splits is None else splits
@@ -201,11 +204,16 @@ def build_data(
     if train_loader is not None and train_wrap is not None:
         first = train_loader
 
-        def second(sampler: str, seed: int) -> BatchLoader:
+        def second(
+            sampler: str | None = None,
+            seed: int | None = None,
+            views: int = 1,
+            drop_last: bool = False,
+        ) -> Any:
             args = (data_dir, manifest, cfg, device, dist, "train", True, sampler, seed)
             if manifest.storage == "arrays":  # the same device-resident images, not a copy
-                return _arrays_loader(*args, shared=first)
-            return _list_loader(*args)
+                return _arrays_loader(*args, shared=first, views=views, drop_last=drop_last)
+            return _list_loader(*args, views=views)  # it drops the last partial batch anyway
 
         train_loader = train_wrap(train_loader, second)
     return DataBundle(manifest, train_loader, {s: loader(s, False) for s in wanted}, data_dir)
@@ -222,10 +230,13 @@ def _arrays_loader(
     sampler: str | None = None,
     seed: int | None = None,
     shared: Any = None,
+    views: int = 1,
+    drop_last: bool = False,
 ) -> BatchLoader:
     """Small images: the split's uint8 tensor moved to the device once. `sampler` and `seed`
     replace the config's, and `shared` (a loader of the same split) lends its device tensors
-    (a second training loader: build_data's `train_wrap`)."""
+    (a second training loader: build_data's `train_wrap`); `views`: augmented views per image;
+    `drop_last`: no last partial global batch."""
     from lwrcli.data.arrays import load_arrays
     from lwrcli.data.device_augment import device_policy
     from lwrcli.data.device_loader import DeviceImageLoader
@@ -253,6 +264,8 @@ def _arrays_loader(
         resize=cfg.data.array_resize,
         tte=cfg.eval_tte and not is_train,
         policy=device_policy(cfg.data) if is_train else None,
+        views=views if is_train else 1,
+        drop_last=drop_last and is_train,
     )
 
 
@@ -266,9 +279,11 @@ def _list_loader(
     is_train: bool,
     sampler: str | None = None,
     seed: int | None = None,
+    views: int = 1,
 ) -> BatchLoader:
     """Large images: a worker DataLoader whose batches are moved to the device. `sampler` and
-    `seed` replace the config's (a second training loader: build_data's `train_wrap`)."""
+    `seed` replace the config's (a second training loader: build_data's `train_wrap`);
+    `views`: augmented views per image."""
     from lwrcli.data.image_loader import build_image_loader
 
     dl = build_image_loader(
@@ -285,6 +300,7 @@ def _list_loader(
         epochs=cfg.epochs,
         tte=cfg.eval_tte and not is_train,
         sampler=sampler,
+        views=views if is_train else 1,
     )
     steps = len(dl) if not is_train else dl.sampler.steps
     return _ListLoader(dl, device, cfg.channels_last is True, steps)

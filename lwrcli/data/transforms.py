@@ -83,6 +83,21 @@ def tte_transform(cfg: DataConfig) -> v2.Compose:
     )
 
 
+class Views:
+    """`views` independent draws of a training transform, uint8 (3, H, W) -> (V, 3, S, S): the
+    augmented views the contrastive losses compare (a class, so spawn-started workers can
+    pickle it). Under one per-sample seed (image_loader.seeded) the draws follow each other,
+    so the views differ from each other but an image's views depend on its seed alone."""
+
+    def __init__(self, transform: Any, views: int) -> None:
+        if views < 2:
+            raise ValueError(f"Views needs at least 2 views, got {views}")
+        self.transform, self.views = transform, views
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.transform(image) for _ in range(self.views)])
+
+
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float32 (x / 255 - mean) / std, on the images' device (a
     test-time-ensemble batch (B, K, 3, H, W) broadcasts the same way)."""

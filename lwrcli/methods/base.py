@@ -46,6 +46,7 @@ class RunParts(Protocol):
     batch_transforms: list[Callable[..., tuple[torch.Tensor, torch.Tensor]]]
     eval_model: nn.Module | None
     loss: Any
+    lwr_rows: Callable[[], torch.Tensor] | None
 
 
 class Method:
@@ -78,6 +79,12 @@ class Method:
 
     def check(self, cfg: Any) -> None:
         """Cross-field rules on the whole config; raise ValueError naming the fix."""
+
+    def lambda_factor(self, cfg: Any) -> float:
+        """This method's factor on `lwr.lambda_max: auto` (the class-count rule), where it
+        changes LWR's share of each classifier's gradient (K heads, a loss averaged over
+        them); the resolve step multiplies the chosen methods' factors. 1: no change."""
+        return 1.0
 
     # --- model -----------------------------------------------------------------------------
     def build_head(self, section: Any, in_features: int, num_classes: int) -> nn.Module | None:
@@ -117,8 +124,10 @@ class Method:
     def train_loader(
         self, loader: Any, second: Callable[..., Any], cfg: Any, num_classes: int
     ) -> Any:
-        """The training loader the loop draws from; `second(sampler=..., seed=...)` builds
-        another loader over the same training split."""
+        """The training loader the loop draws from; `second(sampler=..., seed=..., views=...,
+        drop_last=...)` builds another loader over the same training split (the config's
+        sampler and seed where not given; `views` > 1: batches of V augmented views,
+        (N, V, 3, H, W); `drop_last`: no last partial global batch)."""
         return loader
 
 

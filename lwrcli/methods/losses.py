@@ -70,6 +70,10 @@ class CountsLoss(nn.Module, ABC):
     soft_targets: bool = False
     # Whether the loss reads the head's input h: build attaches a FeatureCapture (`features`).
     needs_features: bool = False
+    # Whether the loss reads what the model kept of the step besides the logits (augmented
+    # views' embeddings, every expert's logits): it cannot be called on bare logits, and its
+    # formula is tested on those outputs by its own tests.
+    needs_model_outputs: bool = False
 
     def __init__(self, class_counts: Counts) -> None:
         super().__init__()

@@ -3,6 +3,9 @@
 Where the head lives differs by family (`fc`, `classifier.2`, `heads.head`, `head` of a CLIP
 image tower, ...): the factory records its attribute path as `model.lwr_head`, and
 `get_classifier` / `classifier_key` are what LWR, analysis, tau-norm and stage-2 training use.
+A model with several classifiers (K experts over a shared trunk, lwrcli.models.experts) also
+records every head's path as `model.lwr_heads` (the first is `lwr_head`); `get_classifiers` /
+`classifier_keys` return all of them, one entry for every other model.
 A cosine classifier (`CosineLinear`) outputs scale * cos(x, w_c); with scale 1 (the default,
 LDAM's recipe) the loss applies its own scale. A fixed head (lwrcli.methods.etf) is built by
 its method and put in place with `set_head`.
@@ -83,6 +86,27 @@ def get_classifier(model: nn.Module) -> nn.Module:
 def classifier_key(model: nn.Module) -> str:
     """The state-dict key of the classifier weight (C, d) of the unwrapped model."""
     return f"{head_path(model)}.weight"
+
+
+def head_paths(model: nn.Module) -> list[str]:
+    """Attribute paths of every classifier head: `model.lwr_heads` where a model has several
+    (the first is `lwr_head`), else the one `head_path`."""
+    paths = getattr(unwrap(model), "lwr_heads", None)
+    if isinstance(paths, (list, tuple)) and paths and all(isinstance(p, str) for p in paths):
+        return list(paths)
+    return [head_path(model)]
+
+
+def get_classifiers(model: nn.Module) -> list[nn.Module]:
+    """Every classifier head (each with a (C, d) `weight`): one for a plain model, K for K
+    experts. What LWR repels (all of them), the epoch geometry and per-expert evaluation read."""
+    raw = unwrap(model)
+    return [raw.get_submodule(p) for p in head_paths(model)]
+
+
+def classifier_keys(model: nn.Module) -> list[str]:
+    """The state-dict keys of every classifier weight (C, d), first `classifier_key`."""
+    return [f"{p}.weight" for p in head_paths(model)]
 
 
 def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:

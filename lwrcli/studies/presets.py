@@ -31,7 +31,7 @@ def model_label(cfg: TrainConfig) -> str:
     """The network, a cosine head, a structural variant: 'resnet32 (cosine)', 'resnet32 X'."""
     label = cfg.model.name + (" (cosine)" if cfg.model.cosine else "")
     if cfg.model.variant.name != "plain":
-        label += " " + slot_method("variant", cfg.model.variant.name).label
+        label += " " + slot_method("variant", cfg.model.variant.name).describe(cfg.model.variant)
     return label
 
 

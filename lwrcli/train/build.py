@@ -20,11 +20,11 @@ from lwrcli.config import TrainConfig
 from lwrcli.data.loading import DataBundle
 from lwrcli.errors import UserError
 from lwrcli.methods.losses import build_loss
-from lwrcli.models import build_model, get_classifier
+from lwrcli.models import build_model, get_classifier, get_classifiers
 from lwrcli.runtime.distributed import DistInfo
 from lwrcli.train.components import Components
 from lwrcli.train.init_weights import start_weights
-from lwrcli.train.lwr import build_regularizer, reference_rows
+from lwrcli.train.lwr import build_regularizer, reference_rows_heads
 from lwrcli.train.optim import build_optimizer
 
 
@@ -185,8 +185,10 @@ def build_components(
                 "lwr.theta=init: this checkpoint holds no reference geometry "
                 f"({THETA_REFERENCE}); it was written before theta: init existed."
             )
-        # The head as this run starts it (text, class means, cRT reset, ...): each pair's margin.
-        theta_reference = reference_rows(get_classifier(model).weight, cfg.lwr.proj)
+        # The head as this run starts it (text, class means, cRT reset, ...): each pair's margin
+        # (one set of rows per head where the model has several).
+        heads = [c.weight for c in get_classifiers(model)]
+        theta_reference = reference_rows_heads(heads, cfg.lwr.proj)
     loss = build_loss(cfg.loss, counts, seed=cfg.seed).to(device)
     parts = Components(
         model=wrap_for_training(model, cfg, device, dist),

@@ -49,3 +49,6 @@ class Components:
     checkpoint_tensors: list[Callable[[], dict[str, torch.Tensor]]] = field(default_factory=list)
     # Called with the 0-based epoch before its first step (a branch weight that follows it).
     before_epoch: list[Callable[[int], None]] = field(default_factory=list)
+    # The (C, d) rows LWR repels when not the classifier's weight (a method's class
+    # prototypes, computed from trained parameters at each step); None: the classifier.
+    lwr_rows: Callable[[], torch.Tensor] | None = None

@@ -22,11 +22,11 @@ from lwrcli.config import TrainConfig
 from lwrcli.errors import UserError
 from lwrcli.hooks import hook_point
 from lwrcli.methods.losses import reweight_for_epoch
-from lwrcli.models import get_classifier
+from lwrcli.models import get_classifier, get_classifiers
 from lwrcli.runtime.device import autocast_context
 from lwrcli.runtime.distributed import DistInfo, all_reduce_sum
 from lwrcli.train.components import Components
-from lwrcli.train.geometry import class_geometry, gradient_share
+from lwrcli.train.geometry import heads_geometry, heads_gradient_share
 from lwrcli.train.live_log import LiveLog
 from lwrcli.train.lwr import resolve_margin
 from lwrcli.train.optim import set_lr
@@ -79,6 +79,8 @@ class Trainer(CheckpointWriter):
         # θ, or each pair's cosine at initialisation (`theta: init`): what geometry reports.
         self.margin = resolve_margin(cfg.lwr.theta, parts.theta_reference)
         self.classifier = get_classifier(parts.raw_model)
+        # Every classifier LWR repels: the one head, or each head of a multi-head model.
+        self.classifiers = get_classifiers(parts.raw_model)
         self.class_counts = torch.tensor(self.data.class_counts, dtype=torch.float64)
         self.dist = dist or DistInfo()
         self.run_dir = run_dir
@@ -128,7 +130,7 @@ class Trainer(CheckpointWriter):
         self.lr = lr
         world = self.dist.world_size
         global_batch = getattr(self.data.train, "last_global_batch", None) or y.shape[0] * world
-        lwr = self.regularizer(self.classifier.weight, t) if self.regularizer else None
+        lwr = self.regularizer(self._lwr_weights(), t) if self.regularizer else None
         self.optimizer.zero_grad(set_to_none=True)
         task_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -168,14 +170,28 @@ class Trainer(CheckpointWriter):
             terms["loss"] = task_mean + lwr[0].detach()
         return terms
 
-    def _lwr_grad(self, lam_r: torch.Tensor) -> torch.Tensor:
-        """λ ∇_W R from the regularizer's own (blockwise) backward; no extra model pass."""
-        (grad,) = torch.autograd.grad(lam_r, self.classifier.weight, retain_graph=True)
-        return grad
+    def _lwr_weights(self) -> torch.Tensor | list[torch.Tensor]:
+        """The weight LWR repels: the head's (C, d), or each head's of a multi-head model, or
+        the rows a method hands over instead (`Components.lwr_rows`: prototypes computed from
+        trained parameters)."""
+        if self.parts.lwr_rows is not None:
+            return self.parts.lwr_rows()
+        if len(self.classifiers) == 1:
+            return self.classifier.weight
+        return [c.weight for c in self.classifiers]
 
-    def _lwr_share(self, lwr_grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _lwr_grad(self, lam_r: torch.Tensor) -> list[torch.Tensor]:
+        """λ ∇_W R of each head from the regularizer's own (blockwise) backward; no extra
+        model pass."""
+        weights = [c.weight for c in self.classifiers]
+        # Rows a method hands over (lwr_rows) need not depend on every head: no gradient is 0.
+        grads = torch.autograd.grad(lam_r, weights, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
+
+    def _lwr_share(self, lwr_grads: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         lw = self.cfg.lwr
-        return gradient_share(self.classifier.weight, lwr_grad, self.margin, lw.proj, lw.block_size)
+        weights = [c.weight for c in self.classifiers]
+        return heads_gradient_share(weights, lwr_grads, self.margin, lw.proj, lw.block_size)
 
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -355,9 +371,9 @@ class Trainer(CheckpointWriter):
     def _geometry(self) -> dict[str, Any]:
         """Class-vector geometry at the run's θ (also without LWR): see lwrcli.train.geometry."""
         lw = self.cfg.lwr
-        weight = get_classifier(self.parts.raw_model).weight
-        return class_geometry(
-            weight, self.data.class_counts, self.margin, lw.proj, lw.block_size, lw.power
+        weights = [c.weight for c in get_classifiers(self.parts.raw_model)]
+        return heads_geometry(
+            weights, self.data.class_counts, self.margin, lw.proj, lw.block_size, lw.power
         )
 
     def _record_initial_geometry(self) -> None:

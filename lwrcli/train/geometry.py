@@ -5,6 +5,10 @@ C = 1000 or 8142 classes never build a C x C matrix: the max and mean pairwise c
 the projected rows when `proj`, i.e. as LWR sees them, plus the raw rows' as analyze-weights
 reports them), R at the run's θ (also when LWR is off, so a baseline shows what LWR would
 have penalised), the pairs above θ, and the many-/few-shot weight-norm ratio.
+
+A model with K classifier heads (experts) keeps these keys for its first head and adds the
+mean over heads of each (`<key>_heads_mean`), `geom_heads` = K and `geom_expert_cos`, the
+mean cosine between two experts' vectors of the same class (`heads_geometry`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lwrcli.data.manifest import shot_groups
-from lwrcli.train.lwr import Margin, margin_block, project_rows, shared_direction
+from lwrcli.train.lwr import Margin, head_margin, margin_block, project_rows, shared_direction
 
 
 @torch.no_grad()
@@ -118,4 +122,70 @@ def gradient_share(
     return {
         "lwr_share": lwr_grad.norm() / task.norm().clamp_min(1e-30),
         "lwr_pairs_above": pairs_above(weight, theta, proj, block_size),
+    }
+
+
+@torch.no_grad()
+def expert_cosine(weights: Sequence[Tensor]) -> float | None:
+    """Mean cosine between the vectors of the same class in two different heads, over classes
+    and head pairs (None for one head or heads of different shapes)."""
+    if len(weights) < 2 or len({tuple(w.shape) for w in weights}) != 1:
+        return None
+    unit = [F.normalize(w.detach().double(), dim=1, eps=1e-12) for w in weights]
+    pairs = [(unit[a] * unit[b]).sum(1).mean() for a in range(len(unit)) for b in range(a)]
+    return float(torch.stack(pairs).mean())
+
+
+@torch.no_grad()
+def heads_geometry(
+    weights: Sequence[Tensor],
+    class_counts: Sequence[int],
+    theta: Margin,
+    proj: bool = True,
+    block_size: int = 1024,
+    power: int = 1,
+) -> dict[str, Any]:
+    """`class_geometry` of the first head; with K > 1 heads also `geom_heads`, each number's
+    mean over the heads (`<key>_heads_mean`, None where a head has none) and
+    `geom_expert_cos` (`expert_cosine`). Head k's margin is `head_margin(theta, k)`."""
+    first = class_geometry(weights[0], class_counts, head_margin(theta, 0), proj, block_size, power)
+    if len(weights) == 1:
+        return first
+    rest = [
+        class_geometry(w, class_counts, head_margin(theta, k), proj, block_size, power)
+        for k, w in enumerate(weights[1:], 1)
+    ]
+    out = dict(first, geom_heads=len(weights))
+    for key, value in first.items():
+        if key == "geom_theta":
+            continue
+        values = [value, *(g.get(key) for g in rest)]
+        out[f"{key}_heads_mean"] = (
+            None if any(v is None for v in values) else sum(values) / len(values)
+        )
+    out["geom_expert_cos"] = expert_cosine(weights)
+    return out
+
+
+@torch.no_grad()
+def heads_gradient_share(
+    weights: Sequence[Tensor],
+    lwr_grads: Sequence[Tensor],
+    theta: Margin,
+    proj: bool = True,
+    block_size: int = 1024,
+) -> dict[str, Tensor]:
+    """`gradient_share` of one head; of K heads: |λ ∇R| / |∇L_task| over all heads' weights
+    together (Frobenius) and the mean over heads of the pairs LWR repels."""
+    if len(weights) == 1:
+        return gradient_share(weights[0], lwr_grads[0], head_margin(theta, 0), proj, block_size)
+    lwr_sq = sum(g.double().pow(2).sum() for g in lwr_grads)
+    task_sq = sum(
+        (w.grad - g if w.grad is not None else -g).double().pow(2).sum()
+        for w, g in zip(weights, lwr_grads)
+    )
+    above = [pairs_above(w, head_margin(theta, k), proj, block_size) for k, w in enumerate(weights)]
+    return {
+        "lwr_share": (lwr_sq.sqrt() / task_sq.sqrt().clamp_min(1e-30)).float(),
+        "lwr_pairs_above": torch.stack(above).mean(),
     }

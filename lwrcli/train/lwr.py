@@ -9,6 +9,7 @@ O(C d) and the working set is O(block_size x C), which matters at C = 8142 (iNat
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,6 +23,14 @@ from lwrcli.runtime.device import no_autocast
 # A margin: the fixed θ, or (`theta: init`) the reference unit rows V̂⁰ (C, d) of the head at
 # initialisation, whose cosines s⁰_ij are each pair's own margin.
 Margin = float | Tensor
+
+
+def head_margin(theta: Margin, k: int) -> Margin:
+    """Head k's margin: θ, or its reference rows where `theta: init` keeps one set per head of
+    a multi-head model, stacked (K, C, d)."""
+    if isinstance(theta, Tensor) and theta.dim() == 3:
+        return theta[k]
+    return theta
 
 
 def margin_block(theta: Margin, r0: int, r1: int) -> float | Tensor:
@@ -119,6 +128,13 @@ def reference_rows(weight: Tensor, proj: bool = True, eps: float = 1e-12) -> Ten
     return F.normalize(w, dim=1, eps=eps)
 
 
+def reference_rows_heads(weights: Sequence[Tensor], proj: bool = True) -> Tensor:
+    """`reference_rows` of one head (C, d), or of every head of a multi-head model (K, C, d)."""
+    if len(weights) == 1:
+        return reference_rows(weights[0], proj)
+    return torch.stack([reference_rows(w, proj) for w in weights])
+
+
 def resolve_margin(theta: float | str, reference: Tensor | None) -> Margin:
     """The margin a config's θ stands for: the number, or the reference rows for 'init'."""
     if theta == "init":
@@ -161,6 +177,26 @@ def lwr_penalty(
         v_hat = F.normalize(w, dim=1, eps=eps)
         margin = theta.to(v_hat) if isinstance(theta, Tensor) else float(theta)
         return _BlockHingeSum.apply(v_hat, margin, int(power), int(block_size))
+
+
+def lwr_penalty_heads(
+    weights: Sequence[Tensor],
+    theta: Margin,
+    power: int = 1,
+    proj: bool = True,
+    block_size: int = 1024,
+) -> Tensor:
+    """R over K classifier heads (a multi-expert model): the mean over heads of R(W_k), each
+    W_k with its own shared direction and, for `theta: init`, its own reference rows
+    (`head_margin`). A mean, not a sum, so R reads on the single-head scale; the λ rule makes
+    up for it (`lwr.lambda_max: auto`, lwrcli.methods.experts). One head: R(W) itself."""
+    if len(weights) == 1:
+        return lwr_penalty(weights[0], head_margin(theta, 0), power, proj, block_size)
+    terms = [
+        lwr_penalty(w, head_margin(theta, k), power, proj, block_size)
+        for k, w in enumerate(weights)
+    ]
+    return torch.stack(terms).mean()
 
 
 def lwr_penalty_dense(
@@ -250,12 +286,17 @@ class LWR:
         """λ(t) at training progress t (epochs, fractional)."""
         return lwr_lambda(self.cfg, t, self.total_epochs)
 
-    def __call__(self, weight: Tensor, t: float) -> tuple[Tensor, Tensor] | None:
+    def __call__(self, weight: Tensor | Sequence[Tensor], t: float) -> tuple[Tensor, Tensor] | None:
+        """`weight`: the classifier weight (C, d), or every head's of a multi-head model (the
+        mean over heads of R, `lwr_penalty_heads`)."""
         lam = self.lam(t)
         if lam == 0.0 or (isinstance(self.margin, float) and self.margin >= 1.0):
             return None
         cfg = self.cfg
-        r = lwr_penalty(weight, self.margin, cfg.power, cfg.proj, cfg.block_size)
+        if isinstance(weight, Tensor):
+            r = lwr_penalty(weight, self.margin, cfg.power, cfg.proj, cfg.block_size)
+        else:
+            r = lwr_penalty_heads(weight, self.margin, cfg.power, cfg.proj, cfg.block_size)
         return lam * r, r.detach()
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from lwrcli.config import OptimConfig
 from lwrcli.errors import UserError
-from lwrcli.models import head_path
+from lwrcli.models import head_paths
 from lwrcli.runtime.modules import unwrap
 
 # Layer ids for layer-wise lr decay. Blocks: torchvision ViT `encoder.layers.encoder_layer_i`
@@ -62,7 +62,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig, lr: float) -> list[dict[str
     named = [(n, p) for n, p in raw.named_parameters() if p.requires_grad]
     if not named:
         raise UserError("Every parameter is frozen (model.freeze); there is nothing to train.")
-    head = head_path(raw) + "."
+    head = tuple(path + "." for path in head_paths(raw))  # every classifier head
     decay_of: dict[str, float] = {}
     if cfg.layer_decay is not None:
         try:

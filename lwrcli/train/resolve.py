@@ -130,12 +130,20 @@ def resolve_lambda_max(cfg: TrainConfig, num_classes: int) -> Resolved:
     if cfg.lwr.lambda_max != "auto":
         return Resolved(cfg)
     value = lambda_for_classes(num_classes)
+    # Several classifier heads, or a loss averaged over them, change LWR's share of each
+    # head's gradient: the chosen methods say by how much (Method.lambda_factor).
+    factor = 1.0
+    for method in cfg.methods():
+        factor *= method.lambda_factor(cfg)
+    if factor != 1.0:
+        value = float(f"{value * factor:.2g}")
     lwr = cfg.lwr.model_copy(update={"lambda_max": value})
     note = ""
     if cfg.lwr.enabled:
+        times = f" x {factor:.3g} for the run's classifier heads" if factor != 1.0 else ""
         note = (
             f"lwr.lambda_max auto: {value:g} for {num_classes} classes (10 · share(100) / "
-            "share(C), docs/lwr.md 'How strong is LWR?'); saved in config.yaml."
+            f"share(C){times}, docs/lwr.md 'How strong is LWR?'); saved in config.yaml."
         )
     return Resolved(cfg.model_copy(update={"lwr": lwr}), [note] if note else [])
 

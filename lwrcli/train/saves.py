@@ -7,6 +7,7 @@ A mixin of `Trainer`: it reads the trainer's run state, components and folders.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 
 from lwrcli.checkpoint.files import THETA_REFERENCE, atomic_save, checkpoint_payload
 from lwrcli.checkpoint.resume import commit_resume_point
-from lwrcli.models import classifier_key
+from lwrcli.models import classifier_key, classifier_keys
 from lwrcli.runtime.distributed import all_reduce_sum, barrier
 from lwrcli.train.runlog import append_metrics
 
@@ -55,6 +56,7 @@ class CheckpointWriter:
                 "dataset_storage": self.data.manifest.storage,
                 "dataset_image_size": str(self.data.manifest.image_size or ""),
                 "step": str(self.state.step),
+                **_heads_meta(self.parts.raw_model),
             },
             extra_tensors={
                 **self.parts.run_tensors,
@@ -118,3 +120,10 @@ class CheckpointWriter:
             self.state.step = 0
         barrier(self.dist)
         self._last_save = time.monotonic()
+
+
+def _heads_meta(model: Any) -> dict[str, str]:
+    """`classifier_keys` of a model with several classifier heads (experts), for analysis and
+    evaluation; nothing for one head."""
+    keys = classifier_keys(model)
+    return {"classifier_keys": json.dumps(keys)} if len(keys) > 1 else {}

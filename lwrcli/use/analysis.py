@@ -4,6 +4,8 @@ For each checkpoint: per-class weight norms against train counts, the cosine-sim
 matrix of the raw class vectors ordered by class frequency, pairwise-cosine statistics overall
 and within/between shot groups, R_LWR at the run's θ/power/proj, and norm ratios between head
 and tail classes. Several checkpoints (say BS and BS + LWR) are overlaid in the same plots.
+A multi-expert checkpoint (K classifier heads) gets the same numbers for every expert
+(`experts`) and the cosine between two experts' vectors of the same class (`expert_pairs`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from lwrcli.data.manifest import GROUPS, read_manifest, shot_group, shot_groups
 from lwrcli.errors import UserError
 from lwrcli.runtime.files import write_atomic
 from lwrcli.runtime.results import check_results_folder, results_folder
-from lwrcli.train.lwr import Margin, lwr_penalty, resolve_margin
+from lwrcli.train.lwr import Margin, head_margin, lwr_penalty, resolve_margin
 from lwrcli.use import plots
 
 FORMATS = ("png", "svg")
@@ -139,6 +141,49 @@ def weight_stats(
     return stats
 
 
+EXPERT_KEYS = ("overall", "within", "between", "r_lwr", "norm_ratio_head_tail")
+EXPERT_KEYS += ("norm_ratio_top_bottom", "norm_count_corr", "norms")
+
+
+def expert_stats(
+    ck: Any, class_counts: Sequence[int], margin: Margin, power: int = 1, proj: bool = True
+) -> dict[str, Any]:
+    """For a checkpoint with K > 1 classifier heads: `experts`, `weight_stats` of each head
+    (its norms, cosines, R_LWR at its own margin), `expert_pairs`, the cosine between the
+    vectors of the same class in two experts (mean / min / max over classes and the mean per
+    shot group), and `expert_same_class_cos`, their mean. Nothing for one head."""
+    keys = ck.classifier_keys
+    if len(keys) < 2:
+        return {}
+    weights = [ck.state[k] for k in keys]
+    experts = []
+    for k, (key, w) in enumerate(zip(keys, weights)):
+        st = weight_stats(w, class_counts, head_margin(margin, k), power, proj)
+        experts.append({"expert": k + 1, "key": key, **{x: st[x] for x in EXPERT_KEYS}})
+    groups = shot_groups(class_counts)
+    pairs = []
+    for a in range(len(weights)):
+        for b in range(a + 1, len(weights)):
+            ua, ub = (w.detach().double().cpu() for w in (weights[a], weights[b]))
+            cos = (ua / ua.norm(dim=1, keepdim=True).clamp_min(1e-12)) * (
+                ub / ub.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            )
+            per_class = cos.sum(1).numpy()
+            pairs.append(
+                {
+                    "experts": [a + 1, b + 1],
+                    "mean": float(per_class.mean()),
+                    "min": float(per_class.min()),
+                    "max": float(per_class.max()),
+                    **{
+                        g: float(per_class[groups[g]].mean()) if groups[g] else None for g in GROUPS
+                    },
+                }
+            )
+    same = float(np.mean([p["mean"] for p in pairs]))
+    return {"experts": experts, "expert_pairs": pairs, "expert_same_class_cos": same}
+
+
 def group_bounds(class_counts: Sequence[int]) -> list[tuple[str, int]]:
     """(group name, first position along the head -> tail order) for each group present."""
     bounds: list[tuple[str, int]] = []
@@ -240,7 +285,9 @@ def _write_analysis(
         margin = lw.theta
         if lw.theta == "init":  # each pair's margin is its cosine at initialisation
             margin = resolve_margin("init", ck.extras.get(THETA_REFERENCE))
-        stats = weight_stats(ck.classifier_weight, counts, margin, lw.power, lw.proj)
+        first = head_margin(margin, 0)  # the first head's (all heads': `experts`)
+        stats = weight_stats(ck.classifier_weight, counts, first, lw.power, lw.proj)
+        stats.update(expert_stats(ck, counts, margin, lw.power, lw.proj))
         mat = stats.pop("cosine")
         order = np.asarray(stats["order"])
         files = []
@@ -302,6 +349,22 @@ def summary_table(summary: dict[str, Any]) -> Table:
             _fmt(e["norm_ratio_head_tail"]),
             _fmt(e["norm_ratio_top_bottom"]),
         )
+        for x in e.get("experts", []):
+            table.add_row(
+                f"{e['label']} · expert {x['expert']}",
+                str(e["num_classes"]),
+                _fmt(x["overall"]["mean"]),
+                _fmt(x["overall"]["max"]),
+                f"{x['r_lwr']['value']:.4g} ({_theta_text(x['r_lwr']['theta'])})",
+                _fmt(x["norm_ratio_head_tail"]),
+                _fmt(x["norm_ratio_top_bottom"]),
+            )
+        if e.get("expert_pairs"):
+            same = e["expert_same_class_cos"]
+            table.caption = (table.caption or "") + (
+                f"{e['label']}: cosine between experts' vectors of the same class "
+                f"{_fmt(same)} (mean over classes and expert pairs). "
+            )
     return table
 
 

@@ -4,6 +4,8 @@ Raw logits are the default for every training loss. Post-hoc logit adjustment
 (z - tau * log pi) and tau-normalisation of the classifier (w_c / |w_c|^tau, bias dropped
 like the reference unless kept) are explicit options, with tau fixed or picked on the
 validation split (never on test); the summary names the adjustment and its bias treatment.
+A multi-expert checkpoint is scored for every expert and for their aggregate, uniform or
+learnt on the test images by TSA (`aggregate`, lwrcli.use.aggregate).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from lwrcli.checkpoint.frozen_base import restore_weights
 from lwrcli.data.loading import BatchLoader, build_data
 from lwrcli.data.manifest import Manifest, read_manifest
 from lwrcli.errors import UserError
-from lwrcli.models import build_model, get_classifier
+from lwrcli.models import build_model, get_classifier, get_classifiers
 from lwrcli.models.features import head_inputs
 from lwrcli.runtime.device import eval_amp, resolve_device
 from lwrcli.runtime.distributed import DistInfo
@@ -38,6 +40,14 @@ from lwrcli.train.metrics import (
 )
 from lwrcli.train.resolve import resolve_config
 from lwrcli.train.rundir import RUN_INFO, read_run_info
+from lwrcli.use.aggregate import (
+    AGGREGATES,
+    Scored,
+    TSAOptions,
+    learn_aggregation,
+    score_experts,
+    view_padding,
+)
 from lwrcli.use.posthoc import Adjustment, crop_logits, search_posthoc, search_tau_norm
 
 __all__ = ["crop_logits", "evaluate_checkpoint", "load_model"]  # crop_logits: posthoc's
@@ -97,6 +107,7 @@ def eval_tag(
     tte: bool = False,
     raw_weights: bool = False,
     dataset: str | None = None,
+    aggregate: str = "uniform",
 ) -> str:
     """The folder name's suffix of one evaluation: `-val` (a split other than test),
     `-taunorm1`/`-taunorm-search` (`-keepbias`), `-posthoc0.5`/`-posthoc-search`, `-tte`,
@@ -112,7 +123,7 @@ def eval_tag(
         parts.append("posthoc-search")
     elif adjustment.posthoc_tau is not None:
         parts.append(f"posthoc{adjustment.posthoc_tau:g}")
-    parts += ["tte"] * tte + ["raw"] * raw_weights
+    parts += ["tte"] * tte + ["raw"] * raw_weights + ["tsa"] * (aggregate == "tsa")
     if dataset:
         parts.append(f"on-{re.sub(r'[^A-Za-z0-9._=-]+', '_', dataset)}")
     return "".join(f"-{p}" for p in parts)
@@ -203,6 +214,8 @@ def evaluate_checkpoint(
     workers: int | None = None,
     overwrite: bool = False,
     default_out: bool = False,
+    aggregate: str = "uniform",
+    tsa: TSAOptions | None = None,
 ) -> dict[str, Any]:
     """Scores of `checkpoint` on a split; τ-norm and post-hoc τ fixed, or picked on val;
     `tte`: LIFT's test-time ensemble (large-image datasets). A checkpoint with an EMA is
@@ -210,7 +223,10 @@ def evaluate_checkpoint(
 
     The outputs go to `out`, or with `default_out` to the folder named after the checkpoint,
     split and adjustments (`default_eval_dir`); a folder with results is refused unless
-    `overwrite` (lwrcli.runtime.results), before the images are scored."""
+    `overwrite` (lwrcli.runtime.results), before the images are scored. A multi-expert
+    checkpoint is scored per expert too, its experts aggregated uniformly or by TSA weights
+    learnt on the split's images (`aggregate`, `tsa`: lwrcli.use.aggregate)."""
+    _check_aggregate(aggregate, tau_norm, posthoc_tau, tau_norm_search, posthoc_tau_search, tte)
     if tau_norm_search and tau_norm is not None:
         raise UserError("Give --tau-norm τ or --tau-norm-search, not both.")
     if posthoc_tau_search and posthoc_tau is not None:
@@ -256,6 +272,7 @@ def evaluate_checkpoint(
             tte,
             raw_weights,
             Path(os.path.abspath(data_dir)).name if own is not None and other else None,
+            aggregate,
         )
         out = default_eval_dir(checkpoint, tag)
     inputs = (Path(checkpoint), data_dir)
@@ -276,13 +293,100 @@ def evaluate_checkpoint(
     splits = [split] + ([val] if searching and val != split else [])
     data = build_data(data_dir, cfg, dev, DistInfo(), train=False, splits=splits)  # type: ignore[arg-type]
     model = load_model(ckpt, dev)
+    experts = len(get_classifiers(model)) > 1
+    if aggregate == "tsa" and not experts:
+        raise UserError(
+            f"--aggregate tsa weights the experts of a multi-expert checkpoint; {checkpoint} "
+            "has one classifier (train with model.variant.name=experts)."
+        )
     if out is not None:  # before the images are scored (the checkpoint's own errors first)
         check_results_folder(out, overwrite, inputs, given)
     head = get_classifier(model)
     # The checkpoint's own train counts define pi and the shot groups (what it was trained on).
     counts = ckpt.class_counts
     Adjustment(posthoc_tau=posthoc_tau).check(counts)
-    feats = {s: _features(model, data.evals[s], eval_amp(cfg.amp, dev)) for s in splits}
+    if experts:
+        amp = eval_amp(cfg.amp, dev)
+        weights, aggregation = None, {"rule": "uniform"}
+        if aggregate == "tsa":
+            options = tsa or TSAOptions()
+            pad = view_padding(cfg.data.image_size, manifest.storage, cfg.data.crop_padding)
+            learnt = learn_aggregation(model, data.evals[split], amp, pad, options)
+            weights = torch.tensor(learnt.weights)
+            aggregation = learnt.record(options, split, f"crop (zero padding {pad}) + flip")
+        scored = score_experts(
+            model, data.evals, split, val, amp, counts,
+            Adjustment(tau_norm, posthoc_tau, keep_bias), searched, weights,
+        )  # fmt: skip
+        k = len(get_classifiers(model))
+        aggregation.setdefault("weights", [1.0 / k] * k)
+        scored.record = {"aggregation": aggregation, **scored.record}
+    else:
+        scored = _score_one_head(
+            model, head, data.evals, splits, split, val, eval_amp(cfg.amp, dev), counts,
+            Adjustment(tau_norm, posthoc_tau, keep_bias), tau_norm_search, posthoc_tau_search,
+        )  # fmt: skip
+    logits, adjustment = scored.logits, scored.adjustment
+    summary = summarize(logits, scored.targets, counts)
+    per_class = summary.pop("per_class")
+    summary.update(
+        {
+            "checkpoint": str(checkpoint),
+            "dataset": manifest.name,
+            "data_dir": str(data_dir),
+            "synthetic": manifest.synthetic,
+            "split": split,
+            "epoch": ckpt.epoch,
+            "weights": ckpt.meta.get("weights", "raw"),  # "ema": the moving average
+            **adjustment.record(head, scored.picked_on),
+            "tte": tte,
+            **({"search": scored.searches} if scored.searches else {}),
+            **scored.record,
+        }
+    )
+    if out is not None:
+        with results_folder(out, overwrite, inputs, given) as staging:
+            target = scored.targets
+            write_outputs(staging, summary, per_class, manifest, counts, logits, target, confusion)
+        summary["outputs"] = str(out)
+    return summary
+
+
+def _check_aggregate(
+    aggregate: str,
+    tau_norm: float | None,
+    posthoc_tau: float | None,
+    tau_norm_search: bool,
+    posthoc_tau_search: bool,
+    tte: bool,
+) -> None:
+    if aggregate not in AGGREGATES:
+        raise UserError(f"--aggregate must be {' or '.join(AGGREGATES)}, got '{aggregate}'.")
+    adjusted = tau_norm is not None or posthoc_tau is not None
+    if aggregate == "tsa" and (adjusted or tau_norm_search or posthoc_tau_search or tte):
+        raise UserError(
+            "--aggregate tsa learns the experts' weights on their raw logits of single images: "
+            "give it without --tau-norm, --posthoc-tau, their searches and --tte."
+        )
+
+
+def _score_one_head(
+    model: nn.Module,
+    head: nn.Module,
+    evals: dict[str, Any],
+    splits: list[str],
+    split: str,
+    val: str | None,
+    amp: str,
+    counts: list[int],
+    asked: Adjustment,
+    tau_norm_search: bool,
+    posthoc_tau_search: bool,
+) -> Scored:
+    """Logits of `split` from the head's input features (one backbone pass per split), with
+    τ-norm and post-hoc τ fixed or picked on `val`."""
+    tau_norm, posthoc_tau, keep_bias = asked.tau_norm, asked.posthoc_tau, asked.keep_bias
+    feats = {s: _features(model, evals[s], amp) for s in splits}
     targets = {s: y.cpu() for s, (_, y) in feats.items()}
     searches, picked_on = {}, {}
     with torch.no_grad():
@@ -297,26 +401,4 @@ def evaluate_checkpoint(
             picked_on["posthoc_tau"] = val
         adjustment = Adjustment(tau_norm, posthoc_tau, keep_bias)
         logits = adjustment.logits(head, feats[split][0], counts)
-    summary = summarize(logits, targets[split], counts)
-    per_class = summary.pop("per_class")
-    summary.update(
-        {
-            "checkpoint": str(checkpoint),
-            "dataset": manifest.name,
-            "data_dir": str(data_dir),
-            "synthetic": manifest.synthetic,
-            "split": split,
-            "epoch": ckpt.epoch,
-            "weights": ckpt.meta.get("weights", "raw"),  # "ema": the moving average
-            **adjustment.record(head, picked_on),
-            "tte": tte,
-            **({"search": searches} if searches else {}),
-        }
-    )
-    if out is not None:
-        with results_folder(out, overwrite, inputs, given) as staging:
-            write_outputs(
-                staging, summary, per_class, manifest, counts, logits, targets[split], confusion
-            )
-        summary["outputs"] = str(out)
-    return summary
+    return Scored(logits, targets[split], adjustment, searches, picked_on, {})  # type: ignore[arg-type]

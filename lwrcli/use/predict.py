@@ -40,11 +40,11 @@ from torch.utils.data import DataLoader
 from lwrcli.checkpoint.files import load_checkpoint
 from lwrcli.data.image_loader import available_cores
 from lwrcli.errors import UserError
-from lwrcli.models import get_classifier
-from lwrcli.models.features import head_inputs
+from lwrcli.models import get_classifiers
 from lwrcli.runtime.device import eval_amp, resolve_device
 from lwrcli.runtime.files import temp_beside
 from lwrcli.train.metrics import SIG_DIGITS, rounded
+from lwrcli.use.aggregate import model_logits
 from lwrcli.use.evaluate import load_model
 from lwrcli.use.posthoc import Adjustment
 from lwrcli.use.predict_inputs import Collate, Preprocess, collect_images, input_spec
@@ -179,7 +179,8 @@ def predict_images(
     spec = input_spec(ckpt)
     prep = Preprocess(spec, cfg.data, opts.tte, dev)
     model = load_model(ckpt, dev)
-    head = get_classifier(model)
+    heads = get_classifiers(model)  # one, or every expert's (aggregated: their mean)
+    head = heads[0]
     amp = eval_amp(cfg.amp, dev)
     num_classes = ckpt.classifier_weight.shape[0]
     k = min(opts.top_k, num_classes)
@@ -209,8 +210,7 @@ def predict_images(
                 if images is not None:
                     x = prep.to_device(images, cfg.channels_last is True)
                     with torch.no_grad():
-                        feats = head_inputs(model, [(x, idx)], amp)[0][0]
-                        logits = adjustment.logits(head, feats, counts)
+                        logits = model_logits(model, heads, x, adjustment, counts, amp)
                     probs, top = torch.softmax(logits, dim=1).topk(k, dim=1)
                     for i, ids, ps in zip(idx.tolist(), top.tolist(), probs.tolist()):
                         writer.row(str(paths[i]), ids, [names[c] for c in ids], ps)
