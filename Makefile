@@ -12,14 +12,16 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[dev,timm,clip,docs,export,logging,wandb]'
+	$(BIN)/python -m pip install -q -e '.[dev,decode,timm,clip,docs,export,logging,wandb]'
 	touch $@
 
+# fp32 (amp=none): the README's numbers on any CPU, with or without native bf16 (where
+# amp auto means bf16; docs/training.md).
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
 	$(BIN)/lwr prepare-data synthetic --out $(DEMO)/data --imbalance-factor 100 --seed 0
-	$(BIN)/lwr train --preset synthetic-lt-bs --data $(DEMO)/data --out $(DEMO)/run-bs
-	$(BIN)/lwr train --preset synthetic-lt-bs-lwr --data $(DEMO)/data --out $(DEMO)/run-bs-lwr
+	$(BIN)/lwr train --preset synthetic-lt-bs --data $(DEMO)/data --out $(DEMO)/run-bs --set amp=none
+	$(BIN)/lwr train --preset synthetic-lt-bs-lwr --data $(DEMO)/data --out $(DEMO)/run-bs-lwr --set amp=none
 	$(BIN)/lwr eval $(DEMO)/run-bs/checkpoints/last.safetensors --data $(DEMO)/data --out $(DEMO)/eval-bs
 	$(BIN)/lwr eval $(DEMO)/run-bs-lwr/checkpoints/last.safetensors --data $(DEMO)/data --out $(DEMO)/eval-bs-lwr
 	$(BIN)/lwr analyze-weights $(DEMO)/run-bs/checkpoints/last.safetensors $(DEMO)/run-bs-lwr/checkpoints/last.safetensors --data $(DEMO)/data --out $(DEMO)/analysis

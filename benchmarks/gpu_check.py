@@ -20,6 +20,12 @@ skipped with its reason and the others still run; the JSON is rewritten after ea
                (bench_clip.make_step), images/s and the LIFT ImageNet-LT 10-epoch estimate.
   frontier     RIDE, SADE, PaCo and BCL (and LWR on their heads) steps as ratios to the plain
                ResNet-32 CE step on the generated CIFAR-100-LT data (bench_frontier.py).
+  decode       nvjpeg: TorchCodec's decode_jpeg(device="cuda") against torchvision.io's on
+               batches of generated 500x375 JPEGs (bench_loader.py's), images/s and the ratio,
+               and each one's largest difference from the CPU decode (lwrcli.data.decode).
+               TorchCodec needs torch >= 2.11: on an older image only torchvision's is timed
+               (carry its wheel with fetch-wheels.sh torchcodec where torch allows). Skipped
+               (recorded as such) without CUDA.
 
 Run on a machine with a GPU, from the project root:
 
@@ -79,8 +85,8 @@ CIFAR_PRESET = "cifar100-lt-ir100-ce"
 CIFAR_TRAIN = 10_847  # CIFAR-100-LT IF 100
 CIFAR_EPOCHS = 200
 LIFT_IMAGES = 1_158_460  # 10 epochs of ImageNet-LT's 115,846 train images
-SECTIONS = ("resnet50", "cifar_epoch", "compile", "lwr", "parallel", "clip", "frontier")
-# Per-section budgets in seconds (full run: 450 s of 480 s, the rest for start-up).
+SECTIONS = ("resnet50", "cifar_epoch", "compile", "lwr", "parallel", "clip", "frontier", "decode")
+# Per-section budgets in seconds (full run: 460 s of 480 s, the rest for start-up).
 BUDGETS = {
     "resnet50": 55,
     "cifar_epoch": 90,
@@ -89,6 +95,7 @@ BUDGETS = {
     "parallel": 70,
     "clip": 55,
     "frontier": 50,
+    "decode": 10,
 }
 QUICK_BUDGETS = {
     "resnet50": 40,
@@ -98,6 +105,7 @@ QUICK_BUDGETS = {
     "parallel": 90,
     "clip": 120,
     "frontier": 120,
+    "decode": 20,
 }
 COMPILE_VARIANTS = {
     "compile off": ["compile=false"],
@@ -124,6 +132,8 @@ class Sizes:
     parallel_steps: int = 200
     clip_batch: int = 128
     clip_steps: int = 8
+    decode_images: int = 256  # 500x375 JPEGs
+    decode_batch: int = 64
     warmup: int = 3
 
 
@@ -142,8 +152,14 @@ QUICK = Sizes(
     parallel_steps=4,
     clip_batch=2,
     clip_steps=1,
+    decode_images=8,
+    decode_batch=4,
     warmup=1,
 )
+
+
+class SectionSkipped(Exception):
+    """A section that cannot run here (no CUDA for a GPU-only one): recorded as skipped."""
 
 
 class SectionTimeout(BaseException):
@@ -582,6 +598,88 @@ def section_frontier(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+def section_decode(ctx: Ctx) -> dict[str, Any]:
+    """nvjpeg through TorchCodec and torchvision.io, a batch per call as `data.gpu_decode`
+    decodes (lwrcli.data.decode.decode_rgb_batch), alternated rounds until the soft end."""
+    if ctx.device.type != "cuda":
+        raise SectionSkipped("needs CUDA (nvjpeg decodes on the GPU)")
+    return decode_rates(ctx)
+
+
+def decode_rates(ctx: Ctx) -> dict[str, Any]:
+    """section_decode's measurement on ctx.device (on a CPU: the CPU decoders, as a check of
+    this code in the tests)."""
+    import warnings
+
+    from bench_loader import jpeg_bytes
+
+    from lwrcli.data import decode
+
+    files = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpeg_bytes(
+        ctx.sizes.decode_images)]  # fmt: skip
+    size = ctx.sizes.decode_batch
+    batches = [files[i : i + size] for i in range(0, len(files), size)]
+    fns: dict[str, Callable[[list[torch.Tensor]], list[torch.Tensor]]] = {}
+    notes = []
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        def tv(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_jpeg(batch, mode=ImageReadMode.RGB, device=ctx.device)
+
+        fns["torchvision.io"] = tv
+    except ImportError:
+        notes.append("torchvision.io has no decode_jpeg (removed)")
+    tc = decode._torchcodec()[0]
+    if tc is not None:
+        fns["torchcodec"] = lambda batch: tc.decode_jpeg(batch, mode="RGB", device=ctx.device)
+    else:
+        notes.append("torchcodec not installed or not loadable (needs torch >= 2.11)")
+    lwr = f"lwr decode_rgb_batch ({decode.decoder()})"
+    fns[lwr] = lambda batch: decode.decode_rgb_batch(batch, ctx.device)
+    cpu = [decode.decode_rgb(d).int() for d in batches[0]]
+    diff: dict[str, int] = {}
+    for name, fn in fns.items():  # the first call also creates nvjpeg's state: a warm-up
+        out = fn(batches[0])
+        diff[name] = max(int((o.cpu().int() - c).abs().max()) for o, c in zip(out, cpu))
+    ctx.partial["max_abs_diff_vs_cpu"] = diff
+    seconds = dict.fromkeys(fns, 0.0)
+    rounds = 0
+    names = list(fns)
+    while rounds == 0 or time.perf_counter() < ctx.until:
+        for name in names[rounds % len(names) :] + names[: rounds % len(names)]:
+            sync(ctx.device)
+            t0 = time.perf_counter()
+            for batch in batches:
+                fns[name](batch)
+            sync(ctx.device)
+            seconds[name] += time.perf_counter() - t0
+        rounds += 1
+    rate = {name: rounds * len(files) / sec for name, sec in seconds.items()}
+    both = "torchcodec" in rate and "torchvision.io" in rate
+    ratio = rate["torchcodec"] / rate["torchvision.io"] if both else None
+    what = f"{len(files)} 500x375 JPEGs, batch {size}"
+    summary = [[f"nvjpeg decode, {name}, images/s ({what})", f"{r:.0f}", "-"]
+               for name, r in rate.items()]  # fmt: skip
+    summary += [[f"nvjpeg vs CPU decode, {name}, max abs diff", str(d), "<= 8 levels"]
+                for name, d in diff.items()]  # fmt: skip
+    if ratio is not None:
+        summary.append(["TorchCodec / torchvision.io nvjpeg speed", f"{ratio:.2f}x", "-"])
+    return {
+        "images": len(files),
+        "batch": size,
+        "rounds": rounds,
+        "decoder": decode.decoder(),
+        "images_per_s": rate,
+        "torchcodec_vs_torchvision_io": ratio,
+        "max_abs_diff_vs_cpu": diff,
+        "notes": notes,
+        "summary": summary,
+    }
+
+
 # The frontier rows gpu_check times (label prefixes of bench_frontier.VARIANTS).
 FRONTIER_ROWS = ("RIDE", "SADE", "PaCo", "BCL (3 views", "BCL + LWR on the classifier")
 
@@ -594,6 +692,7 @@ SECTION_FNS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "parallel": section_parallel,
     "clip": section_clip,
     "frontier": section_frontier,
+    "decode": section_decode,
 }
 
 
@@ -672,6 +771,8 @@ def run_section(name: str, ctx: Ctx, budget: float) -> dict[str, Any]:
         status, reason = "ok", None
     except SectionTimeout as exc:
         results, status, reason = None, "timeout", str(exc)
+    except SectionSkipped as exc:
+        results, status, reason = None, "skipped", str(exc)
     except Exception as exc:  # any failure: recorded, and the next section runs
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         results, status, reason = None, "error", f"{type(exc).__name__}: {first}"

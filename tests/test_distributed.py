@@ -22,6 +22,7 @@ from lwrcli.train.run import train_run
 # Group norm: no batch statistics, so 1 and 2 processes compute the same function.
 EXACT = ["model.norm=group", "model.width=8", "batch_size=64", "epochs=2", "device=cpu"]
 EXACT += ["eval_every=1", "lwr.theta=0.0"]  # LWR active from the first step
+EXACT += ["amp=none"]  # fp32 on any CPU: bf16 rounding would swamp the 1e-4 comparison
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
 
 

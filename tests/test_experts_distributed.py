@@ -28,7 +28,7 @@ RIDE += ["model.variant.name=experts", "model.variant.reduce_width=true"]
 RIDE += ["model.head.name=cosine", "model.head.scale=30", "loss.name=ride"]
 # Per-sample terms only (DRW's weighted mean does not split over processes; off here).
 RIDE += ["loss.reweight=none", "batch_size=64", "epochs=2", "device=cpu", "lwr.theta=0.0"]
-RIDE += ["optim.lr=0.002"]
+RIDE += ["optim.lr=0.002", "amp=none"]  # fp32 on any CPU: bf16 would swamp the 1e-4 bound
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
 
 

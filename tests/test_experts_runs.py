@@ -205,8 +205,10 @@ def _train_and_use(lwr, preset: str, data: Path, tmp_path: Path) -> None:
     assert r.code == 0, r.err
     summary = json.loads(r.out)
     assert len(summary["experts"]) == 3 and summary["aggregation"]["rule"] == "uniform"
-    r = lwr("analyze-weights", ckpt, "--out", tmp_path / "analysis")
+    r = lwr("analyze-weights", ckpt, "--out", tmp_path / "analysis", "--html", tmp_path / "a.html")
     assert r.code == 0, r.err
+    page = (tmp_path / "a.html").read_text(encoding="utf-8")  # a heat map per expert
+    assert page.count("Cosines: run/last · expert") == 3
     analysis = json.loads((tmp_path / "analysis" / "summary.json").read_text())
     assert len(analysis["checkpoints"][0]["experts"]) == 3
     assert len(analysis["checkpoints"][0]["expert_pairs"]) == 3

@@ -86,7 +86,10 @@ def test_every_writing_command_follows_the_umask(
         f"eval {ckpt} --data {small} --out {out}/eval --confusion",
         f"eval {ckpt} --data {small}",  # into the run folder
         f"analyze-weights {ckpt} --data {small} --out {out}/weights --svg",
+        f"analyze-weights {ckpt} --html {out}/pages/weights.html",
         f"report {run} --out {out}/report --svg",
+        f"report {run} --html {out}/pages/report.html",
+        f"report {run} --html {out}/pages/report.html --overwrite",
         f"{sweep} --out {out}/plan --plan",
         f"{sweep} --out {out}/slurm --slurm",
         f"{sweep} --out {out}/sweep",
@@ -108,6 +111,7 @@ def test_every_writing_command_follows_the_umask(
     }
     assert (out / "eval" / "summary.json").is_file() and list((run / "eval").rglob("*.json"))
     assert (out / "report" / "report.md").is_file() and (out / "weights" / "summary.json").is_file()
+    assert sorted(p.name for p in (out / "pages").iterdir()) == ["report.html", "weights.html"]
     assert (out / "plan" / "plan.sh").is_file() and (out / "slurm" / "sweep.sbatch").is_file()
     assert list((out / "sweep").rglob("last.safetensors"))
     assert len(list((out / "predict").iterdir())) == 4  # two outputs and their summaries

@@ -83,3 +83,25 @@ def test_a_section_past_its_budget_is_cut_short(tmp_path: Path, monkeypatch) -> 
     ctx = gc.Ctx(gc.torch.device("cpu"), gc.QUICK, True, tmp_path, {})
     sec = gc.run_section("lwr", ctx, 0.5)
     assert sec["status"] == "timeout" and sec["partial"] == {"got": "this far"}
+
+
+def test_decode_section_is_skipped_without_cuda(tmp_path: Path) -> None:
+    gc = load_script()
+    ctx = gc.Ctx(gc.torch.device("cpu"), gc.QUICK, True, tmp_path, {})
+    sec = gc.run_section("decode", ctx, gc.QUICK_BUDGETS["decode"])
+    assert (sec["status"], sec["reason"]) == ("skipped", "needs CUDA (nvjpeg decodes on the GPU)")
+    assert sec["seconds"] < 5  # nothing generated or timed before the check
+    assert sum(gc.BUDGETS.values()) <= 470  # the full run stays under 8 minutes with start-up
+
+
+def test_decode_measurement_runs_on_the_cpu_decoders(tmp_path: Path) -> None:
+    """The decode section's code (on CUDA: nvjpeg), run once on the CPU decoders: each of
+    them decodes the generated JPEGs exactly as lwrcli.data.decode does on the CPU."""
+    gc = load_script()
+    ctx = gc.Ctx(gc.torch.device("cpu"), gc.QUICK, True, tmp_path, {})
+    ctx.until = 0.0  # one round
+    result = gc.decode_rates(ctx)
+    assert result["rounds"] == 1 and result["images"] == gc.QUICK.decode_images
+    assert set(result["max_abs_diff_vs_cpu"].values()) == {0}
+    assert all(rate > 0 for rate in result["images_per_s"].values())
+    assert "torchvision.io" in result["images_per_s"]

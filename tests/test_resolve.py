@@ -68,7 +68,10 @@ def test_which_backbones_take_one_size(name: str, size: int | None) -> None:
     assert with_array_resize(cfg, "arrays", 32).cfg.data.array_resize == size
 
 
-def test_resolving_twice_is_resolving_once(tiny64: str) -> None:
+def test_resolving_twice_is_resolving_once(tiny64: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lwrcli.runtime.device as device
+
+    monkeypatch.setattr(device, "cpu_bf16_instructions", lambda: ())  # amp auto: fp32 here
     cfg = load_config(
         "synthetic-lt-bs-lwr",
         overrides=[f"model.name={tiny64}", "lwr.lambda_max=auto", "batch_size=16"],

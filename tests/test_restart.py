@@ -172,15 +172,17 @@ def test_torchrun_restart_after_a_kill_mid_epoch_equals_uninterrupted(
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     torchrun += ["--nproc_per_node", "1", "--max-restarts", "1", "-m", "lwrcli"]
     runs = {}
-    for name, env in (("ref", {}), ("killed", {KILL_ENV: "step#9"})):
+    # Killed right after its 4th save is on disk (steps 2 and 4, the end of epoch 1, step 2
+    # of epoch 2: `saved` is reached on the checkpoint writer's thread) while training goes on.
+    for name, env in (("ref", {}), ("killed", {KILL_ENV: "saved#4"})):
         runs[name] = tmp_path / name
         cmd = [*torchrun, *train_args(PRESET, small, runs[name], *sets)]
         proc = _start([], env, cmd)
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
         runs[name + "_err"] = err  # type: ignore[assignment]
-    # The first attempt died in epoch 2 after step 3 (its last save: step 2); the second
-    # attempt, the same command, continued from there.
+    # The first attempt died in epoch 2 after its save at step 2; the second attempt, the same
+    # command, continued from there.
     assert f"continuing {runs['killed']} from epoch 2, step 2" in str(runs["killed_err"])
     assert _epochs(runs["killed"]) == [0, 1, 2]
     _assert_same_weights(runs["ref"], runs["killed"])

@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import train_args
 
+import lwrcli.runtime.device as device
 from lwrcli.config import TrainConfig, load_config
 from lwrcli.data.loading import build_data
 from lwrcli.data.manifest import read_manifest
@@ -35,7 +36,9 @@ CPU = torch.device("cpu")
         ("torchvision:swin_t", False),
     ],
 )
-def test_auto_on_cpu(model: str, conv: bool) -> None:
+def test_auto_on_cpu(model: str, conv: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CPU without native bf16 (on one with it amp auto is bf16: tests/test_bf16_auto.py).
+    monkeypatch.setattr(device, "cpu_bf16_instructions", lambda: ())
     cfg = TrainConfig(model={"name": model})
     assert (cfg.amp, cfg.channels_last, cfg.compile, cfg.compile_mode) == ("auto",) * 4
     got = resolve_speed_settings(cfg, CPU, "arrays")
@@ -68,8 +71,9 @@ def test_auto_on_cuda() -> None:
 
 @pytest.mark.slow
 def test_resolved_values_are_recorded_and_bf16_checkpoint_evaluates_on_cpu(
-    lwr, tmp_path: Path, synthetic_data: Path
+    lwr, tmp_path: Path, synthetic_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(device, "cpu_bf16_instructions", lambda: ())  # auto: fp32 here
     small = ("epochs=1", "model.width=8", "eval_every=0")
     r = lwr(*train_args("synthetic-lt-bs", synthetic_data, tmp_path / "a", *small))
     assert r.code == 0, r.err

@@ -48,12 +48,40 @@ def _phase(name: str) -> None:
         time.sleep(float(pause))
 
 
+def frozen(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies on the host of tensors that training goes on changing in place (weights,
+    optimizer buffers, running sums): what a save writes while the next steps run."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+@dataclass
+class ResumePoint:
+    """Everything `last` + `last.state` hold, copied at one instant (`resume_snapshot`), so
+    they can be written while training goes on (`write_resume_point`)."""
+
+    weights: dict[str, torch.Tensor]
+    weights_meta: dict[str, str]
+    state: dict[str, torch.Tensor]
+    state_meta: dict[str, str]
+
+
+def resume_snapshot(
+    weights: tuple[dict[str, torch.Tensor], dict[str, str]],
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    run: RunState,
+    sums: torch.Tensor | None = None,
+) -> ResumePoint:
+    """A copy of the weights and of the resume state as they are now."""
+    state, meta = _train_state(optimizer, loader, run, sums)
+    return ResumePoint(frozen(weights[0]), dict(weights[1]), frozen(state), meta)
+
+
 def _train_state(
     optimizer: torch.optim.Optimizer,
     loader: Any,
     run: RunState,
     sums: torch.Tensor | None,
-    commit: str,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -72,7 +100,7 @@ def _train_state(
         "best_metric": run.best_metric,
         "best_epoch": run.best_epoch,
     }
-    return tensors, {"format": FORMAT + "-state", "state": json.dumps(meta), "commit": commit}
+    return tensors, {"format": FORMAT + "-state", "state": json.dumps(meta)}
 
 
 def commit_resume_point(
@@ -83,17 +111,23 @@ def commit_resume_point(
     run: RunState,
     sums: torch.Tensor | None = None,
 ) -> None:
-    """Write `last.safetensors` + `last.state.safetensors` as one unit.
+    """Write `last.safetensors` + `last.state.safetensors` as one unit, now
+    (`write_resume_point` of a `resume_snapshot`)."""
+    write_resume_point(ckpt_dir, resume_snapshot(weights, optimizer, loader, run, sums))
+
+
+def write_resume_point(ckpt_dir: Path, point: ResumePoint) -> None:
+    """Write a snapshot as `last.safetensors` + `last.state.safetensors`, as one unit.
 
     Both are written to temp files first; then the old state moves to `.prev`, the new state
     takes its place, and the new weights last. A kill at any instant leaves the weights file
     of one save and a state file (current or `.prev`) with the same commit id."""
     commit = uuid.uuid4().hex
-    tensors, meta = weights
-    w_tmp = _write_temp(tensors, ckpt_dir / "last.safetensors", {**meta, "commit": commit})
+    last = Path(ckpt_dir) / "last.safetensors"
+    w_tmp = _write_temp(point.weights, last, {**point.weights_meta, "commit": commit})
     try:
-        s_tensors, s_meta = _train_state(optimizer, loader, run, sums, commit)
-        s_tmp = _write_temp(s_tensors, state_path(ckpt_dir / "last.safetensors"), s_meta)
+        s_meta = {**point.state_meta, "commit": commit}
+        s_tmp = _write_temp(point.state, state_path(last), s_meta)
     except BaseException:
         w_tmp.unlink()
         raise

@@ -288,26 +288,34 @@ def eval_cmd(
 @app.command("analyze-weights")
 def analyze_weights(
     checkpoints: Annotated[list[Path], typer.Argument(help="One or more checkpoints.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for plots and summary.json.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for plots and summary.json.")
+    ] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="Prepared dataset (class counts/names).")
     ] = None,
     svg: Annotated[bool, typer.Option("--svg", help="Also write SVG plots.")] = False,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="The same geometry as one self-contained page.")
+    ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace what --out already holds.")
+        bool, typer.Option("--overwrite", help="Replace what --out holds, or the --html file.")
     ] = False,
 ) -> None:
-    """Class-weight norms and cosines against class frequency: plots + JSON summary."""
+    """Class-weight norms and cosines against class frequency: plots + JSON summary (--out),
+    or one page (--html), or both."""
     from rich.console import Console
 
     from lwrcli.use.analysis import analyze_checkpoints, summary_table
 
     formats = ("png", "svg") if svg else ("png",)
-    summary = analyze_checkpoints(list(checkpoints), out, data, formats, overwrite)
+    summary = analyze_checkpoints(list(checkpoints), out, data, formats, overwrite, html)
     # Off a terminal (pipes, CI) rich assumes 80 columns; give the run/checkpoint labels room.
     console = out_console if out_console.is_terminal else Console(width=160)
     console.print(summary_table(summary))
-    out_console.print(f"Plots and summary.json in {out}", highlight=False)
+    wrote = [f"plots and summary.json in {out}"] * (out is not None)
+    wrote += [f"the page {html}"] * (html is not None)
+    out_console.print(f"Wrote {' and '.join(wrote)}.", highlight=False)
 
 
 # predict and export live in cli_use and cli_export, the study commands in cli_studies;

@@ -91,17 +91,28 @@ def report(
     split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
     fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or json.")] = "md",
     svg: Annotated[bool, typer.Option("--svg", help="Also write SVG plots.")] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="One self-contained page: table, curves, per-class accuracy, geometry.",
+        ),
+    ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace what --out already holds.")
+        bool, typer.Option("--overwrite", help="Replace what --out holds, or the --html file.")
     ] = False,
 ) -> None:
-    """Runs grouped by config: mean ± std over seeds, deltas, paper numbers, curves."""
+    """Runs grouped by config: mean ± std over seeds, deltas, paper numbers, curves;
+    --html: the whole study as one page that opens offline."""
     from lwrcli.runtime.results import check_results_folder
     from lwrcli.studies.report import build_report
     from lwrcli.studies.report_render import render, write_outputs
+    from lwrcli.use.html_page import check_html_path
 
     if out is not None:  # before the runs are read: a folder with results is refused now
         check_results_folder(out, overwrite, dirs)
+    if html is not None:
+        check_html_path(html, overwrite, dirs)
     result = build_report(list(dirs), split, baseline)
     if not result["groups"]:
         raise UserError(
@@ -116,6 +127,11 @@ def report(
     if out is not None:
         written = write_outputs(result, out, fmt, svg, overwrite, dirs)
         err_console.print(f"Wrote {', '.join(p.name for p in written)} in {out}", highlight=False)
+    if html is not None:
+        from lwrcli.studies.report_html import write_report_html
+
+        write_report_html(result, html, overwrite, dirs)
+        err_console.print(f"Wrote {html}", highlight=False)
 
 
 def presets_list(

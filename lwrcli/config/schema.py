@@ -58,7 +58,8 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Speed settings; `auto` is made concrete once, when the run is resolved
     # (lwrcli.train.resolve), and the concrete values are what config.yaml and checkpoints
-    # record: amp auto -> bf16 on CUDA where supported, none (fp32) on CPU; channels_last
+    # record: amp auto -> bf16 on CUDA where supported and on CPUs with native bf16
+    # (AVX512-BF16, AMX-BF16), none (fp32) on other CPUs; channels_last
     # auto -> on for convolutional models; compile auto -> on for CUDA, off on CPU (there the
     # compile time outweighs the gain within the first epoch, see docs/training.md);
     # compile_mode auto -> default.

@@ -4,7 +4,8 @@
 Square `size` x `size` images: an image whose sides differ is centre-cropped to a square of
 its shorter side (nothing is padded, so no border of fill pixels enters training), then that
 square is resized with PIL's bilinear filter (antialiased when shrinking) unless it already
-has the size. Palette, grayscale and RGBA images are converted to RGB first (alpha dropped).
+has the size. Palette, grayscale, CMYK and RGBA images are converted to RGB first (alpha
+dropped; lwrcli.data.decode, as the large-image loader decodes).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lwrcli.data.decode import ImageDecodeError, decode_rgb, read_bytes
 from lwrcli.data.imagecheck import default_workers
 from lwrcli.errors import UserError
 
@@ -49,15 +51,16 @@ def _unreadable(path: Path, exc: Exception) -> UserError:
 
 
 def fit_square(path: Path, size: int) -> np.ndarray:
-    """One image as (size, size, 3) uint8: RGB, centre crop of the shorter side, bilinear
-    resize to size x size (skipped when the square already has that size)."""
+    """One image as (size, size, 3) uint8: RGB (decoded by lwrcli.data.decode, as the
+    large-image loader decodes), centre crop of the shorter side, bilinear resize to size x
+    size (skipped when the square already has that size)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except Exception as exc:  # only reachable with --no-verify
+        rgb = decode_rgb(read_bytes(path))  # (3, H, W)
+    except (ImageDecodeError, OSError) as exc:  # only reachable with --no-verify
         raise _unreadable(path, exc) from None
+    im = Image.fromarray(rgb.permute(1, 2, 0).numpy())
     w, h = im.size
     s = min(w, h)
     if (w, h) != (s, s):

@@ -6,13 +6,12 @@ and `to_device`, which the engine calls on every batch, normalises on the device
 `views=V > 1` (the contrastive losses) gives each image V independently transformed views,
 batches (B, V, 3, S, S). With
 `data.gpu_decode` on CUDA the workers only read file bytes and nvjpeg decodes the batch on the
-GPU, where the transforms then run.
+GPU (lwrcli.data.decode), where the transforms then run.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +19,12 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from lwrcli.config import DataConfig
+from lwrcli.data.decode import ImageDecodeError, decode_rgb, decode_rgb_batch, read_bytes
 from lwrcli.data.manifest import Manifest
 from lwrcli.data.samplers import epoch_indices
-from lwrcli.data.transforms import (
-    Views,
-    decode_rgb,
-    eval_transform,
-    normalize,
-    read_bytes,
-    train_transform,
-    tte_transform,
-)
+from lwrcli.data.transforms import Views, eval_transform, normalize, train_transform, tte_transform
 from lwrcli.errors import UserError
 
 PREFETCH_FACTOR = 2  # batches in flight per worker; more only costs shared memory
@@ -76,7 +67,7 @@ class ListDataset(Dataset):
             if self.raw:
                 return data, int(self.labels[i]), sample_seed
             image = decode_rgb(data)
-        except (RuntimeError, OSError, ValueError) as exc:
+        except (ImageDecodeError, OSError) as exc:
             raise UserError(f"Cannot read image {path}: {exc}") from None
         return seeded(self.transform, image, sample_seed), int(self.labels[i])
 
@@ -201,29 +192,10 @@ class Collate:
         return ImageBatch(torch.stack([item[0] for item in items]), labels, self.mean, self.std)
 
 
-def _decode_on_device(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """nvjpeg for the batch's JPEGs; anything else (PNG, CMYK JPEG nvjpeg refuses) on CPU."""
-    is_jpeg = [len(d) > 2 and int(d[0]) == 0xFF and int(d[1]) == 0xD8 for d in data]
-    out: list[torch.Tensor | None] = [None] * len(data)
-    jpegs = [i for i, j in enumerate(is_jpeg) if j]
-    if jpegs:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                decoded = decode_jpeg(
-                    [data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device
-                )
-            for i, image in zip(jpegs, decoded):
-                out[i] = image
-        except RuntimeError:
-            pass  # the CPU fallback below decodes them one by one
-    return [o if o is not None else decode_rgb(d).to(device) for o, d in zip(out, data)]
-
-
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(images float32 (B, 3, S, S) normalised, labels int64 (B,)) on `device`."""
     if isinstance(batch, RawBatch):
-        images = _decode_on_device(batch.data, device)
+        images = decode_rgb_batch(batch.data, device)
         x = torch.stack(
             [seeded(batch.transform, im, sd) for im, sd in zip(images, batch.seeds, strict=True)]
         )

@@ -1,25 +1,23 @@
-"""Decoding and the uint8 image transforms of the large-image pipeline.
+"""The uint8 image transforms of the large-image pipeline.
 
-Decoding follows the reference (PIL) pipelines: RGB always (grayscale and CMYK JPEGs are
-converted), EXIF orientation not applied. torchvision's decoder goes straight to a CHW
-tensor, about twice PIL + copy here; PIL is the fallback for what it cannot decode.
-Transforms work on uint8 (a quarter of float32's bytes through worker shared memory and the
-host-to-device copy); `normalize` converts to float on the device.
+Images come decoded by lwrcli.data.decode (TorchCodec, torchvision.io on older torch, PIL
+for other formats: RGB always, EXIF orientation not applied, as the reference PIL
+pipelines). Transforms work on uint8 (a quarter of float32's bytes through worker shared
+memory and the host-to-device copy); `normalize` converts to float on the device.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from lwrcli.config import DataConfig
+
+# Decoding lived here before lwrcli.data.decode; the names stay importable from here.
+from lwrcli.data.decode import decode_rgb as decode_rgb
+from lwrcli.data.decode import read_bytes as read_bytes
 
 
 def train_transform(cfg: DataConfig) -> v2.Compose:
@@ -104,23 +102,3 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     scale = (1.0 / (255.0 * std)).to(images.device, torch.float32).view(1, 3, 1, 1)
     shift = (mean / std).to(images.device, torch.float32).view(1, 3, 1, 1)
     return images.float().mul_(scale).sub_(shift)
-
-
-def read_bytes(path: Path) -> torch.Tensor:
-    """A file's bytes as uint8 (N,)."""
-    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-
-
-def decode_rgb(data: torch.Tensor) -> torch.Tensor:
-    """File bytes uint8 (N,) -> uint8 (3, H, W) RGB. torchvision's decoder (about twice as
-    fast as PIL + a tensor copy here); PIL for what it cannot decode (WebP on old releases)."""
-    try:
-        with warnings.catch_warnings():
-            # torchvision >= 0.29 announces a move of its decoders to torchcodec; still fine.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
-            return v2.functional.pil_to_tensor(im.convert("RGB")).contiguous()

@@ -68,6 +68,7 @@ class Run:
     complete: bool
     scored: dict[str, float | None] = field(default_factory=dict)
     checkpoint: str = "last"
+    scored_epoch: int | None = None  # the epoch whose record was scored
 
     @property
     def epochs(self) -> int:
@@ -154,6 +155,7 @@ def score(run: Run, split: str) -> None:
     else:
         record, run.checkpoint = run.records[-1], "last"
     run.scored = {m: record.get(f"{split}_{m}") for m in METRICS}
+    run.scored_epoch = record.get("epoch")
     if run.scored["top1"] is None and run.checkpoint == "last":
         # `lwr eval`'s default folder of the last checkpoint on this split (lwrcli.use.evaluate)
         name = "last" if split == "test" else f"last-{split}"

@@ -15,6 +15,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from lwrcli.studies.report_charts import subject  # noqa: E402
+from lwrcli.use.svg import PALETTE  # noqa: E402
 
 # (metrics.jsonl key, panel title); panels whose key no run recorded are left out.
 CURVES = (
@@ -33,7 +37,11 @@ CURVES = (
 
 
 def _colors(n: int) -> list[Any]:
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    """Okabe-Ito's colour-blind-safe colours (lwrcli.use.svg.PALETTE) up to seven groups,
+    tab20 beyond."""
+    if n <= len(PALETTE):
+        return list(PALETTE[:n])
+    cmap = plt.get_cmap("tab20")
     return [cmap(i % cmap.N) for i in range(n)]
 
 
@@ -66,6 +74,7 @@ def curves(path: Path, groups: Sequence[Any]) -> Path | None:
                 ax.fill_between(x, y.min(0), y.max(0), color=color, alpha=0.18, linewidth=0)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         if key in ("lwr_share",) and ax.get_ylim()[1] > 0:
             ax.set_ylim(bottom=0)
@@ -76,6 +85,9 @@ def curves(path: Path, groups: Sequence[Any]) -> Path | None:
         handles, labels, loc="lower center", ncol=min(len(groups), 3), fontsize=8, frameon=False
     )
     legend_rows = -(-len(groups) // 3)
+    fig.suptitle(
+        f"Training curves of {subject(groups)}: mean over seeds, min–max band", fontsize=11
+    )
     fig.tight_layout(rect=(0, 0.035 * legend_rows + 0.02, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -104,7 +116,7 @@ def shot_bars(path: Path, groups: Sequence[Any]) -> Path:
         )
     ax.set_xticks(x, names)
     ax.set_ylabel("top-1 %")
-    ax.set_title("Accuracy by shot group (mean ± std over seeds)", fontsize=10)
+    ax.set_title(f"Accuracy by shot group, mean ± std over seeds: {subject(groups)}", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

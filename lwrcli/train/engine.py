@@ -23,15 +23,15 @@ from lwrcli.errors import UserError
 from lwrcli.hooks import hook_point
 from lwrcli.methods.losses import reweight_for_epoch
 from lwrcli.models import get_classifier, get_classifiers
-from lwrcli.runtime.device import autocast_context
+from lwrcli.runtime.device import autocast_context, eval_amp
 from lwrcli.runtime.distributed import DistInfo, all_reduce_sum
+from lwrcli.runtime.timing import phase_timer
 from lwrcli.train.components import Components
 from lwrcli.train.geometry import heads_geometry, heads_gradient_share
 from lwrcli.train.live_log import LiveLog
 from lwrcli.train.lwr import resolve_margin
 from lwrcli.train.optim import set_lr
 from lwrcli.train.progress import TrainProgress
-from lwrcli.train.runlog import append_metrics
 from lwrcli.train.saves import CheckpointWriter
 from lwrcli.train.schedule import lr_at
 from lwrcli.train.scoring import score_splits
@@ -90,11 +90,13 @@ class Trainer(CheckpointWriter):
         self.progress = progress or TrainProgress(cfg.epochs, enabled=self.dist.is_main)
         # Trackers (TensorBoard, MLflow, W&B) that see every metrics.jsonl record; none: no-op.
         self.live = live or LiveLog()
+        self.timer = phase_timer(device, self.progress.message)  # LWR_PHASE_TIMES: off = no-op
         self.select_split = self._selection_split()
         self._stop_signal: int | None = None
         self.lr = parts.base_lr  # the scheduled lr (groups apply their own multipliers)
         self.resumed_sums: torch.Tensor | None = None  # a mid-epoch resume's sums so far
         self._resumed_samples = 0.0
+        self._epoch_images = 0.0
         self._saving = False
         self._abort_after_save = False
         self._last_save = time.monotonic()
@@ -215,7 +217,7 @@ class Trainer(CheckpointWriter):
         self.progress.start_epoch(epoch, steps)
         t0 = time.perf_counter()
         share: dict[str, Any] = {}
-        batches = iter(loader)
+        batches = self.timer.wrap(iter(loader))
         for step in range(start, steps):
             x, y = next(batches)
             for transform in self.parts.batch_transforms:  # seeded by the batch's position
@@ -224,7 +226,8 @@ class Trainer(CheckpointWriter):
             log_step = (step + 1) % self.cfg.log_every == 0
             self._measure_share = log_step or step + 1 == steps
             self.loss_fn.set_position(epoch, step)  # a switch epoch, seeded draws
-            terms = self.train_step(x, y, t, weight)
+            with self.timer("steps"):
+                terms = self.train_step(x, y, t, weight)
             self._measure_share = False
             b = y.shape[0]
             zero = torch.zeros((), device=self.device)
@@ -244,7 +247,8 @@ class Trainer(CheckpointWriter):
                 loss_now = float(terms["loss"])  # the one sync per log interval
                 self._check_finite(loss_now, epoch)
                 info = {"loss": loss_now, "lr": self.lr, **share}
-            self.progress.step(epoch, step, steps, info)
+            with self.timer("logging"):
+                self.progress.step(epoch, step, steps, info)
             hook_point("step", until=lambda: self._stop_signal is not None)
             save, stop = self._pause_point(epoch * steps + step + 1, step + 1)
             if save and (stop or step + 1 < steps):  # the epoch's end saves anyway
@@ -259,6 +263,7 @@ class Trainer(CheckpointWriter):
         elapsed = time.perf_counter() - t0
         total = all_reduce_sum(sums, self.dist).tolist()
         n = max(total[4], 1.0)
+        self._epoch_images = total[4] - self._resumed_samples  # trained in this call
         result = {
             "loss": total[0] / n,
             "task": total[1] / n,
@@ -266,7 +271,7 @@ class Trainer(CheckpointWriter):
             "lwr_lambda": self.regularizer.lam(epoch + 1) if self.regularizer else 0.0,
             "lr": self.lr,
             "train_acc": 100.0 * total[3] / n,
-            "images_per_s": (total[4] - self._resumed_samples) / max(elapsed, 1e-9),
+            "images_per_s": self._epoch_images / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
             # At the epoch's last step; None without LWR.
             "lwr_share": share.get("lwr_share"),
@@ -313,7 +318,7 @@ class Trainer(CheckpointWriter):
             self.data.evals,
             self.data.class_counts,
             self.device,
-            self.cfg.amp,
+            eval_amp(self.cfg.amp, self.device),  # what `lwr eval` uses: fp32 on CPU
             self.dist,
         )
 
@@ -330,24 +335,34 @@ class Trainer(CheckpointWriter):
         if getattr(self.progress, "stop_requested", False):
             self._stop_signal = signal.SIGINT  # Ctrl-C came while the run was being set up
         try:
+            since = time.perf_counter()  # images_per_s counts the whole epoch (docs/training.md)
             if self.state.epoch == 0 and self.state.step == 0:
                 self._record_initial_geometry()
             for epoch in range(self.state.epoch, cfg.epochs):
+                self.timer.start_epoch()
                 record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
                 record.update(self._geometry())
+                # From the end of the last evaluation: its save and logs, data, steps, geometry.
+                took = time.perf_counter() - since
+                record.update(images_per_s=self._epoch_images / took, epoch_time_s=took)
                 last = epoch + 1 == cfg.epochs
                 if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                     if last:  # tests stop the process here: the window of issue 17
                         hook_point("last-eval", until=lambda: self._stop_signal is not None)
-                    record.update(self.evaluate())
+                    with self.timer("eval"):
+                        record.update(self.evaluate())
+                since = time.perf_counter()
                 self.state.epoch, self.state.step = epoch + 1, 0
                 self._maybe_select(record)
                 self.history.append(record)
                 self._save(record)
-                self.progress.end_epoch(epoch, _brief(record))
+                with self.timer("logging"):
+                    self.progress.end_epoch(epoch, _brief(record))
+                self.timer.end_epoch(epoch + 1, self._epoch_images)
                 if not last and self._stop_agreed():
                     raise Interrupted(f"epoch {epoch + 1}, after its last step", self.run_dir)
         finally:
+            self.finish_writes()  # the last save on disk (or its error) before anything else
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if self._stop_signal is not None:
@@ -372,9 +387,10 @@ class Trainer(CheckpointWriter):
         """Class-vector geometry at the run's θ (also without LWR): see lwrcli.train.geometry."""
         lw = self.cfg.lwr
         weights = [c.weight for c in get_classifiers(self.parts.raw_model)]
-        return heads_geometry(
-            weights, self.data.class_counts, self.margin, lw.proj, lw.block_size, lw.power
-        )
+        with self.timer("geometry"):
+            return heads_geometry(
+                weights, self.data.class_counts, self.margin, lw.proj, lw.block_size, lw.power
+            )
 
     def _record_initial_geometry(self) -> None:
         """An `epoch: 0` record of where the class vectors start (a text-initialised head
@@ -383,12 +399,6 @@ class Trainer(CheckpointWriter):
         record = {"epoch": 0, **self._geometry()}
         self.history.append(record)
         self._initial_record = record
-
-    def _flush_initial_record(self) -> None:
-        if self._initial_record is not None and self.run_dir is not None:
-            append_metrics(self.run_dir / "metrics.jsonl", self._initial_record)
-            self.live.log(self._initial_record)
-        self._initial_record = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop_signal is not None:

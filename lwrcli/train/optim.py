@@ -100,6 +100,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
         momentum=cfg.momentum,
         nesterov=cfg.nesterov,
         weight_decay=cfg.weight_decay,
+        # One C++ call per update kind for all tensors instead of a Python loop over them:
+        # torch's default on CUDA, bit-identical on CPU and ~1/3 less optimizer time there
+        # (ResNet-32's 95 tensors; issue 27).
+        foreach=True,
     )
 
 

@@ -27,6 +27,7 @@ from lwrcli.models import is_convolutional_name, model_data_defaults
 from lwrcli.models.families import check_model_name, fixed_input_size
 from lwrcli.models.hub import resolve as resolve_weights
 from lwrcli.models.tuning import check_tuning
+from lwrcli.runtime.device import auto_amp
 from lwrcli.train.lwr import lambda_for_classes
 
 
@@ -38,6 +39,8 @@ class Resolved:
     notes: list[str] = field(default_factory=list)
     # The speed settings as asked, for the start-up line ('asked: amp auto, ...').
     requested: str = ""
+    # Why `amp: auto` became what it did on this device ('' when amp was given).
+    amp_why: str = ""
 
 
 def check_model(cfg: TrainConfig) -> None:
@@ -86,7 +89,9 @@ def resolve_speed_settings(
 ) -> TrainConfig:
     """The config with `auto` speed settings made concrete for this device and model.
 
-    amp: bf16 on CUDA where the GPU supports it, none (fp32) on CPU. channels_last: on for
+    amp: bf16 on CUDA where the GPU supports it and on a CPU with native bf16 instructions
+    (AVX512-BF16, AMX-BF16: `lwrcli.runtime.device.auto_amp`), none (fp32) elsewhere, where
+    bf16 would be emulated, many times slower. channels_last: on for
     convolutional models on every device. compile: on for CUDA; off on CPU, where compiling
     ResNet-32's training step takes longer than it saves within the first epoch
     (docs/training.md, 'Speed settings'). compile_mode: default; `reduce-overhead` (CUDA
@@ -95,7 +100,7 @@ def resolve_speed_settings(
     cuda = device.type == "cuda"
     amp = cfg.amp
     if amp == "auto":
-        amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
+        amp = auto_amp(device)[0]
     channels_last = cfg.channels_last
     if channels_last == "auto":
         channels_last = is_convolutional_name(cfg.model.name)
@@ -180,9 +185,10 @@ def resolve_config(
     step = with_array_resize(cfg, storage, stored_size)
     cfg, notes = step.cfg, notes + step.notes
     requested = speed_summary(cfg)
+    amp_why = auto_amp(device)[1] if cfg.amp == "auto" else ""
     cfg = resolve_speed_settings(cfg, device, storage)
     if num_classes is not None:
         step = resolve_lambda_max(cfg, num_classes)
         cfg, notes = step.cfg, notes + step.notes
     step = resolve_lr(cfg)
-    return Resolved(step.cfg, notes + step.notes, requested)
+    return Resolved(step.cfg, notes + step.notes, requested, amp_why)

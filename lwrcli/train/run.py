@@ -35,7 +35,14 @@ from lwrcli.train.init_weights import check_start
 from lwrcli.train.live_log import LiveLog
 from lwrcli.train.progress import TrainProgress
 from lwrcli.train.resolve import resolve_config, speed_summary
-from lwrcli.train.rundir import RUN_INFO, Created, inspect_run_dir, prepare_run_dir, read_run_info
+from lwrcli.train.rundir import (
+    RUN_INFO,
+    SPEED_KEYS,
+    Created,
+    inspect_run_dir,
+    prepare_run_dir,
+    read_run_info,
+)
 from lwrcli.train.runlog import METRICS, read_metrics, reconcile_metrics
 
 
@@ -124,14 +131,16 @@ def train_run(
         resolved = resolve_config(
             cfg, device, manifest.storage, manifest.num_classes, manifest.image_size
         )
+        auto = tuple(k for k in SPEED_KEYS if getattr(cfg, k) == "auto")
         cfg, requested = resolved.cfg, resolved.requested
         if resume is None:
             # Every process looks before rank 0 writes anything (the barrier below).
-            found = inspect_run_dir(run_dir, cfg, manifest.fingerprint)
+            found = inspect_run_dir(run_dir, cfg, manifest.fingerprint, auto)
             if found == "finished":
                 return _finished_result(run_dir, cfg.epochs, dist.is_main)
             if found == "continue":
-                _, data_dir, resume_ckpt, resume_state = _load_resume(run_dir, data_dir)
+                saved, data_dir, resume_ckpt, resume_state = _load_resume(run_dir, data_dir)
+                cfg = cfg.model_copy(update={k: getattr(saved, k) for k in auto})
                 continuing = True
             else:  # before the run folder exists
                 check_start(cfg, manifest)
@@ -167,7 +176,8 @@ def train_run(
         elif dist.is_main:
             created = prepare_run_dir(run_dir)
             _write_run_files(run_dir, cfg, data_dir, data.manifest.fingerprint, device, requested)
-            progress.message(_start_line(cfg, data, parts, trainer, dist, device, requested))
+            line = _start_line(cfg, data, parts, trainer, dist, device, requested)
+            progress.message(line + (f" {resolved.amp_why}." if resolved.amp_why else ""))
             for note in resolved.notes:
                 progress.message(note)
             if trainer.select_split == data.manifest.test_split:

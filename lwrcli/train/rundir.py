@@ -27,6 +27,10 @@ RUN_FILES = (CONFIG, RUN_INFO, "environment.json", "metrics.jsonl", "checkpoints
 RUN_FILES += (TRACKERS_FILE, TENSORBOARD_DIR, WANDB_DIR)
 
 Kind = Literal["new", "unstarted", "continue", "finished"]
+# Speed settings that `auto` resolves per machine (and per lwr version: amp auto became bf16
+# on CPUs with native bf16 in issue 27). A command that leaves one on auto continues a run
+# folder with the value the run started with, so re-running it never finds "another run".
+SPEED_KEYS = ("amp", "channels_last", "compile", "compile_mode")
 
 
 def read_run_info(path: Path) -> dict[str, Any]:
@@ -68,9 +72,12 @@ def _saved_nothing(out: Path) -> bool:
     return not ckpts.exists() or not any(ckpts.glob("*.safetensors"))
 
 
-def inspect_run_dir(out: Path, cfg: TrainConfig, fingerprint: str) -> Kind:
+def inspect_run_dir(
+    out: Path, cfg: TrainConfig, fingerprint: str, auto: tuple[str, ...] = ()
+) -> Kind:
     """What `lwr train --out OUT` finds there, for the resolved `cfg` and the dataset's
-    fingerprint; raises UserError (nothing changed) for a folder holding anything else."""
+    fingerprint; raises UserError (nothing changed) for a folder holding anything else. `auto`:
+    the speed settings the command left on auto, whose saved values the run keeps."""
     out = Path(out)
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return "new"
@@ -86,7 +93,7 @@ def inspect_run_dir(out: Path, cfg: TrainConfig, fingerprint: str) -> Kind:
             "Choose a new --out."
         )
     saved = validate_config(read_yaml(out / CONFIG), str(out / CONFIG))
-    differs = config_diff(saved, cfg)
+    differs = [k for k in config_diff(saved, cfg) if k not in auto]
     known = read_run_info(out / RUN_INFO).get("dataset_fingerprint")
     if known and known != fingerprint:
         differs.append("the dataset (fingerprint)")

@@ -3,6 +3,8 @@ the accuracies a training epoch records (lwr eval writes the full outputs: lwrcl
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -42,13 +44,16 @@ def score_splits(
     device: torch.device,
     amp: str,
     dist: DistInfo,
-) -> dict[str, float | None]:
-    """`{split}_{top1,top5,many,medium,few}` and `{split}_images` (how many were scored) for
-    every split: what a training epoch records."""
-    out: dict[str, float | None] = {}
+) -> dict[str, Any]:
+    """`{split}_{top1,top5,many,medium,few}`, `{split}_images` (how many were scored) and
+    `{split}_per_class` (C,) top-1 % per class id (None: no image of the class in the split;
+    rounded to 4 decimals) for every split: what a training epoch records. The per-class list
+    is what `lwr report --html` plots against class frequency."""
+    out: dict[str, Any] = {}
     for split, loader in loaders.items():
         logits, targets = predict(model, loader, device, amp, dist)
         s = summarize(logits.cpu(), targets.cpu(), class_counts)
         out.update({f"{split}_{key}": s[key] for key in SCORES})
         out[f"{split}_images"] = int(targets.numel())  # all processes' predictions, gathered
+        out[f"{split}_per_class"] = [None if v is None else round(v, 4) for v in s["per_class"]]
     return out

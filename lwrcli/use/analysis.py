@@ -26,7 +26,10 @@ from lwrcli.errors import UserError
 from lwrcli.runtime.files import write_atomic
 from lwrcli.runtime.results import check_results_folder, results_folder
 from lwrcli.train.lwr import Margin, head_margin, lwr_penalty, resolve_margin
-from lwrcli.use import plots
+from lwrcli.use import geometry_html, html_page, plots
+from lwrcli.use.geometry_html import GeometryView, cosine_density
+from lwrcli.use.html_page import check_html_path, write_html
+from lwrcli.use.svg import HEATMAP_CELLS, block_means
 
 FORMATS = ("png", "svg")
 
@@ -231,25 +234,31 @@ def _write_text(path: Path, text: str) -> None:
 
 def analyze_checkpoints(
     paths: list[Path],
-    out: Path,
+    out: Path | None,
     data_dir: Path | None = None,
     formats: Sequence[str] = ("png",),
     overwrite: bool = False,
+    html: Path | None = None,
 ) -> dict[str, Any]:
-    """Write plots and summary.json for one or more checkpoints into `out`; return the summary.
+    """Write plots and summary.json for one or more checkpoints into `out`, and/or the same
+    geometry as one self-contained page `html`; return the summary.
 
     Class counts and names come from the dataset manifest when `data_dir` is given, else from
-    each checkpoint's own metadata. A folder that already holds files is refused unless
-    `overwrite`, which replaces it whole (lwrcli.runtime.results).
+    each checkpoint's own metadata. A folder that already holds files, or an existing page, is
+    refused unless `overwrite`, which replaces it whole (lwrcli.runtime.results).
     """
-    out = Path(out)
     if not paths:
         raise UserError("Give at least one checkpoint to analyze.")
+    if out is None and html is None:
+        raise UserError("Give --out DIR (plots and summary.json), --html FILE.html, or both.")
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise UserError(f"Unknown plot format {bad[0]!r}; choose from {', '.join(FORMATS)}.")
     inputs = [Path(p) for p in paths] + ([Path(data_dir)] if data_dir is not None else [])
-    check_results_folder(out, overwrite, inputs)
+    if out is not None:
+        check_results_folder(out, overwrite, inputs)
+    if html is not None:
+        check_html_path(html, overwrite, inputs)
     ckpts = [load_checkpoint(Path(p)) for p in paths]
     manifest = read_manifest(data_dir) if data_dir is not None else None
     if manifest is not None:
@@ -263,8 +272,58 @@ def analyze_checkpoints(
     labels = checkpoint_labels(ckpts)
     # "hist" is reserved so a run named "hist" cannot overwrite cosine_hist.*
     slugs = _unique([re.sub(r"[^A-Za-z0-9_.-]+", "_", lab) or "run" for lab in labels], {"hist"})
-    with results_folder(out, overwrite, inputs) as staging:
-        return _write_analysis(staging, ckpts, labels, slugs, manifest, data_dir, formats)
+    counts = [list(manifest.class_counts) if manifest else list(ck.class_counts) for ck in ckpts]
+    measured = [measure(ck, c) for ck, c in zip(ckpts, counts)]
+    summary: dict[str, Any] = {}
+    if out is not None:
+        with results_folder(Path(out), overwrite, inputs) as staging:
+            summary = _write_analysis(
+                staging, ckpts, labels, slugs, manifest, data_dir, formats, measured
+            )
+    if html is not None:
+        views = [geometry_view(*a, i) for i, a in enumerate(zip(ckpts, labels, counts, measured))]
+        names = ", ".join(labels) if len(", ".join(labels)) <= 80 else f"{len(labels)} checkpoints"
+        title = f"lwr analyze-weights: {names}"
+        body = geometry_html.section(views)
+        write_html(html, html_page.page(title, body), overwrite, inputs)
+        if not summary:  # the numbers summary.json would hold, for the terminal table
+            rows = [{"label": lab, **st} for lab, (st, _) in zip(labels, measured)]
+            summary = {"checkpoints": rows}
+    return summary
+
+
+def measure(ck: Any, counts: Sequence[int]) -> tuple[dict[str, Any], np.ndarray]:
+    """`weight_stats` of a checkpoint's classifier at its run's θ/power/proj (plus
+    `expert_stats` for several heads), and apart from them its (C, C) cosine matrix."""
+    lw = ck.config.lwr
+    margin = lw.theta
+    if lw.theta == "init":  # each pair's margin is its cosine at initialisation
+        margin = resolve_margin("init", ck.extras.get(THETA_REFERENCE))
+    first = head_margin(margin, 0)  # the first head's (all heads': `experts`)
+    stats = weight_stats(ck.classifier_weight, counts, first, lw.power, lw.proj)
+    stats.update(expert_stats(ck, counts, margin, lw.power, lw.proj))
+    return stats, stats.pop("cosine")
+
+
+def geometry_view(
+    ck: Any, label: str, counts: Sequence[int], measured: tuple[dict, np.ndarray], color: int
+) -> GeometryView:
+    """What the HTML pages draw of a checkpoint: its stats, the heat map of each head ordered
+    head -> tail as block means of at most svg.HEATMAP_CELLS cells, the cosine density."""
+    stats, mat = measured
+    order = frequency_order(counts)
+    keys = ck.classifier_keys
+    heads = [("", mat)]
+    if len(keys) > 1:
+        heads = [(f"expert {k + 1}", cosine_matrix(ck.state[key])) for k, key in enumerate(keys)]
+    maps = []
+    for name, m in heads:
+        shown, step = block_means(m, HEATMAP_CELLS, order)
+        maps.append((name, np.array(shown, dtype=np.float32), step))
+    return GeometryView(
+        label, list(map(int, counts)), stats, maps, cosine_density(mat), color,
+        group_bounds(counts),
+    )  # fmt: skip
 
 
 def _write_analysis(
@@ -275,20 +334,14 @@ def _write_analysis(
     manifest: Any,
     data_dir: Path | None,
     formats: Sequence[str],
+    measured: Sequence[tuple[dict[str, Any], np.ndarray]],
 ) -> dict[str, Any]:
     """The plots and summary.json of `analyze_checkpoints`, written into `out`."""
     entries, mats, all_counts, all_norms = [], [], [], []
-    for ck, label, slug in zip(ckpts, labels, slugs):
+    for (ck, label, slug), (stats, mat) in zip(zip(ckpts, labels, slugs), measured):
         counts = list(manifest.class_counts) if manifest else list(ck.class_counts)
         names = list(manifest.class_names) if manifest else list(ck.class_names)
         lw = ck.config.lwr
-        margin = lw.theta
-        if lw.theta == "init":  # each pair's margin is its cosine at initialisation
-            margin = resolve_margin("init", ck.extras.get(THETA_REFERENCE))
-        first = head_margin(margin, 0)  # the first head's (all heads': `experts`)
-        stats = weight_stats(ck.classifier_weight, counts, first, lw.power, lw.proj)
-        stats.update(expert_stats(ck, counts, margin, lw.power, lw.proj))
-        mat = stats.pop("cosine")
         order = np.asarray(stats["order"])
         files = []
         for fmt in formats:

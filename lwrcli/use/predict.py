@@ -2,7 +2,7 @@
 
 An image is prepared exactly as `lwr eval` prepares the images of the checkpoint's own test
 split, so a prediction here equals eval's for the same file:
-- large-image runs (datasets stored as lists): decoded to RGB (torchvision, PIL fallback),
+- large-image runs (datasets stored as lists): decoded to RGB (lwrcli.data.decode),
   shorter side to `data.resize`, centre crop `data.image_size` (LIFT's five crops with
   `--tte`), normalised by `data.mean`/`data.std` — lwrcli.data.transforms, as the eval loader;
 - small-image runs (uint8 arrays: CIFAR, synthetic, small folders): the image is first made

@@ -16,17 +16,11 @@ from torch.utils.data import Dataset
 
 from lwrcli.checkpoint.files import Checkpoint
 from lwrcli.config import DataConfig
+from lwrcli.data.decode import decode_rgb, read_bytes
 from lwrcli.data.device_loader import DeviceImageLoader
 from lwrcli.data.folder_arrays import fit_square
 from lwrcli.data.manifest import read_manifest
-from lwrcli.data.transforms import (
-    TTE_EXPAND,
-    decode_rgb,
-    eval_transform,
-    normalize,
-    read_bytes,
-    tte_transform,
-)
+from lwrcli.data.transforms import TTE_EXPAND, eval_transform, normalize, tte_transform
 from lwrcli.errors import UserError
 from lwrcli.train.rundir import RUN_INFO, read_run_info
 
