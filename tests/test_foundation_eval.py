@@ -38,7 +38,8 @@ def test_class_mean_head_equals_independent_means(synthetic_data: Path, cosine: 
     head = {"name": "cosine" if cosine else "linear"}
     cfg = TrainConfig(model=ModelConfig(name="small_cnn", width=8, head=head,
                                         head_init="class_mean"),
-                      device="cpu", batch_size=64, eval_batch_size=100)  # fmt: skip
+                      device="cpu", batch_size=64, eval_batch_size=100,
+                      amp="none")  # fp32 like the reference below  # fmt: skip
     device = torch.device("cpu")
     manifest = read_manifest(synthetic_data)
     cfg = resolve_config(cfg, device, manifest.storage, manifest.num_classes,
